@@ -1,0 +1,193 @@
+//! Building a weighted Maglev lookup table (userspace only).
+//!
+//! Each backend walks its own permutation of the table's slots, derived from
+//! its address, and claims the next free slot on its turn. Turns are handed
+//! out in proportion to weight, and each backend stops at its exact share of
+//! the table (largest-remainder rounding), so shares match weights to within
+//! one slot. The result depends only on the set of (address, weight, id):
+//! not on input order, so every edge builds the same table.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::{backend_hashes, Addr16, NO_BACKEND};
+
+/// One backend as the table builder sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevBackend {
+    /// Stored in the table's slots.
+    pub id: u32,
+    /// Seeds the backend's permutation.
+    pub addr: Addr16,
+    pub weight: u32,
+}
+
+/// Whether `n` can serve as a table size (a prime, as Maglev needs).
+pub fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2u64;
+    while d * d <= n as u64 {
+        if n as u64 % d == 0 {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+/// Slots each backend owns: proportional to weight, rounded by largest
+/// remainder (ties to the earlier backend), summing to `size` exactly.
+fn quotas(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
+    let total: u64 = backends.iter().map(|b| b.weight as u64).sum();
+    let exact: Vec<(u64, u64)> = backends
+        .iter()
+        .map(|b| {
+            let p = size as u64 * b.weight as u64;
+            (p / total, p % total)
+        })
+        .collect();
+    let mut quotas: Vec<u32> = exact.iter().map(|&(q, _)| q as u32).collect();
+    let short = size - quotas.iter().sum::<u32>();
+    let mut by_remainder: Vec<usize> = (0..backends.len()).collect();
+    by_remainder.sort_by(|&a, &b| exact[b].1.cmp(&exact[a].1).then(a.cmp(&b)));
+    for &i in by_remainder.iter().take(short as usize) {
+        quotas[i] += 1;
+    }
+    quotas
+}
+
+/// Builds a table of `size` slots (a prime larger than the number of
+/// backends). Backends with weight 0 get no slots; with none left every
+/// slot is `NO_BACKEND`.
+pub fn build_table(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
+    assert!(is_prime(size), "Maglev table size {size} is not prime");
+    let mut live: Vec<MaglevBackend> = backends.iter().copied().filter(|b| b.weight > 0).collect();
+    let mut table = vec![NO_BACKEND; size as usize];
+    if live.is_empty() {
+        return table;
+    }
+    assert!((live.len() as u32) < size, "more backends than table slots");
+    live.sort_by(|a, b| a.addr.cmp(&b.addr).then(a.id.cmp(&b.id)));
+
+    let quotas = quotas(&live, size);
+    let max_weight = live.iter().map(|b| b.weight as u64).max().unwrap_or(1);
+    struct Walk {
+        offset: u64,
+        skip: u64,
+        step: u64,
+        credit: u64,
+        left: u32,
+    }
+    let m = size as u64;
+    let mut walks: Vec<Walk> = live
+        .iter()
+        .zip(&quotas)
+        .map(|(b, &left)| {
+            let (h1, h2) = backend_hashes(&b.addr);
+            Walk { offset: h1 % m, skip: h2 % (m - 1) + 1, step: 0, credit: 0, left }
+        })
+        .collect();
+
+    let mut filled = 0u32;
+    let mut taken = vec![false; size as usize];
+    while filled < size {
+        for (b, w) in live.iter().zip(walks.iter_mut()) {
+            w.credit += b.weight as u64;
+            while w.credit >= max_weight && w.left > 0 {
+                w.credit -= max_weight;
+                loop {
+                    let slot = ((w.offset + w.step * w.skip) % m) as usize;
+                    w.step += 1;
+                    if !taken[slot] {
+                        taken[slot] = true;
+                        table[slot] = b.id;
+                        break;
+                    }
+                }
+                w.left -= 1;
+                filled += 1;
+            }
+        }
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr_from_v4;
+    use alloc::collections::BTreeMap;
+
+    const M: u32 = 65_537;
+
+    fn backend(i: u32, weight: u32) -> MaglevBackend {
+        MaglevBackend { id: i + 1, addr: addr_from_v4([198, 51, 100, i as u8]), weight }
+    }
+
+    fn counts(table: &[u32]) -> BTreeMap<u32, u32> {
+        let mut c = BTreeMap::new();
+        for &id in table {
+            *c.entry(id).or_insert(0) += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn shares_follow_weights_within_one_percent() {
+        let backends: Vec<_> =
+            [100, 50, 25, 10, 1, 300, 77].iter().enumerate().map(|(i, &w)| backend(i as u32, w)).collect();
+        let table = build_table(&backends, M);
+        let total: u32 = backends.iter().map(|b| b.weight).sum();
+        let c = counts(&table);
+        for b in &backends {
+            let want = M as f64 * b.weight as f64 / total as f64;
+            let got = c[&b.id] as f64;
+            assert!((got - want).abs() <= want * 0.01 + 1.0, "backend {} got {got}, want {want}", b.id);
+        }
+        assert!(!c.contains_key(&NO_BACKEND));
+    }
+
+    #[test]
+    fn removing_a_backend_moves_only_its_slots_and_under_one_percent_more() {
+        for n in [3u32, 5, 10, 20] {
+            let all: Vec<_> = (0..n).map(|i| backend(i, 100 + 10 * i)).collect();
+            let before = build_table(&all, M);
+            for gone in 0..n {
+                let rest: Vec<_> = all.iter().copied().filter(|b| b.id != gone + 1).collect();
+                let after = build_table(&rest, M);
+                let others_moved = before
+                    .iter()
+                    .zip(&after)
+                    .filter(|(b, a)| **b != gone + 1 && b != a)
+                    .count();
+                let others = before.iter().filter(|&&b| b != gone + 1).count();
+                let share = others_moved as f64 / others as f64;
+                assert!(share <= 0.01, "n={n}, removing {gone}: {:.2}% of other slots moved", share * 100.0);
+            }
+        }
+    }
+
+    #[test]
+    fn same_input_same_table_whatever_the_order() {
+        let backends: Vec<_> = (0..8).map(|i| backend(i, 10 + i)).collect();
+        let mut reversed = backends.clone();
+        reversed.reverse();
+        assert_eq!(build_table(&backends, M), build_table(&backends, M));
+        assert_eq!(build_table(&backends, M), build_table(&reversed, M));
+    }
+
+    #[test]
+    fn zero_weight_and_empty_pools() {
+        assert!(build_table(&[], 13).iter().all(|&s| s == NO_BACKEND));
+        let t = build_table(&[backend(0, 0), backend(1, 5)], 13);
+        assert!(t.iter().all(|&s| s == 2));
+    }
+
+    #[test]
+    fn primes() {
+        assert!(is_prime(65_537) && is_prime(2) && is_prime(13));
+        assert!(!is_prime(65_536) && !is_prime(1) && !is_prime(65_535));
+    }
+}

@@ -1,0 +1,207 @@
+//! Map names, keys and values shared by `steer`, `decap` and the agent.
+//!
+//! All types are `#[repr(C)]` with explicit padding so that the kernel and
+//! userspace see the same bytes.
+
+use crate::Addr16;
+
+/// Names of the maps in the eBPF object, so both sides spell them once.
+pub mod names {
+    pub const VIPS: &str = "VIPS";
+    pub const FRAGMENT_VIPS: &str = "FRAGMENT_VIPS";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const MAGLEV: &str = "MAGLEV";
+    pub const FLOWS: &str = "FLOWS";
+    pub const EDGE_CONFIG: &str = "EDGE_CONFIG";
+    pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
+    pub const DECAP_STATS: &str = "DECAP_STATS";
+    /// Global (`.rodata`) holding the Maglev table size, set at load time.
+    pub const TABLE_SIZE: &str = "TABLE_SIZE";
+}
+
+/// IP protocol numbers the data plane cares about.
+pub mod proto {
+    pub const IPIP: u8 = 4;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const IPV6: u8 = 41;
+}
+
+/// The default Maglev table size: a prime, as Maglev requires.
+pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
+/// Each VIP has two table generations; the agent fills the inactive one and
+/// then flips `VipValue::generation`, so a table is never seen half-written.
+pub const TABLE_GENERATIONS: u32 = 2;
+/// Backend id 0 is never assigned: a table slot holding it means "no backend".
+pub const NO_BACKEND: u32 = 0;
+/// Outer TTL / hop limit of encapsulated packets.
+pub const OUTER_TTL: u8 = 64;
+
+/// Key of `VIPS`: destination address, port (host order; 0 = every port)
+/// and IP protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: Addr16,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// `VipValue::flags`: hash on the source address alone.
+pub const VIP_SOURCE_IP_AFFINITY: u32 = 1;
+
+/// Value of `VIPS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipValue {
+    /// Index of this VIP's tables in `MAGLEV` and of its counters.
+    pub vip_id: u32,
+    pub flags: u32,
+    /// Which of the two table generations is live (0 or 1).
+    pub generation: u32,
+    pub _pad: u32,
+}
+
+/// Key of `FRAGMENT_VIPS`: fragments carry no ports, so they are matched by
+/// address and protocol; the value is the port of the `VIPS` entry whose
+/// table they use (chosen by the agent, deterministically).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragmentVipKey {
+    pub addr: Addr16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `Backend::flags`: the backend is gone; flows recorded on it re-select.
+pub const BACKEND_DEAD: u32 = 1;
+
+/// Value of `BACKENDS`, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Tunnel destination; IPv4-mapped for an IPv4 backend.
+    pub addr: Addr16,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Key of `FLOWS` and input of the flow hash. For fragments and for VIPs
+/// with source-ip affinity the ports are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: Addr16,
+    pub dst: Addr16,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `FLOWS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+}
+
+/// Value of `EDGE_CONFIG` (one entry): outer source addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EdgeConfig {
+    pub tunnel_source_v4: [u8; 4],
+    /// Non-zero when `tunnel_source_v6` is set.
+    pub has_v6: u32,
+    pub tunnel_source_v6: Addr16,
+}
+
+/// Per-CPU global counters of `steer` (`GLOBAL_STATS`, one entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalStats {
+    pub received: u64,
+    /// Every packet handed to the kernel (non-VIP, unparseable, no neighbour).
+    pub passed: u64,
+    /// Malformed or truncated headers.
+    pub parse_failures: u64,
+    /// IP fragments addressed to a VIP.
+    pub fragments: u64,
+    /// Route lookups for the tunnel destination that failed.
+    pub fib_failures: u64,
+    /// Encapsulated packets handed to the kernel to resolve the neighbour.
+    pub neighbour_pending: u64,
+    /// Sent to a backend with `XDP_TX` or `bpf_redirect`.
+    pub forwarded: u64,
+    /// VIP packets dropped: empty table slot, no tunnel source, no headroom.
+    pub dropped: u64,
+}
+
+/// Per-CPU counters of one VIP (`VIP_STATS`, indexed by vip id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipStats {
+    pub packets: u64,
+    /// Inner IP bytes.
+    pub bytes: u64,
+    /// Flows recorded in the flow table.
+    pub new_flows: u64,
+    pub flow_hits: u64,
+    /// Lookups that went to the Maglev table (new flows and re-selections).
+    pub flow_misses: u64,
+}
+
+/// Per-CPU counters of one backend (`BACKEND_STATS`, indexed by backend id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    pub packets: u64,
+    /// Inner IP bytes.
+    pub bytes: u64,
+}
+
+/// Per-CPU counters of `decap` (`DECAP_STATS`, one entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecapStats {
+    pub received: u64,
+    pub decapsulated: u64,
+    /// Tunnel packets for this host that could not be stripped.
+    pub errors: u64,
+}
+
+macro_rules! sum_fields {
+    ($ty:ident { $($f:ident),* }) => {
+        impl core::ops::AddAssign for $ty {
+            fn add_assign(&mut self, o: Self) {
+                $(self.$f += o.$f;)*
+            }
+        }
+    };
+}
+sum_fields!(GlobalStats { received, passed, parse_failures, fragments, fib_failures, neighbour_pending, forwarded, dropped });
+sum_fields!(VipStats { packets, bytes, new_flows, flow_hits, flow_misses });
+sum_fields!(BackendStats { packets, bytes });
+sum_fields!(DecapStats { received, decapsulated, errors });
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are `#[repr(C)]` plain data with explicit padding.
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipValue {}
+    unsafe impl aya::Pod for FragmentVipKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for EdgeConfig {}
+    unsafe impl aya::Pod for GlobalStats {}
+    unsafe impl aya::Pod for VipStats {}
+    unsafe impl aya::Pod for BackendStats {}
+    unsafe impl aya::Pod for DecapStats {}
+}

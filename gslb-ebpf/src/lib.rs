@@ -1,0 +1,3 @@
+//! Only a placeholder so the agent can depend on this crate for rebuilds;
+//! the programs are in main.rs.
+#![no_std]

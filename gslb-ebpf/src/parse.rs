@@ -1,0 +1,236 @@
+//! Bounds-checked packet parsing shared by `steer` and `decap`.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use gslb_common::{addr_from_v4, proto, Addr16};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+pub const VLAN_TAG_LEN: usize = 4;
+pub const MAX_VLAN_TAGS: usize = 2;
+/// Extension headers walked before giving up on an IPv6 packet.
+const MAX_IPV6_EXT_HEADERS: usize = 6;
+/// Headers deeper than this are not parsed (keeps offsets verifiable).
+const MAX_HEADER_OFFSET: usize = 1024;
+
+const IPV4_MF: u16 = 0x2000;
+pub const IPV4_DF: u16 = 0x4000;
+const IPV4_OFFSET_MASK: u16 = 0x1fff;
+
+/// Why a packet is not steered.
+pub enum Skip {
+    /// Not IPv4/IPv6, or not TCP/UDP: simply not ours.
+    NotOurs,
+    /// Truncated or inconsistent headers.
+    Malformed,
+}
+
+/// A pointer to a `T` at `offset` bytes into the packet, if it fits.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    if offset > MAX_HEADER_OFFSET || start + offset + size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+/// The link layer: where the IP header starts and what it is.
+#[derive(Clone, Copy)]
+pub struct L2 {
+    /// Bytes before the IP header (Ethernet plus VLAN tags).
+    pub len: usize,
+    /// Ethertype of the IP header (host order).
+    pub ether_type: u16,
+}
+
+#[inline(always)]
+pub fn parse_l2(ctx: &XdpContext) -> Result<L2, Skip> {
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Skip::Malformed)?;
+    let mut ether_type = unsafe { u16::from_be((*eth).ether_type) };
+    let mut len = EthHdr::LEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            break;
+        }
+        // The tag's own ethertype follows its 2-byte TCI.
+        let inner = ptr_at::<[u8; VLAN_TAG_LEN]>(ctx, len).ok_or(Skip::Malformed)?;
+        ether_type = unsafe { u16::from_be_bytes([(*inner)[2], (*inner)[3]]) };
+        len += VLAN_TAG_LEN;
+    }
+    if ether_type != ETH_P_IPV4 && ether_type != ETH_P_IPV6 {
+        return Err(Skip::NotOurs);
+    }
+    Ok(L2 { len, ether_type })
+}
+
+/// A complete TCP or UDP packet (or fragment of one), as `steer` sees it.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub l2: L2,
+    pub is_v6: bool,
+    /// Length of the IP packet (header and payload) by its own header.
+    pub ip_len: usize,
+    /// Where the TCP/UDP header starts (unused for fragments).
+    pub l4_offset: usize,
+    pub src: Addr16,
+    pub dst: Addr16,
+    pub proto: u8,
+    /// Zero for fragments.
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub fragment: bool,
+    /// IPv4 TOS or IPv6 traffic class, copied to the outer header.
+    pub tos: u8,
+    /// IPv4 only: the inner DF bit and identification, copied outward.
+    pub df: bool,
+    pub ip_id: u16,
+}
+
+/// Parses Ethernet, IP and the TCP/UDP ports.
+#[inline(always)]
+pub fn parse_flow(ctx: &XdpContext) -> Result<Flow, Skip> {
+    let l2 = parse_l2(ctx)?;
+    let mut flow = if l2.ether_type == ETH_P_IPV4 {
+        parse_ipv4(ctx, l2)?
+    } else {
+        parse_ipv6(ctx, l2)?
+    };
+    if !flow.fragment {
+        parse_ports(ctx, &mut flow)?;
+    }
+    Ok(flow)
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Flow, Skip> {
+    let ip = ptr_at::<Ipv4Hdr>(ctx, l2.len).ok_or(Skip::Malformed)?;
+    let ip = unsafe { &*ip };
+    let header_len = ip.ihl() as usize * 4;
+    let ip_len = ip.tot_len() as usize;
+    if ip.version() != 4 || header_len < Ipv4Hdr::LEN || ip_len < header_len {
+        return Err(Skip::Malformed);
+    }
+    // The whole packet, options included, must be in the frame.
+    if ctx.data() + l2.len + ip_len > ctx.data_end() {
+        return Err(Skip::Malformed);
+    }
+    if ip.proto != proto::TCP && ip.proto != proto::UDP {
+        return Err(Skip::NotOurs);
+    }
+    let frags = u16::from_be_bytes(ip.frags);
+    Ok(Flow {
+        l2,
+        is_v6: false,
+        ip_len,
+        l4_offset: l2.len + header_len,
+        src: addr_from_v4(ip.src_addr),
+        dst: addr_from_v4(ip.dst_addr),
+        proto: ip.proto,
+        src_port: 0,
+        dst_port: 0,
+        fragment: frags & (IPV4_MF | IPV4_OFFSET_MASK) != 0,
+        tos: ip.tos,
+        df: frags & IPV4_DF != 0,
+        ip_id: ip.id(),
+    })
+}
+
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AUTH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Flow, Skip> {
+    let ip = ptr_at::<Ipv6Hdr>(ctx, l2.len).ok_or(Skip::Malformed)?;
+    let ip = unsafe { &*ip };
+    let ip_len = Ipv6Hdr::LEN + ip.payload_len() as usize;
+    if ip.version() != 6 || ctx.data() + l2.len + ip_len > ctx.data_end() {
+        return Err(Skip::Malformed);
+    }
+    let end = l2.len + ip_len;
+    let mut next = ip.next_hdr;
+    let mut offset = l2.len + Ipv6Hdr::LEN;
+    let mut fragment = false;
+    // A bounded walk over extension headers to the upper-layer protocol.
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        let len = match next {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_AUTH | IPV6_FRAGMENT => {
+                let ext = ptr_at::<[u8; 8]>(ctx, offset).ok_or(Skip::Malformed)?;
+                let ext = unsafe { *ext };
+                let len = match next {
+                    IPV6_FRAGMENT => {
+                        let offset_and_more = u16::from_be_bytes([ext[2], ext[3]]);
+                        // Offset non-zero or more-fragments set: a real fragment.
+                        fragment = offset_and_more & 0xfff9 != 0;
+                        8
+                    }
+                    IPV6_AUTH => (ext[1] as usize + 2) * 4,
+                    _ => (ext[1] as usize + 1) * 8,
+                };
+                next = ext[0];
+                len
+            }
+            _ => break,
+        };
+        offset += len;
+        if offset > end {
+            return Err(Skip::Malformed);
+        }
+        if fragment {
+            break;
+        }
+    }
+    if next != proto::TCP && next != proto::UDP {
+        // Too many extension headers counts as malformed; anything else is
+        // simply another protocol.
+        return match next {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_AUTH | IPV6_FRAGMENT if !fragment => {
+                Err(Skip::Malformed)
+            }
+            _ => Err(Skip::NotOurs),
+        };
+    }
+    let vcf = ip.vcf;
+    Ok(Flow {
+        l2,
+        is_v6: true,
+        ip_len,
+        l4_offset: offset,
+        src: ip.src_addr,
+        dst: ip.dst_addr,
+        proto: next,
+        src_port: 0,
+        dst_port: 0,
+        fragment,
+        tos: (vcf[0] << 4) | (vcf[1] >> 4),
+        df: false,
+        ip_id: 0,
+    })
+}
+
+/// Reads the ports; the whole fixed TCP or UDP header must be inside the IP
+/// packet.
+#[inline(always)]
+fn parse_ports(ctx: &XdpContext, flow: &mut Flow) -> Result<(), Skip> {
+    let header_len = if flow.proto == proto::TCP { TcpHdr::LEN } else { UdpHdr::LEN };
+    if flow.l4_offset + header_len > flow.l2.len + flow.ip_len {
+        return Err(Skip::Malformed);
+    }
+    let ports = ptr_at::<[u8; 4]>(ctx, flow.l4_offset).ok_or(Skip::Malformed)?;
+    let ports = unsafe { *ports };
+    flow.src_port = u16::from_be_bytes([ports[0], ports[1]]);
+    flow.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
+    Ok(())
+}

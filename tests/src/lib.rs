@@ -1,0 +1,9 @@
+//! Test support: scratch network namespaces, packet builders, running the
+//! XDP programs through BPF_PROG_TEST_RUN, and a reference parser written
+//! independently of the data plane to judge its output.
+
+pub mod edge;
+pub mod netns;
+pub mod packet;
+pub mod reference;
+pub mod run;

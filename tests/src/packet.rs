@@ -1,0 +1,146 @@
+//! Building test frames byte by byte.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// A MAC the client-side router would use.
+pub const CLIENT_ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
+
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+pub const ICMP: u8 = 1;
+
+/// RFC 1071 checksum, written here independently of the data plane.
+pub fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A TCP or UDP segment with a small payload (checksum left zero: the
+/// data plane never reads it).
+pub fn l4(proto: u8, src_port: u16, dst_port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend(src_port.to_be_bytes());
+    h.extend(dst_port.to_be_bytes());
+    if proto == TCP {
+        h.extend([0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    } else {
+        h.extend(((8 + payload.len()) as u16).to_be_bytes());
+        h.extend([0, 0]);
+    }
+    h.extend(payload);
+    h
+}
+
+/// IPv4 fields a test may want to vary.
+#[derive(Clone)]
+pub struct V4 {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub tos: u8,
+    pub id: u16,
+    pub df: bool,
+    pub more_fragments: bool,
+    /// In 8-byte units.
+    pub fragment_offset: u16,
+    /// Options, a multiple of 4 bytes.
+    pub options: Vec<u8>,
+}
+
+impl V4 {
+    pub fn new(src: &str, dst: &str, proto: u8) -> V4 {
+        V4 {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            proto,
+            tos: 0x28,
+            id: 0x1234,
+            df: true,
+            more_fragments: false,
+            fragment_offset: 0,
+            options: vec![],
+        }
+    }
+
+    pub fn packet(&self, payload: &[u8]) -> Vec<u8> {
+        let header_len = 20 + self.options.len();
+        let mut h = vec![0x40 | (header_len / 4) as u8, self.tos];
+        h.extend(((header_len + payload.len()) as u16).to_be_bytes());
+        h.extend(self.id.to_be_bytes());
+        let flags = (self.df as u16) << 14 | (self.more_fragments as u16) << 13 | self.fragment_offset;
+        h.extend(flags.to_be_bytes());
+        h.extend([61, self.proto, 0, 0]);
+        h.extend(self.src.octets());
+        h.extend(self.dst.octets());
+        h.extend(&self.options);
+        let check = internet_checksum(&h);
+        h[10..12].copy_from_slice(&check.to_be_bytes());
+        h.extend(payload);
+        h
+    }
+}
+
+/// An IPv6 packet; `ext` is a chain of (next header, header bytes): each
+/// header's first byte is overwritten with the next one's type.
+pub fn ipv6(src: &str, dst: &str, proto: u8, ext: &[(u8, Vec<u8>)], payload: &[u8], traffic_class: u8) -> Vec<u8> {
+    let src: Ipv6Addr = src.parse().unwrap();
+    let dst: Ipv6Addr = dst.parse().unwrap();
+    let mut chain = Vec::new();
+    for (i, (_, bytes)) in ext.iter().enumerate() {
+        let mut b = bytes.clone();
+        b[0] = ext.get(i + 1).map(|e| e.0).unwrap_or(proto);
+        chain.extend(b);
+    }
+    let first = ext.first().map(|e| e.0).unwrap_or(proto);
+    let mut h = vec![0x60 | (traffic_class >> 4), traffic_class << 4 | 0x0, 0x12, 0x34];
+    h.extend(((chain.len() + payload.len()) as u16).to_be_bytes());
+    h.extend([first, 59]);
+    h.extend(src.octets());
+    h.extend(dst.octets());
+    h.extend(chain);
+    h.extend(payload);
+    h
+}
+
+/// An 8-byte IPv6 extension header of type `kind` (hop-by-hop, destination
+/// options: padding only).
+pub fn ipv6_options_header() -> Vec<u8> {
+    vec![0, 0, 1, 4, 0, 0, 0, 0]
+}
+
+/// An IPv6 fragment header.
+pub fn ipv6_fragment_header(offset: u16, more: bool, id: u32) -> Vec<u8> {
+    let mut h = vec![0, 0];
+    h.extend((offset << 3 | more as u16).to_be_bytes());
+    h.extend(id.to_be_bytes());
+    h
+}
+
+/// Ethernet framing with optional VLAN tags (802.1ad outer, 802.1Q inner).
+pub fn ethernet(vlans: &[u16], ip: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend(crate::netns::EDGE_MAC);
+    f.extend(CLIENT_ROUTER_MAC);
+    for (i, vlan) in vlans.iter().enumerate() {
+        let tpid: u16 = if i == 0 && vlans.len() == 2 { 0x88a8 } else { 0x8100 };
+        f.extend(tpid.to_be_bytes());
+        f.extend(vlan.to_be_bytes());
+    }
+    let ether_type: u16 = if ip.first().map(|b| b >> 4) == Some(6) { 0x86dd } else { 0x0800 };
+    f.extend(ether_type.to_be_bytes());
+    f.extend(ip);
+    f
+}
+
+/// A plain TCP/UDP frame between two addresses of the same family.
+pub fn flow_frame(src: IpAddr, dst: IpAddr, proto: u8, src_port: u16, dst_port: u16) -> Vec<u8> {
+    let seg = l4(proto, src_port, dst_port, b"hello");
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => ethernet(&[], &V4::new(&s.to_string(), &d.to_string(), proto).packet(&seg)),
+        (IpAddr::V6(s), IpAddr::V6(d)) => ethernet(&[], &ipv6(&s.to_string(), &d.to_string(), proto, &[], &seg, 0)),
+        _ => panic!("mixed address families"),
+    }
+}

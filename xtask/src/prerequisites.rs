@@ -1,0 +1,97 @@
+//! Checks each prerequisite and installs only what is missing, so running
+//! this again on a prepared machine costs a few process launches.
+
+use std::{fs, path::Path, process::Command};
+
+use anyhow::{bail, Context, Result};
+
+const LLVM_CONFIG: &str = "llvm-config-22";
+const BPF_LINKER_VERSION: &str = "0.13";
+/// Debian packages and a command each provides.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[("llvm-22-dev", LLVM_CONFIG), ("iproute2", "ip"), ("ethtool", "ethtool")];
+
+pub fn ensure() -> Result<()> {
+    if effective_uid() != 0 {
+        bail!("gslb loads XDP programs and creates network namespaces: run as root");
+    }
+    debian_packages()?;
+    rust_src()?;
+    bpf_linker()?;
+    bpffs()?;
+    Ok(())
+}
+
+fn effective_uid() -> u32 {
+    // /proc/self/status avoids a libc dependency for one number.
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(2).and_then(|u| u.parse().ok()))
+        .unwrap_or(u32::MAX)
+}
+
+fn have(command: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {command}")]).output().is_ok_and(|o| o.status.success())
+}
+
+fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
+    eprintln!("xtask: {program} {}", args.join(" "));
+    let status = Command::new(program).args(args).envs(envs.iter().copied()).status().with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!("{program} {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES.iter().filter(|(_, cmd)| !have(cmd)).map(|(pkg, _)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run("apt-get", &["update", "-qq"], &[])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(&missing);
+    run("apt-get", &args, &[("DEBIAN_FRONTEND", "noninteractive")])
+}
+
+fn rust_src() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .context("rustup is needed to find the nightly toolchain")?;
+    if !installed.status.success() {
+        bail!("the nightly toolchain is missing (rustup toolchain list); it builds the eBPF programs");
+    }
+    if String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    run("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"], &[])
+}
+
+fn bpf_linker() -> Result<()> {
+    let version = Command::new("bpf-linker").arg("--version").output();
+    if let Ok(out) = version {
+        if String::from_utf8_lossy(&out.stdout).contains(&format!("bpf-linker {BPF_LINKER_VERSION}")) {
+            return Ok(());
+        }
+    }
+    let prefix = Command::new(LLVM_CONFIG).arg("--prefix").output().context("llvm-config-22")?;
+    let prefix = String::from_utf8(prefix.stdout)?.trim().to_string();
+    // The default feature wants LLVM 23; build against Debian's LLVM 22.
+    run(
+        "cargo",
+        &["install", "bpf-linker", "--version", &format!("~{BPF_LINKER_VERSION}"), "--no-default-features", "--features", "llvm-22"],
+        &[("LLVM_PREFIX", &prefix)],
+    )
+}
+
+fn bpffs() -> Result<()> {
+    let mounts = fs::read_to_string("/proc/mounts")?;
+    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf")) {
+        return Ok(());
+    }
+    if !Path::new("/sys/fs/bpf").exists() {
+        fs::create_dir_all("/sys/fs/bpf")?;
+    }
+    run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"], &[])
+}
