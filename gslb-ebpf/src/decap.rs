@@ -45,10 +45,10 @@ fn strip(ctx: &XdpContext) -> Option<bool> {
         let ip = unsafe { &*ip };
         // A fragmented tunnel packet cannot be stripped piecewise.
         let fragment = u16::from_be_bytes(ip.frags) & 0x3fff != 0;
-        if ip.version() != 4 || ip.ihl() < 5 || fragment {
+        if ip.version() != 4 || (ip.ihl() as usize) < Ipv4Hdr::LEN || fragment {
             return Some(false);
         }
-        (ip.ihl() as usize * 4, ip.proto, addr_from_v4(ip.dst_addr))
+        (ip.ihl() as usize, ip.proto, addr_from_v4(ip.dst_addr))
     } else {
         let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, l2.len) else { return Some(false) };
         let ip = unsafe { &*ip };

@@ -115,7 +115,7 @@ pub fn parse_flow(ctx: &XdpContext) -> Result<Flow, Skip> {
 fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Flow, Skip> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, l2.len).ok_or(Skip::Malformed)?;
     let ip = unsafe { &*ip };
-    let header_len = ip.ihl() as usize * 4;
+    let header_len = ip.ihl() as usize; // in bytes
     let ip_len = ip.tot_len() as usize;
     if ip.version() != 4 || header_len < Ipv4Hdr::LEN || ip_len < header_len {
         return Err(Skip::Malformed);

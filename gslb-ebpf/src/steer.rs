@@ -7,7 +7,7 @@ use aya_ebpf::{
         bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS,
     },
-    helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
     programs::XdpContext,
     EbpfContext,
 };
@@ -173,6 +173,14 @@ fn encapsulate(ctx: &XdpContext, flow: &Flow, backend: &Backend) -> Option<bool>
     // The original MACs stay until the route lookup replaces them, so a
     // packet handed to the kernel still carries this host's MAC.
     let macs = *unsafe { &*ptr_at::<[u8; 12]>(ctx, 0)? };
+
+    // Ethernet padding after the IP packet is not part of it: cut it, so
+    // the tunnel carries exactly the inner packet.
+    let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.as_ptr() as *mut _) } as usize;
+    let padding = frame_len.saturating_sub(flow.l2.len + flow.ip_len);
+    if padding > 0 && unsafe { bpf_xdp_adjust_tail(ctx.as_ptr() as *mut _, -(padding as i32)) } != 0 {
+        return None;
+    }
 
     let grow = (EthHdr::LEN + header_len) as i32 - flow.l2.len as i32;
     if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, -grow) } != 0 {
