@@ -83,14 +83,7 @@ mod tests {
     use super::*;
 
     fn key(sp: u16) -> FlowKey {
-        FlowKey {
-            src: [1; 16],
-            dst: [2; 16],
-            src_port: sp,
-            dst_port: 80,
-            proto: 6,
-            _pad: [0; 3],
-        }
+        FlowKey { src: [1; 16], dst: [2; 16], src_port: sp, dst_port: 80, proto: 6, _pad: [0; 3] }
     }
 
     #[test]

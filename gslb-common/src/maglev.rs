@@ -157,11 +157,7 @@ mod tests {
             for gone in 0..n {
                 let rest: Vec<_> = all.iter().copied().filter(|b| b.id != gone + 1).collect();
                 let after = build_table(&rest, M);
-                let others_moved = before
-                    .iter()
-                    .zip(&after)
-                    .filter(|(b, a)| **b != gone + 1 && b != a)
-                    .count();
+                let others_moved = before.iter().zip(&after).filter(|(b, a)| **b != gone + 1 && b != a).count();
                 let others = before.iter().filter(|&&b| b != gone + 1).count();
                 let share = others_moved as f64 / others as f64;
                 assert!(share <= 0.01, "n={n}, removing {gone}: {:.2}% of other slots moved", share * 100.0);

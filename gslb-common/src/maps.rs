@@ -184,7 +184,16 @@ macro_rules! sum_fields {
         }
     };
 }
-sum_fields!(GlobalStats { received, passed, parse_failures, fragments, fib_failures, neighbour_pending, forwarded, dropped });
+sum_fields!(GlobalStats {
+    received,
+    passed,
+    parse_failures,
+    fragments,
+    fib_failures,
+    neighbour_pending,
+    forwarded,
+    dropped
+});
 sum_fields!(VipStats { packets, bytes, new_flows, flow_hits, flow_misses });
 sum_fields!(BackendStats { packets, bytes });
 sum_fields!(DecapStats { received, decapsulated, errors });

@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gslb_common::{
-    Addr16, Backend, BackendStats, DecapStats, EdgeConfig, FlowKey, FlowValue, FragmentVipKey,
-    GlobalStats, VipKey, VipStats, VipValue, DEFAULT_TABLE_SIZE,
+    Addr16, Backend, BackendStats, DecapStats, EdgeConfig, FlowKey, FlowValue, FragmentVipKey, GlobalStats, VipKey,
+    VipStats, VipValue, DEFAULT_TABLE_SIZE,
 };
 
 // Sizes below are placeholders: the agent sets every size when it loads the

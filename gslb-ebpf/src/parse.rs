@@ -100,11 +100,7 @@ pub struct Flow {
 #[inline(always)]
 pub fn parse_flow(ctx: &XdpContext) -> Result<Flow, Skip> {
     let l2 = parse_l2(ctx)?;
-    let mut flow = if l2.ether_type == ETH_P_IPV4 {
-        parse_ipv4(ctx, l2)?
-    } else {
-        parse_ipv6(ctx, l2)?
-    };
+    let mut flow = if l2.ether_type == ETH_P_IPV4 { parse_ipv4(ctx, l2)? } else { parse_ipv6(ctx, l2)? };
     if !flow.fragment {
         parse_ports(ctx, &mut flow)?;
     }

@@ -3,17 +3,14 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{
-        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS,
-    },
+    bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
     programs::XdpContext,
     EbpfContext,
 };
 use gslb_common::{
-    addr_as_v4, flow_hash, maglev_index, proto, Backend, FlowKey, FlowValue, FragmentVipKey,
-    GlobalStats, VipKey, VipValue, BACKEND_DEAD, NO_BACKEND, OUTER_TTL, VIP_SOURCE_IP_AFFINITY,
+    addr_as_v4, flow_hash, maglev_index, proto, Backend, FlowKey, FlowValue, FragmentVipKey, GlobalStats, VipKey,
+    VipValue, BACKEND_DEAD, NO_BACKEND, OUTER_TTL, VIP_SOURCE_IP_AFFINITY,
 };
 use network_types::{
     eth::EthHdr,
@@ -23,8 +20,7 @@ use network_types::{
 use crate::{
     count,
     parse::{parse_flow, ptr_at, Flow, Skip, ETH_P_IPV4, ETH_P_IPV6, IPV4_DF},
-    BACKENDS, BACKEND_STATS, EDGE_CONFIG, FLOWS, FRAGMENT_VIPS, GLOBAL_STATS, MAGLEV, TABLE_SIZE,
-    VIPS, VIP_STATS,
+    BACKENDS, BACKEND_STATS, EDGE_CONFIG, FLOWS, FRAGMENT_VIPS, GLOBAL_STATS, MAGLEV, TABLE_SIZE, VIPS, VIP_STATS,
 };
 
 const AF_INET: u8 = 2;
@@ -215,8 +211,26 @@ fn write_ipv4_header(h: &mut [u8; Ipv4Hdr::LEN], flow: &Flow, src: [u8; 4], dst:
     let id = flow.ip_id.to_be_bytes();
     let frags = if flow.df { IPV4_DF } else { 0 }.to_be_bytes();
     *h = [
-        0x45, flow.tos, len[0], len[1], id[0], id[1], frags[0], frags[1], OUTER_TTL, proto::IPIP,
-        0, 0, src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3],
+        0x45,
+        flow.tos,
+        len[0],
+        len[1],
+        id[0],
+        id[1],
+        frags[0],
+        frags[1],
+        OUTER_TTL,
+        proto::IPIP,
+        0,
+        0,
+        src[0],
+        src[1],
+        src[2],
+        src[3],
+        dst[0],
+        dst[1],
+        dst[2],
+        dst[3],
     ];
     let check = ipv4_checksum(h).to_be_bytes();
     h[10] = check[0];
@@ -283,9 +297,7 @@ fn forward(ctx: &XdpContext, outer_v6: bool) -> u32 {
         fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src_addr);
         fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst_addr);
     }
-    let rc = unsafe {
-        bpf_fib_lookup(ctx.as_ptr(), &mut fib, size_of::<FibParams>() as i32, 0)
-    } as u32;
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut fib, size_of::<FibParams>() as i32, 0) } as u32;
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         // The kernel resolves the neighbour and forwards the tunnel packet.

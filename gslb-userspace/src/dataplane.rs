@@ -10,9 +10,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use gslb_common::{
-    addr_from_ip, maglev::is_prime, names, Addr16, Backend, BackendStats, DecapStats, EdgeConfig,
-    FlowKey, FlowValue, FragmentVipKey, GlobalStats, VipKey, VipStats, VipValue, BACKEND_DEAD,
-    DEFAULT_TABLE_SIZE, TABLE_GENERATIONS, VIP_SOURCE_IP_AFFINITY,
+    addr_from_ip, maglev::is_prime, names, Addr16, Backend, BackendStats, DecapStats, EdgeConfig, FlowKey, FlowValue,
+    FragmentVipKey, GlobalStats, VipKey, VipStats, VipValue, BACKEND_DEAD, DEFAULT_TABLE_SIZE, TABLE_GENERATIONS,
+    VIP_SOURCE_IP_AFFINITY,
 };
 
 /// The compiled XDP object (both programs), built by `build.rs`.
@@ -37,11 +37,24 @@ impl Default for Limits {
 
 impl Limits {
     fn validate(&self) -> Result<()> {
-        ensure!(self.max_vips > 0 && self.max_backends > 1 && self.max_flows > 0, "map sizes must be positive: {self:?}");
+        ensure!(
+            self.max_vips > 0 && self.max_backends > 1 && self.max_flows > 0,
+            "map sizes must be positive: {self:?}"
+        );
         ensure!(is_prime(self.table_size), "table size {} is not prime", self.table_size);
-        ensure!(self.table_size >= self.max_backends, "table size {} is smaller than max backends {}", self.table_size, self.max_backends);
+        ensure!(
+            self.table_size >= self.max_backends,
+            "table size {} is smaller than max backends {}",
+            self.table_size,
+            self.max_backends
+        );
         let slots = self.max_vips as u64 * TABLE_GENERATIONS as u64 * self.table_size as u64;
-        ensure!(slots <= u32::MAX as u64, "{} VIPs x {} slots do not fit one table map", self.max_vips, self.table_size);
+        ensure!(
+            slots <= u32::MAX as u64,
+            "{} VIPs x {} slots do not fit one table map",
+            self.max_vips,
+            self.table_size
+        );
         Ok(())
     }
 }
@@ -143,7 +156,12 @@ impl Steer {
     /// is half-written.
     pub fn set_vip(&mut self, vip: VipMatch, vip_id: u32, source_ip_affinity: bool, table: &[u32]) -> Result<()> {
         ensure!(vip_id < self.limits.max_vips, "vip id {vip_id} out of range");
-        ensure!(table.len() == self.limits.table_size as usize, "table has {} slots, want {}", table.len(), self.limits.table_size);
+        ensure!(
+            table.len() == self.limits.table_size as usize,
+            "table has {} slots, want {}",
+            table.len(),
+            self.limits.table_size
+        );
         let key = vip.key();
         let generation = match self.vips.get(&key, 0) {
             Ok(current) => current.generation ^ 1,
@@ -217,11 +235,7 @@ impl Decap {
             .context("loading the gslb eBPF object")?;
         let program: &mut Xdp = ebpf.program_mut("decap").context("no decap program")?.try_into()?;
         program.load().context("the verifier refused decap")?;
-        Ok(Decap {
-            addrs: take(&mut ebpf, names::DECAP_ADDRS)?,
-            stats: take(&mut ebpf, names::DECAP_STATS)?,
-            ebpf,
-        })
+        Ok(Decap { addrs: take(&mut ebpf, names::DECAP_ADDRS)?, stats: take(&mut ebpf, names::DECAP_STATS)?, ebpf })
     }
 
     pub fn program(&mut self) -> &mut Xdp {

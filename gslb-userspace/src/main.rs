@@ -56,8 +56,9 @@ fn main() -> Result<()> {
 /// Blocks SIGINT/SIGTERM delivery to a channel.
 fn ctrlc_wait(tx: std::sync::mpsc::Sender<()>) {
     std::thread::spawn(move || {
-        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-            .expect("installing signal handlers");
+        let mut signals =
+            signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+                .expect("installing signal handlers");
         signals.forever().next();
         let _ = tx.send(());
     });

@@ -47,7 +47,11 @@ fn mac(m: [u8; 6]) -> String {
 
 fn setup_edge_links() {
     sh("ip link set lo up");
-    sh(&format!("ip link add {EDGE_IF} address {} type veth peer name router0 address {}", mac(EDGE_MAC), mac(ROUTER_MAC)));
+    sh(&format!(
+        "ip link add {EDGE_IF} address {} type veth peer name router0 address {}",
+        mac(EDGE_MAC),
+        mac(ROUTER_MAC)
+    ));
     sh(&format!("ip link set {EDGE_IF} up && ip link set router0 up"));
     sh(&format!("ip addr add 10.200.0.1/24 dev {EDGE_IF} && ip addr add fd00:200::1/64 dev {EDGE_IF} nodad"));
     sh(&format!("ip neigh replace 10.200.0.254 lladdr {} dev {EDGE_IF} nud permanent", mac(ROUTER_MAC)));

@@ -25,7 +25,8 @@ pub fn run_xdp(prog: &Xdp, frame: &[u8], ingress: Option<u32>) -> Outcome {
     let mut out = vec![0u8; frame.len() + 512];
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
     // rx_queue_index, egress_ifindex.
-    let ctx: Vec<u8> = [0, frame.len() as u32, 0, ingress.unwrap_or(0), 0, 0].iter().flat_map(|w: &u32| w.to_ne_bytes()).collect();
+    let ctx: Vec<u8> =
+        [0, frame.len() as u32, 0, ingress.unwrap_or(0), 0, 0].iter().flat_map(|w: &u32| w.to_ne_bytes()).collect();
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(frame);
     opts.data_out = Some(&mut out);

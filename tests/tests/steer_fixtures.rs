@@ -7,8 +7,8 @@ use gslb_tests::{
     edge::{backend_addr, backend_id, ref_vips, test_edge, TUNNEL_V4, TUNNEL_V6},
     netns::{ifindex, in_scratch_netns, EDGE_IF, EDGE_MAC, ROUTER_MAC},
     packet::{
-        ethernet, flow_frame, ipv6, ipv6_fragment_header, ipv6_options_header, l4, CLIENT_ROUTER_MAC, ICMP, TCP,
-        UDP, V4,
+        ethernet, flow_frame, ipv6, ipv6_fragment_header, ipv6_options_header, l4, CLIENT_ROUTER_MAC, ICMP, TCP, UDP,
+        V4,
     },
     reference::{complete_vip_packet, parse_tunnel},
     run::{action_name, run_xdp, XDP_PASS, XDP_REDIRECT, XDP_TX},
@@ -66,33 +66,91 @@ fn fixtures() -> Vec<Fixture> {
         fixture("ipv4 tcp", ethernet(&[], &v4_tcp.packet(&tcp(40000, 80))), tunnel(&[1, 2])),
         fixture("ipv4 udp", ethernet(&[], &v4_udp.packet(&udp(40000, 53))), tunnel(&[1, 2])),
         fixture("ipv4 without DF", ethernet(&[], &no_df.packet(&tcp(40001, 80))), tunnel(&[1, 2])),
-        fixture("ipv6 tcp", ethernet(&[], &ipv6("2001:db8:c::1", "2001:db8:f::10", TCP, &[], &tcp(40000, 443), 0xb8)), tunnel(&[3, 6])),
-        fixture("ipv6 udp", ethernet(&[], &ipv6("2001:db8:c::1", "2001:db8:f::10", UDP, &[], &udp(40000, 53), 0)), tunnel(&[3, 6])),
+        fixture(
+            "ipv6 tcp",
+            ethernet(&[], &ipv6("2001:db8:c::1", "2001:db8:f::10", TCP, &[], &tcp(40000, 443), 0xb8)),
+            tunnel(&[3, 6]),
+        ),
+        fixture(
+            "ipv6 udp",
+            ethernet(&[], &ipv6("2001:db8:c::1", "2001:db8:f::10", UDP, &[], &udp(40000, 53), 0)),
+            tunnel(&[3, 6]),
+        ),
         fixture("802.1Q tag", ethernet(&[100], &v4_tcp.packet(&tcp(40000, 80))), tunnel(&[1, 2])),
         fixture("802.1ad + 802.1Q tags", ethernet(&[100, 200], &v4_tcp.packet(&tcp(40000, 80))), tunnel(&[1, 2])),
-        fixture("ipv6 in two tags", ethernet(&[7, 8], &ipv6("2001:db8:c::1", "2001:db8:f::10", TCP, &[], &tcp(1, 443), 0)), tunnel(&[3, 6])),
-        fixture("ethernet padding is not tunnelled", { let mut f = ethernet(&[], &v4_udp.packet(&udp(7, 53))); f.extend([0; 9]); f }, tunnel(&[1, 2])),
+        fixture(
+            "ipv6 in two tags",
+            ethernet(&[7, 8], &ipv6("2001:db8:c::1", "2001:db8:f::10", TCP, &[], &tcp(1, 443), 0)),
+            tunnel(&[3, 6]),
+        ),
+        fixture(
+            "ethernet padding is not tunnelled",
+            {
+                let mut f = ethernet(&[], &v4_udp.packet(&udp(7, 53)));
+                f.extend([0; 9]);
+                f
+            },
+            tunnel(&[1, 2]),
+        ),
         fixture("ipv4 options", ethernet(&[], &with_options.packet(&tcp(40000, 80))), tunnel(&[1, 2])),
         fixture("ipv4 40 bytes of options", ethernet(&[], &max_options.packet(&tcp(40000, 80))), tunnel(&[1, 2])),
         fixture(
             "ipv6 hop-by-hop + destination options",
-            ethernet(&[], &ipv6("2001:db8:c::1", "2001:db8:f::10", TCP, &[(0, ipv6_options_header()), (60, ipv6_options_header())], &tcp(40000, 443), 0)),
+            ethernet(
+                &[],
+                &ipv6(
+                    "2001:db8:c::1",
+                    "2001:db8:f::10",
+                    TCP,
+                    &[(0, ipv6_options_header()), (60, ipv6_options_header())],
+                    &tcp(40000, 443),
+                    0,
+                ),
+            ),
             tunnel(&[3, 6]),
         ),
         fixture(
             "ipv6 atomic fragment header is not a fragment",
-            ethernet(&[], &ipv6("2001:db8:c::1", "2001:db8:f::10", UDP, &[(44, ipv6_fragment_header(0, false, 9))], &udp(40000, 53), 0)),
+            ethernet(
+                &[],
+                &ipv6(
+                    "2001:db8:c::1",
+                    "2001:db8:f::10",
+                    UDP,
+                    &[(44, ipv6_fragment_header(0, false, 9))],
+                    &udp(40000, 53),
+                    0,
+                ),
+            ),
             tunnel(&[3, 6]),
         ),
         fixture("ipv4 first fragment", ethernet(&[], &first_fragment.packet(&udp(40000, 53))), tunnel(&[1, 2])),
         fixture("ipv4 later fragment", ethernet(&[], &later_fragment.packet(b"more data")), tunnel(&[1, 2])),
         fixture(
             "ipv6 later fragment",
-            ethernet(&[], &ipv6("2001:db8:c::1", "2001:db8:f::10", UDP, &[(44, ipv6_fragment_header(100, true, 9))], b"middle", 0)),
+            ethernet(
+                &[],
+                &ipv6(
+                    "2001:db8:c::1",
+                    "2001:db8:f::10",
+                    UDP,
+                    &[(44, ipv6_fragment_header(100, true, 9))],
+                    b"middle",
+                    0,
+                ),
+            ),
             tunnel(&[3, 6]),
         ),
-        fixture("vip with port 0, any port", ethernet(&[], &V4::new("100.64.0.1", "203.0.113.20", TCP).packet(&tcp(5, 8443))), tunnel(&[1, 2, 5])),
-        fixture("source-ip affinity", ethernet(&[], &V4::new("100.64.0.9", "203.0.113.30", TCP).packet(&tcp(5, 80))), tunnel(&[1, 2, 5])),
+        fixture(
+            "vip with port 0, any port",
+            ethernet(&[], &V4::new("100.64.0.1", "203.0.113.20", TCP).packet(&tcp(5, 8443))),
+            tunnel(&[1, 2, 5]),
+        ),
+        fixture(
+            "source-ip affinity",
+            ethernet(&[], &V4::new("100.64.0.9", "203.0.113.30", TCP).packet(&tcp(5, 80))),
+            tunnel(&[1, 2, 5]),
+        ),
         fixture(
             "ipv4 vip, ipv6 backend",
             ethernet(&[], &V4::new("100.64.0.1", "203.0.113.40", TCP).packet(&tcp(5, 80))),
@@ -109,12 +167,45 @@ fn fixtures() -> Vec<Fixture> {
             ethernet(&[], &V4::new("100.64.0.1", "203.0.113.50", TCP).packet(&tcp(5, 80))),
             Expect::Tunnel { action: XDP_PASS, backends: &[4] },
         ),
-        fixture("not a vip address", flow_frame("100.64.0.1".parse().unwrap(), "203.0.113.99".parse().unwrap(), TCP, 5, 80), Expect::Untouched),
+        fixture(
+            "not a vip address",
+            flow_frame("100.64.0.1".parse().unwrap(), "203.0.113.99".parse().unwrap(), TCP, 5, 80),
+            Expect::Untouched,
+        ),
         fixture("vip address, other port", ethernet(&[], &v4_tcp.packet(&tcp(5, 81))), Expect::Untouched),
-        fixture("vip address, other protocol", ethernet(&[], &V4::new("100.64.0.1", "203.0.113.10", ICMP).packet(&[8, 0, 0, 0, 0, 0, 0, 0])), Expect::Untouched),
-        fixture("ipv6 vip, other port", ethernet(&[], &ipv6("2001:db8:c::1", "2001:db8:f::10", TCP, &[], &tcp(1, 80), 0)), Expect::Untouched),
-        fixture("arp", { let mut f = ethernet(&[], &[0u8; 28]); f[12] = 0x08; f[13] = 0x06; f }, Expect::Untouched),
-        fixture("fragment of a protocol with no fragment vip", ethernet(&[], &{ let mut f = V4::new("100.64.0.1", "203.0.113.20", TCP); f.more_fragments = true; f }.packet(&tcp(5, 80))), Expect::Untouched),
+        fixture(
+            "vip address, other protocol",
+            ethernet(&[], &V4::new("100.64.0.1", "203.0.113.10", ICMP).packet(&[8, 0, 0, 0, 0, 0, 0, 0])),
+            Expect::Untouched,
+        ),
+        fixture(
+            "ipv6 vip, other port",
+            ethernet(&[], &ipv6("2001:db8:c::1", "2001:db8:f::10", TCP, &[], &tcp(1, 80), 0)),
+            Expect::Untouched,
+        ),
+        fixture(
+            "arp",
+            {
+                let mut f = ethernet(&[], &[0u8; 28]);
+                f[12] = 0x08;
+                f[13] = 0x06;
+                f
+            },
+            Expect::Untouched,
+        ),
+        fixture(
+            "fragment of a protocol with no fragment vip",
+            ethernet(
+                &[],
+                &{
+                    let mut f = V4::new("100.64.0.1", "203.0.113.20", TCP);
+                    f.more_fragments = true;
+                    f
+                }
+                .packet(&tcp(5, 80)),
+            ),
+            Expect::Untouched,
+        ),
     ]
 }
 
@@ -164,7 +255,8 @@ fn check(f: &Fixture, action: &u32, out: &[u8]) -> Result<(), String> {
     }
     // Forwarded frames go to the router; frames left to the kernel keep
     // the MACs they arrived with.
-    let (dst_mac, src_mac) = if want_action == XDP_PASS { (EDGE_MAC, CLIENT_ROUTER_MAC) } else { (ROUTER_MAC, EDGE_MAC) };
+    let (dst_mac, src_mac) =
+        if want_action == XDP_PASS { (EDGE_MAC, CLIENT_ROUTER_MAC) } else { (ROUTER_MAC, EDGE_MAC) };
     if t.eth_dst != dst_mac || t.eth_src != src_mac {
         return Err(format!("MACs {:02x?} -> {:02x?}", t.eth_src, t.eth_dst));
     }
@@ -224,7 +316,11 @@ fn source_ip_affinity_keeps_a_client_and_its_fragments_together() {
             let mut frag = ip.clone();
             frag.df = false;
             frag.fragment_offset = 50;
-            assert_eq!(backend_for(&mut edge, &ethernet(&[], &frag.packet(b"tail"))), Some(first), "client {client}: fragment left its flow");
+            assert_eq!(
+                backend_for(&mut edge, &ethernet(&[], &frag.packet(b"tail"))),
+                Some(first),
+                "client {client}: fragment left its flow"
+            );
         }
         assert!(seen.len() > 1, "30 clients all hashed to one backend: {seen:?}");
     });

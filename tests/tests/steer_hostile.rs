@@ -26,7 +26,14 @@ fn seeds() -> Vec<Vec<u8>> {
         ethernet(&[], &frag.packet(&l4(UDP, 1, 53, b"x"))),
         ethernet(
             &[3],
-            &ipv6("2001:db8:c::1", "2001:db8:f::10", UDP, &[(0, ipv6_options_header()), (44, ipv6_fragment_header(0, false, 1))], &l4(UDP, 1, 53, b"x"), 0),
+            &ipv6(
+                "2001:db8:c::1",
+                "2001:db8:f::10",
+                UDP,
+                &[(0, ipv6_options_header()), (44, ipv6_fragment_header(0, false, 1))],
+                &l4(UDP, 1, 53, b"x"),
+                0,
+            ),
         ),
     ]
 }
@@ -37,7 +44,8 @@ fn judge(input: &[u8], out: &Outcome, vips: &[RefVip]) -> Result<(), String> {
         XDP_PASS if out.frame == input => Ok(()),
         XDP_PASS => Err("PASS with a changed frame".into()),
         XDP_TX | XDP_REDIRECT => {
-            let inner = complete_vip_packet(input, vips).ok_or("forwarded a frame that is not a complete VIP packet")?;
+            let inner =
+                complete_vip_packet(input, vips).ok_or("forwarded a frame that is not a complete VIP packet")?;
             let t = parse_tunnel(&out.frame)?;
             if t.inner != inner {
                 return Err("forwarded with a changed inner packet".into());
@@ -63,7 +71,12 @@ fn every_truncation_passes_untouched() {
             for len in ETH_HLEN..seed.len() {
                 let cut = &seed[..len];
                 let out = run_xdp(edge.program(), cut, None);
-                assert!(out.action == XDP_PASS && out.frame == cut, "cut at {len} of {}: {} ({seed:02x?})", seed.len(), action_name(out.action));
+                assert!(
+                    out.action == XDP_PASS && out.frame == cut,
+                    "cut at {len} of {}: {} ({seed:02x?})",
+                    seed.len(),
+                    action_name(out.action)
+                );
                 judge(cut, &out, &vips).unwrap();
             }
         }
@@ -104,7 +117,11 @@ fn random_and_mutated_frames_are_never_misrouted() {
             if let Err(why) = judge(&frame, &out, &vips) {
                 panic!("frame {i}: {why}: {frame:02x?}");
             }
-            if out.action == XDP_PASS { passed += 1 } else { forwarded += 1 }
+            if out.action == XDP_PASS {
+                passed += 1
+            } else {
+                forwarded += 1
+            }
         }
         // The mutations must exercise both outcomes for the test to mean anything.
         assert!(forwarded > 1_000 && passed > 1_000, "forwarded {forwarded}, passed {passed}");

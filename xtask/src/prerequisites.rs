@@ -36,7 +36,11 @@ fn have(command: &str) -> bool {
 
 fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
     eprintln!("xtask: {program} {}", args.join(" "));
-    let status = Command::new(program).args(args).envs(envs.iter().copied()).status().with_context(|| format!("running {program}"))?;
+    let status = Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .status()
+        .with_context(|| format!("running {program}"))?;
     if !status.success() {
         bail!("{program} {} failed: {status}", args.join(" "));
     }
@@ -80,7 +84,15 @@ fn bpf_linker() -> Result<()> {
     // The default feature wants LLVM 23; build against Debian's LLVM 22.
     run(
         "cargo",
-        &["install", "bpf-linker", "--version", &format!("~{BPF_LINKER_VERSION}"), "--no-default-features", "--features", "llvm-22"],
+        &[
+            "install",
+            "bpf-linker",
+            "--version",
+            &format!("~{BPF_LINKER_VERSION}"),
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ],
         &[("LLVM_PREFIX", &prefix)],
     )
 }
