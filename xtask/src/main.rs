@@ -17,7 +17,8 @@ struct Cli {
 enum Task {
     /// Install missing prerequisites only.
     Setup,
-    /// Install prerequisites, build, and run every test (needs root).
+    /// Install prerequisites, build, and run every test (needs root). Tests
+    /// run for the default members: gslb-ebpf only builds for BPF.
     Test {
         /// Passed to `cargo test` after `--` (a test name filter, ...).
         #[arg(last = true)]
@@ -37,7 +38,7 @@ fn main() -> Result<()> {
         Task::Setup => prerequisites::ensure(),
         Task::Test { args } => {
             prerequisites::ensure()?;
-            cargo(&["test", "--workspace"], &args)
+            cargo(&["test"], &args)
         }
         Task::Run { args } => {
             prerequisites::ensure()?;
