@@ -1,7 +1,10 @@
 //! `cargo xtask`: install what the project needs, build, run and test.
 mod prerequisites;
 
-use std::process::Command;
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
@@ -38,7 +41,7 @@ fn main() -> Result<()> {
         Task::Setup => prerequisites::ensure(),
         Task::Test { args } => {
             prerequisites::ensure()?;
-            cargo(&["test"], &args)
+            test(&args)
         }
         Task::Run { args } => {
             prerequisites::ensure()?;
@@ -48,18 +51,53 @@ fn main() -> Result<()> {
     }
 }
 
+fn cargo_command() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
 fn cargo(args: &[&str], extra: &[String]) -> Result<()> {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(args);
-    if !extra.is_empty() {
-        if args.first() == Some(&"test") {
-            cmd.arg("--");
-        }
-        cmd.args(extra);
-    }
+    let mut cmd = cargo_command();
+    cmd.args(args).args(extra);
     let status = cmd.status()?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
+}
+
+/// Runs `cargo test` for the default members, echoing its output, and ends
+/// with one line that adds up every test binary's result.
+fn test(extra: &[String]) -> Result<()> {
+    let mut cmd = cargo_command();
+    cmd.arg("test");
+    if !extra.is_empty() {
+        cmd.arg("--").args(extra);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).spawn()?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped stdout")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            passed += count_before(result, " passed");
+            failed += count_before(result, " failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    Ok(())
+}
+
+/// The number just before `word` in a libtest summary ("ok. 4 passed; ...").
+fn count_before(summary: &str, word: &str) -> u64 {
+    summary
+        .split(';')
+        .find_map(|part| {
+            part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word.trim())
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
