@@ -95,7 +95,7 @@ pub fn ipv6(src: &str, dst: &str, proto: u8, ext: &[(u8, Vec<u8>)], payload: &[u
         chain.extend(b);
     }
     let first = ext.first().map(|e| e.0).unwrap_or(proto);
-    let mut h = vec![0x60 | (traffic_class >> 4), traffic_class << 4 | 0x0, 0x12, 0x34];
+    let mut h = vec![0x60 | (traffic_class >> 4), traffic_class << 4, 0x12, 0x34];
     h.extend(((chain.len() + payload.len()) as u16).to_be_bytes());
     h.extend([first, 59]);
     h.extend(src.octets());
