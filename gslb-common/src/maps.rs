@@ -130,7 +130,7 @@ pub struct GlobalStats {
     pub passed: u64,
     /// Malformed or truncated headers.
     pub parse_failures: u64,
-    /// IP fragments addressed to a VIP.
+    /// TCP/UDP fragments seen (steered by addresses alone when to a VIP).
     pub fragments: u64,
     /// Route lookups for the tunnel destination that failed.
     pub fib_failures: u64,

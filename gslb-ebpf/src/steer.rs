@@ -68,6 +68,11 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let Some((backend_id, backend)) = select(&flow, &vip) else {
         return drop();
     };
+
+    // Encapsulate.
+    let Some(outer_v6) = encapsulate(ctx, &flow, backend) else {
+        return drop();
+    };
     count(&VIP_STATS, vip.vip_id, |s| {
         s.packets += 1;
         s.bytes += flow.ip_len as u64;
@@ -76,11 +81,6 @@ pub fn run(ctx: &XdpContext) -> u32 {
         s.packets += 1;
         s.bytes += flow.ip_len as u64;
     });
-
-    // Encapsulate.
-    let Some(outer_v6) = encapsulate(ctx, &flow, backend) else {
-        return drop();
-    };
 
     // Forward.
     forward(ctx, outer_v6)
