@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 
 const LLVM_CONFIG: &str = "llvm-config-22";
 const BPF_LINKER_VERSION: &str = "0.13";
-/// Debian packages and a command each provides.
-const DEBIAN_PACKAGES: &[(&str, &str)] = &[("llvm-22-dev", LLVM_CONFIG), ("iproute2", "ip"), ("ethtool", "ethtool")];
+/// Debian packages: LLVM for bpf-linker, `ip` and `ethtool` for the tests.
+const DEBIAN_PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "ethtool"];
 
 pub fn ensure() -> Result<()> {
     if effective_uid() != 0 {
@@ -30,8 +30,11 @@ fn effective_uid() -> u32 {
         .unwrap_or(u32::MAX)
 }
 
-fn have(command: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {command}")]).output().is_ok_and(|o| o.status.success())
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
 fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
@@ -48,7 +51,7 @@ fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
 }
 
 fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES.iter().filter(|(_, cmd)| !have(cmd)).map(|(pkg, _)| *pkg).collect();
+    let missing: Vec<&str> = DEBIAN_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
