@@ -251,3 +251,22 @@ impl Decap {
         sum(&self.stats, 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_checked_before_loading() {
+        assert!(Limits::default().validate().is_ok());
+        let bad = [
+            Limits { table_size: 65_536, ..Limits::default() },
+            Limits { table_size: 13, max_backends: 14, ..Limits::default() },
+            Limits { max_vips: 40_000, ..Limits::default() },
+            Limits { max_flows: 0, ..Limits::default() },
+        ];
+        for limits in bad {
+            assert!(limits.validate().is_err(), "accepted {limits:?}");
+        }
+    }
+}
