@@ -53,7 +53,7 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Blocks SIGINT/SIGTERM delivery to a channel.
+/// Sends one message on `tx` when SIGINT or SIGTERM arrives.
 fn ctrlc_wait(tx: std::sync::mpsc::Sender<()>) {
     std::thread::spawn(move || {
         let mut signals =
