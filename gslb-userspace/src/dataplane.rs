@@ -1,18 +1,19 @@
 //! Loading the XDP object and writing its maps: the one place userspace
 //! touches the data plane.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, path::Path};
 
 use anyhow::{bail, ensure, Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::Xdp,
+    util::nr_cpus,
     Ebpf, EbpfLoader,
 };
 use gslb_common::{
-    addr_from_ip, maglev::is_prime, names, Addr16, Backend, BackendStats, DecapStats, EdgeConfig, FlowKey, FlowValue,
-    FragmentVipKey, GlobalStats, VipKey, VipStats, VipValue, BACKEND_DEAD, DEFAULT_TABLE_SIZE, TABLE_GENERATIONS,
-    VIP_SOURCE_IP_AFFINITY,
+    addr_from_ip, addr_to_ip, maglev::is_prime, names, Addr16, Backend, BackendStats, DecapStats, EdgeConfig, FlowKey,
+    FlowValue, FragmentVipKey, GlobalStats, VipKey, VipStats, VipValue, BACKEND_DEAD, DEFAULT_TABLE_SIZE,
+    TABLE_GENERATIONS, VIP_SOURCE_IP_AFFINITY,
 };
 
 /// The compiled XDP object (both programs), built by `build.rs`.
@@ -59,14 +60,48 @@ impl Limits {
     }
 }
 
-fn take<M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<M> {
-    let map = ebpf.take_map(name).with_context(|| format!("map {name} missing from the object"))?;
-    M::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+/// Where maps come from: a freshly loaded object, or pins on bpffs.
+enum MapSource<'a> {
+    Loaded(&'a mut Ebpf),
+    Pinned(&'a Path),
+}
+
+impl MapSource<'_> {
+    fn take<M: TryFrom<Map, Error = MapError>>(&mut self, name: &str) -> Result<M> {
+        let map = match self {
+            MapSource::Loaded(ebpf) => {
+                ebpf.take_map(name).with_context(|| format!("map {name} missing from the object"))?
+            }
+            MapSource::Pinned(dir) => {
+                let path = dir.join(name);
+                let data =
+                    MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+                Map::from_map_data(data)
+                    .with_context(|| format!("pinned map {} has an unknown type", path.display()))?
+            }
+        };
+        M::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+    }
+}
+
+fn take<M: TryFrom<Map, Error = MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<M> {
+    MapSource::Loaded(ebpf).take(name)
+}
+
+/// The pinned program, under a pin directory.
+const PROGRAM_PIN: &str = "steer";
+/// The directory of pinned maps, under a pin directory.
+const MAPS_DIR: &str = "maps";
+
+/// The `steer` program: loaded from the object, or adopted from its pin.
+enum SteerProgram {
+    Loaded(Box<Ebpf>),
+    Pinned(Box<Xdp>),
 }
 
 /// The `steer` program and its maps.
 pub struct Steer {
-    pub ebpf: Ebpf,
+    program: SteerProgram,
     pub limits: Limits,
     vips: HashMap<MapData, VipKey, VipValue>,
     fragment_vips: HashMap<MapData, FragmentVipKey, u32>,
@@ -80,7 +115,7 @@ pub struct Steer {
 }
 
 /// A VIP as the data plane matches it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VipMatch {
     pub address: IpAddr,
     /// 0 = every port.
@@ -93,6 +128,19 @@ impl VipMatch {
     pub fn key(&self) -> VipKey {
         VipKey { addr: addr_from_ip(self.address), port: self.port, proto: self.proto, _pad: 0 }
     }
+
+    pub fn from_key(key: &VipKey) -> VipMatch {
+        VipMatch { address: addr_to_ip(&key.addr), port: key.port, proto: key.proto }
+    }
+}
+
+/// A VIP as it is installed: its slot in the table map, the generation in
+/// use, and its affinity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InstalledVip {
+    pub vip_id: u32,
+    pub generation: u32,
+    pub source_ip_affinity: bool,
 }
 
 impl Steer {
@@ -114,23 +162,110 @@ impl Steer {
             .context("loading the gslb eBPF object")?;
         let program: &mut Xdp = ebpf.program_mut("steer").context("no steer program")?.try_into()?;
         program.load().context("the verifier refused steer")?;
+        let mut source = MapSource::Loaded(&mut ebpf);
+        let (vips, fragment_vips, backends, maglev, flows) = (
+            source.take(names::VIPS)?,
+            source.take(names::FRAGMENT_VIPS)?,
+            source.take(names::BACKENDS)?,
+            source.take(names::MAGLEV)?,
+            source.take(names::FLOWS)?,
+        );
+        let (edge_config, global_stats, vip_stats, backend_stats) = (
+            source.take(names::EDGE_CONFIG)?,
+            source.take(names::GLOBAL_STATS)?,
+            source.take(names::VIP_STATS)?,
+            source.take(names::BACKEND_STATS)?,
+        );
         Ok(Steer {
-            vips: take(&mut ebpf, names::VIPS)?,
-            fragment_vips: take(&mut ebpf, names::FRAGMENT_VIPS)?,
-            backends: take(&mut ebpf, names::BACKENDS)?,
-            maglev: take(&mut ebpf, names::MAGLEV)?,
-            flows: take(&mut ebpf, names::FLOWS)?,
-            edge_config: take(&mut ebpf, names::EDGE_CONFIG)?,
-            global_stats: take(&mut ebpf, names::GLOBAL_STATS)?,
-            vip_stats: take(&mut ebpf, names::VIP_STATS)?,
-            backend_stats: take(&mut ebpf, names::BACKEND_STATS)?,
-            ebpf,
+            program: SteerProgram::Loaded(Box::new(ebpf)),
             limits,
+            vips,
+            fragment_vips,
+            backends,
+            maglev,
+            flows,
+            edge_config,
+            global_stats,
+            vip_stats,
+            backend_stats,
         })
     }
 
+    /// Adopts the program and maps a previous agent pinned under `dir`:
+    /// every recorded flow, table and counter carries on.
+    pub fn open_pinned(dir: &Path) -> Result<Steer> {
+        let path = dir.join(PROGRAM_PIN);
+        let program = Xdp::from_pin(&path, aya_obj::programs::XdpAttachType::Interface)
+            .with_context(|| format!("opening the pinned program {}", path.display()))?;
+        let maps_dir = dir.join(MAPS_DIR);
+        let mut source = MapSource::Pinned(&maps_dir);
+        let vips: HashMap<MapData, VipKey, VipValue> = source.take(names::VIPS)?;
+        let max_vips = vips.map().info()?.max_entries();
+        let maglev: Array<MapData, u32> = source.take(names::MAGLEV)?;
+        let flows: HashMap<MapData, FlowKey, FlowValue> = source.take(names::FLOWS)?;
+        let backends: Array<MapData, Backend> = source.take(names::BACKENDS)?;
+        let limits = Limits {
+            max_vips,
+            max_backends: backends.len(),
+            max_flows: flows.map().info()?.max_entries(),
+            table_size: maglev.len() / (max_vips * TABLE_GENERATIONS),
+        };
+        limits.validate().context("the pinned maps have inconsistent sizes")?;
+        Ok(Steer {
+            program: SteerProgram::Pinned(Box::new(program)),
+            limits,
+            vips,
+            fragment_vips: source.take(names::FRAGMENT_VIPS)?,
+            backends,
+            maglev,
+            flows,
+            edge_config: source.take(names::EDGE_CONFIG)?,
+            global_stats: source.take(names::GLOBAL_STATS)?,
+            vip_stats: source.take(names::VIP_STATS)?,
+            backend_stats: source.take(names::BACKEND_STATS)?,
+        })
+    }
+
+    /// Whether `dir` holds a pinned `steer` left by an earlier agent.
+    pub fn is_pinned(dir: &Path) -> bool {
+        dir.join(PROGRAM_PIN).exists()
+    }
+
+    /// Pins the program and every map under `dir` (on bpffs), so they
+    /// outlive this process and a later agent can adopt them. The program
+    /// is pinned last: its pin marks the state as complete.
+    pub fn pin(&mut self, dir: &Path) -> Result<()> {
+        let maps_dir = dir.join(MAPS_DIR);
+        std::fs::create_dir_all(&maps_dir).with_context(|| format!("creating {}", maps_dir.display()))?;
+        let maps: [(&str, &MapData); 9] = [
+            (names::VIPS, self.vips.map()),
+            (names::FRAGMENT_VIPS, self.fragment_vips.map()),
+            (names::BACKENDS, self.backends.map()),
+            (names::MAGLEV, self.maglev.map()),
+            (names::FLOWS, self.flows.map()),
+            (names::EDGE_CONFIG, self.edge_config.map()),
+            (names::GLOBAL_STATS, self.global_stats.map()),
+            (names::VIP_STATS, self.vip_stats.map()),
+            (names::BACKEND_STATS, self.backend_stats.map()),
+        ];
+        for (name, map) in maps {
+            let path = maps_dir.join(name);
+            if path.exists() {
+                std::fs::remove_file(&path).with_context(|| format!("removing a stale pin {}", path.display()))?;
+            }
+            map.pin(&path).with_context(|| format!("pinning map {}", path.display()))?;
+        }
+        let path = dir.join(PROGRAM_PIN);
+        self.program().pin(&path).with_context(|| format!("pinning the program at {}", path.display()))
+    }
+
     pub fn program(&mut self) -> &mut Xdp {
-        self.ebpf.program_mut("steer").and_then(|p| p.try_into().ok()).expect("steer was loaded")
+        match &mut self.program {
+            SteerProgram::Loaded(ebpf) => {
+                ebpf.program_mut("steer").and_then(|p| p.try_into().ok()).expect("steer was loaded")
+            }
+            SteerProgram::Pinned(program) => program,
+        }
     }
 
     /// Sets the outer source addresses.
@@ -179,6 +314,81 @@ impl Steer {
     pub fn set_fragment_vip(&mut self, address: IpAddr, proto: u8, port: u16) -> Result<()> {
         let key = FragmentVipKey { addr: addr_from_ip(address), proto, _pad: [0; 3] };
         self.fragment_vips.insert(key, port as u32, 0).context("writing FRAGMENT_VIPS")
+    }
+
+    /// The VIPs installed now, with their slots and generations.
+    pub fn installed_vips(&self) -> Result<Vec<(VipMatch, InstalledVip)>> {
+        let mut vips = Vec::new();
+        for entry in self.vips.iter() {
+            let (key, value) = entry.context("reading VIPS")?;
+            let installed = InstalledVip {
+                vip_id: value.vip_id,
+                generation: value.generation,
+                source_ip_affinity: value.flags & VIP_SOURCE_IP_AFFINITY != 0,
+            };
+            vips.push((VipMatch::from_key(&key), installed));
+        }
+        Ok(vips)
+    }
+
+    /// Stops steering a VIP: its packets go to the kernel from now on.
+    pub fn remove_vip(&mut self, vip: VipMatch) -> Result<()> {
+        self.vips.remove(&vip.key()).with_context(|| format!("removing VIP {vip:?}"))
+    }
+
+    /// Which port's VIP fragments to each (address, protocol) use.
+    pub fn fragment_vips(&self) -> Result<Vec<(IpAddr, u8, u16)>> {
+        let mut entries = Vec::new();
+        for entry in self.fragment_vips.iter() {
+            let (key, port) = entry.context("reading FRAGMENT_VIPS")?;
+            entries.push((addr_to_ip(&key.addr), key.proto, port as u16));
+        }
+        Ok(entries)
+    }
+
+    pub fn remove_fragment_vip(&mut self, address: IpAddr, proto: u8) -> Result<()> {
+        let key = FragmentVipKey { addr: addr_from_ip(address), proto, _pad: [0; 3] };
+        self.fragment_vips.remove(&key).context("removing from FRAGMENT_VIPS")
+    }
+
+    /// Backends in use: id, address and whether they are marked dead.
+    /// Unused ids hold the unspecified address.
+    pub fn installed_backends(&self) -> Result<Vec<(u32, IpAddr, bool)>> {
+        let mut backends = Vec::new();
+        for id in 1..self.limits.max_backends {
+            let backend = self.backends.get(&id, 0).with_context(|| format!("reading backend {id}"))?;
+            if backend.addr != [0; 16] {
+                backends.push((id, addr_to_ip(&backend.addr), backend.flags & BACKEND_DEAD != 0));
+            }
+        }
+        Ok(backends)
+    }
+
+    /// Frees a backend id: flows still recorded on it re-select, as for a
+    /// dead backend.
+    pub fn clear_backend(&mut self, id: u32) -> Result<()> {
+        ensure!(id != 0 && id < self.limits.max_backends, "backend id {id} out of range");
+        let backend = Backend { addr: [0; 16], flags: BACKEND_DEAD, _pad: 0 };
+        self.backends.set(id, backend, 0).with_context(|| format!("clearing backend {id}"))
+    }
+
+    /// Zeroes a backend's counters, so a reused id starts from nothing.
+    pub fn reset_backend_stats(&mut self, id: u32) -> Result<()> {
+        let zero = PerCpuValues::try_from(vec![BackendStats::default(); nr_cpus().map_err(|(_, e)| e)?])?;
+        self.backend_stats.set(id, zero, 0).context("resetting BACKEND_STATS")
+    }
+
+    /// Zeroes a VIP's counters, so a reused slot starts from nothing.
+    pub fn reset_vip_stats(&mut self, vip_id: u32) -> Result<()> {
+        let zero = PerCpuValues::try_from(vec![VipStats::default(); nr_cpus().map_err(|(_, e)| e)?])?;
+        self.vip_stats.set(vip_id, zero, 0).context("resetting VIP_STATS")
+    }
+
+    /// The outer source addresses in force.
+    pub fn tunnel_sources(&self) -> Result<(std::net::Ipv4Addr, Option<std::net::Ipv6Addr>)> {
+        let config = self.edge_config.get(&0, 0).context("reading EDGE_CONFIG")?;
+        let v6 = (config.has_v6 != 0).then(|| std::net::Ipv6Addr::from(config.tunnel_source_v6));
+        Ok((std::net::Ipv4Addr::from(config.tunnel_source_v4), v6))
     }
 
     /// Reads back the live table of a VIP.

@@ -1,3 +1,11 @@
-//! The gslb agent library: loading the XDP programs and programming their
-//! maps. The `gslb` binary and the end-to-end tests both use it.
+//! The gslb agent: config, planning, the data plane, and the command line.
+
+pub mod admin;
+pub mod agent;
+pub mod attach;
+pub mod cli;
+pub mod config;
 pub mod dataplane;
+pub mod install;
+pub mod plan;
+pub mod status;

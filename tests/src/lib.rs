@@ -2,8 +2,13 @@
 //! XDP programs through BPF_PROG_TEST_RUN, and a reference parser written
 //! independently of the data plane to judge its output.
 
+pub mod demo;
+pub mod deploy;
 pub mod edge;
+pub mod lab;
 pub mod netns;
 pub mod packet;
 pub mod reference;
 pub mod run;
+pub mod server;
+pub mod traffic;

@@ -1,0 +1,208 @@
+//! The edge agent: owns the data plane, applies configs, reports status.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::{bail, Context, Result};
+use tracing::{info, warn};
+
+use crate::attach::{self, AttachedMode};
+use crate::config::{self, Config};
+use crate::dataplane::{Limits, Steer, VipMatch};
+use crate::install::{Changes, Installed};
+use crate::plan::{plan, Plan};
+
+pub struct Agent {
+    config_path: PathBuf,
+    pub config: Config,
+    pub steer: Steer,
+    pub installed: Installed,
+    pub plan: Plan,
+    pub interfaces: BTreeMap<String, AttachedMode>,
+    /// Whether this agent adopted state pinned by an earlier one.
+    pub adopted: bool,
+    pub started: SystemTime,
+    pub reloads: u64,
+    pub last_reload: Option<ReloadRecord>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReloadRecord {
+    pub at: SystemTime,
+    pub ok: bool,
+    pub error: Option<String>,
+    pub changes: Option<Changes>,
+}
+
+/// bpffs's magic number in statfs(2).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+impl Agent {
+    /// Loads the config, adopts pinned state or loads `steer` afresh,
+    /// programs the maps, then attaches to the interfaces.
+    pub fn start(config_path: &Path) -> Result<Agent> {
+        let config = config::load(config_path)?;
+        let pin_dir = config.edge.bpffs_pin.clone();
+        check_bpffs(&pin_dir)?;
+        for interface in &config.edge.interfaces {
+            attach::ifindex(interface)?;
+        }
+
+        let adopted = Steer::is_pinned(&pin_dir);
+        let (mut steer, mut installed) = if adopted {
+            let steer = Steer::open_pinned(&pin_dir)?;
+            let installed = Installed::read(&steer)?;
+            info!(
+                pin_dir = %pin_dir.display(),
+                vips = installed.vips.len(),
+                backends = installed.backend_ids.len(),
+                "adopted the pinned data plane; recorded flows carry on"
+            );
+            let wanted = limits_of(&config);
+            if wanted != steer.limits {
+                warn!(
+                    pinned = ?steer.limits,
+                    configured = ?wanted,
+                    "the pinned maps have other sizes than the config asks; keeping the pinned ones (remove {} to start afresh, dropping recorded flows)",
+                    pin_dir.display()
+                );
+            }
+            (steer, installed)
+        } else {
+            let mut steer = Steer::load(limits_of(&config))?;
+            // Links without a pinned program belong to no state we can
+            // adopt: replace them.
+            for interface in attach::pinned_interfaces(&pin_dir) {
+                warn!(interface, "removing a pinned link left without its program");
+                attach::detach(&interface, &pin_dir)?;
+            }
+            steer.pin(&pin_dir)?;
+            info!(pin_dir = %pin_dir.display(), "loaded steer and pinned its state");
+            (steer, Installed::default())
+        };
+
+        let plan = plan(&config, &installed.backend_ids, steer.limits.max_backends, steer.limits.table_size)?;
+        let changes = installed.apply(&mut steer, &plan, &vip_names(&plan))?;
+        info!(?changes, "programmed the data plane");
+
+        let mut agent = Agent {
+            config_path: config_path.to_path_buf(),
+            config,
+            steer,
+            installed,
+            plan,
+            interfaces: BTreeMap::new(),
+            adopted,
+            started: SystemTime::now(),
+            reloads: 0,
+            last_reload: None,
+        };
+        agent.sync_interfaces()?;
+        Ok(agent)
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Re-reads the config file. A config that fails validation, or that
+    /// this data plane cannot hold, is refused before anything changes.
+    pub fn reload(&mut self) -> Result<Changes> {
+        let outcome = self.try_reload();
+        self.reloads += 1;
+        self.last_reload = Some(ReloadRecord {
+            at: SystemTime::now(),
+            ok: outcome.is_ok(),
+            error: outcome.as_ref().err().map(|e| format!("{e:#}")),
+            changes: outcome.as_ref().ok().cloned(),
+        });
+        match &outcome {
+            Ok(changes) => info!(?changes, "reloaded {}", self.config_path.display()),
+            Err(error) => warn!("refused {}: {error:#}; the running config stays in force", self.config_path.display()),
+        }
+        outcome
+    }
+
+    fn try_reload(&mut self) -> Result<Changes> {
+        let config = config::load(&self.config_path)?;
+        if config.edge.bpffs_pin != self.config.edge.bpffs_pin {
+            bail!("edge.bpffs_pin cannot change while the agent runs; restart it instead");
+        }
+        for interface in &config.edge.interfaces {
+            attach::ifindex(interface)?;
+        }
+        let limits = self.steer.limits;
+        if config.vips.len() > limits.max_vips as usize {
+            bail!("{} VIPs do not fit the loaded maps (max_vips {})", config.vips.len(), limits.max_vips);
+        }
+        let plan = plan(&config, &self.installed.backend_ids, limits.max_backends, limits.table_size)?;
+        let changes = self.installed.apply(&mut self.steer, &plan, &vip_names(&self.plan))?;
+        self.config = config;
+        self.plan = plan;
+        self.sync_interfaces()?;
+        Ok(changes)
+    }
+
+    /// Attaches to configured interfaces and detaches from ones no longer
+    /// configured.
+    fn sync_interfaces(&mut self) -> Result<()> {
+        let pin_dir = self.config.edge.bpffs_pin.clone();
+        for interface in attach::pinned_interfaces(&pin_dir) {
+            if !self.config.edge.interfaces.contains(&interface) {
+                attach::detach(&interface, &pin_dir)?;
+                self.interfaces.remove(&interface);
+            }
+        }
+        for interface in self.config.edge.interfaces.clone() {
+            if !self.interfaces.contains_key(&interface) {
+                let mode =
+                    attach::ensure_attached(self.steer.program(), &interface, self.config.edge.xdp_mode, &pin_dir)?;
+                self.interfaces.insert(interface, mode);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the agent's pins: `steer` stops on every interface once this
+    /// process exits, and recorded flows are forgotten.
+    pub fn remove_pins(&self) -> Result<()> {
+        let dir = &self.config.edge.bpffs_pin;
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
+    }
+}
+
+fn vip_names(plan: &Plan) -> BTreeMap<VipMatch, String> {
+    plan.vips.iter().map(|(m, v)| (*m, v.name.clone())).collect()
+}
+
+pub fn limits_of(config: &Config) -> Limits {
+    Limits {
+        max_vips: config.edge.max_vips,
+        max_backends: config.edge.max_backends,
+        max_flows: config.edge.max_flows,
+        table_size: config.edge.table_size,
+    }
+}
+
+/// Refuses a pin directory that is not on bpffs, saying how to fix it.
+fn check_bpffs(pin_dir: &Path) -> Result<()> {
+    let mut probe = pin_dir.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    let path = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes()).context("path contains NUL")?;
+    // SAFETY: statfs writes into `stat`, which lives across the call.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(path.as_ptr(), &mut stat) };
+    if rc != 0 || stat.f_type as i64 != BPF_FS_MAGIC {
+        bail!(
+            "edge.bpffs_pin {} is not on a BPF filesystem ({} is not bpffs); mount one with `mount -t bpf bpf /sys/fs/bpf` or choose a path under a bpffs mount",
+            pin_dir.display(),
+            probe.display()
+        );
+    }
+    Ok(())
+}

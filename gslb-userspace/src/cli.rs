@@ -1,0 +1,212 @@
+//! The `gslb` command line.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use crate::admin::{self, Request};
+use crate::agent::Agent;
+use crate::config;
+use crate::dataplane::{Decap, Limits, Steer};
+
+use crate::config::DEFAULT_ADMIN_SOCKET;
+
+#[derive(Parser)]
+#[command(name = "gslb", version, about = "XDP edge packet steerer for global server load balancing")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How a command finds a running agent.
+#[derive(clap::Args)]
+pub struct AgentAddress {
+    /// The agent's admin socket.
+    #[arg(long, conflicts_with = "config")]
+    socket: Option<PathBuf>,
+    /// Read the admin socket's path from this config file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl AgentAddress {
+    fn socket(&self) -> Result<PathBuf> {
+        if let Some(socket) = &self.socket {
+            return Ok(socket.clone());
+        }
+        if let Some(path) = &self.config {
+            return Ok(config::load(path)?.edge.admin_socket);
+        }
+        Ok(PathBuf::from(DEFAULT_ADMIN_SOCKET))
+    }
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the edge agent: attach `steer` to the configured interfaces and
+    /// program it from the config until stopped. Steering outlives the
+    /// agent: a restarted agent adopts the pinned state.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// On exit, remove the pinned state: `steer` detaches and recorded
+        /// flows are forgotten.
+        #[arg(long)]
+        remove_on_exit: bool,
+    },
+    /// Make the running agent re-read its config file (as SIGHUP does).
+    Reload {
+        #[command(flatten)]
+        agent: AgentAddress,
+    },
+    /// Show VIPs, pools, backends, table shares and counters.
+    Status {
+        #[command(flatten)]
+        agent: AgentAddress,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a config file and exit.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Attach `decap` to a backend interface and keep running until
+    /// interrupted.
+    Decap {
+        #[arg(long)]
+        iface: String,
+        /// The backend's tunnel address (repeat for several).
+        #[arg(long, required = true)]
+        address: Vec<IpAddr>,
+    },
+    /// Load `steer` and `decap` through the kernel verifier, then exit.
+    Verify,
+}
+
+pub fn main() -> Result<()> {
+    run(Cli::parse())
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    init_logging();
+    match cli.command {
+        Command::Run { config, remove_on_exit } => run_agent(&config, remove_on_exit),
+        Command::Reload { agent } => {
+            let response = admin::request(&agent.socket()?, &Request::Reload)?;
+            if let Some(error) = response.error {
+                bail!("reload refused: {error}");
+            }
+            println!("reloaded: {}", serde_json::to_string(&response.changes)?);
+            Ok(())
+        }
+        Command::Status { agent, json } => {
+            let response = admin::request(&agent.socket()?, &Request::Status)?;
+            let Some(status) = response.status else {
+                bail!("status failed: {}", response.error.unwrap_or_default());
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+            Ok(())
+        }
+        Command::Check { config } => {
+            let parsed = config::load(&config)?;
+            println!(
+                "{}: valid ({} VIPs, {} pools, {} backends)",
+                config.display(),
+                parsed.vips.len(),
+                parsed.pools.len(),
+                parsed.pools.iter().map(|p| p.backends.len()).sum::<usize>()
+            );
+            Ok(())
+        }
+        Command::Decap { iface, address } => run_decap(&iface, &address),
+        Command::Verify => {
+            Steer::load(Limits::default())?;
+            Decap::load()?;
+            println!("steer and decap passed the verifier");
+            Ok(())
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,aya=error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")
+}
+
+fn run_agent(config_path: &Path, remove_on_exit: bool) -> Result<()> {
+    let agent = Agent::start(config_path)?;
+    let socket = agent.config.edge.admin_socket.clone();
+    let pin_dir = agent.config.edge.bpffs_pin.clone();
+    let agent = Arc::new(Mutex::new(agent));
+    runtime()?.block_on(async {
+        let listener = admin::bind(&socket)?;
+        let server = tokio::spawn(admin::serve(listener, agent.clone()));
+        let mut hangup = signal(SignalKind::hangup())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        info!(socket = %socket.display(), "agent running; SIGHUP or `gslb reload` re-reads the config");
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => {
+                    let agent = agent.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let _ = agent.lock().unwrap_or_else(|p| p.into_inner()).reload();
+                    }).await;
+                }
+                _ = interrupt.recv() => break,
+                _ = terminate.recv() => break,
+            }
+        }
+        server.abort();
+        anyhow::Ok(())
+    })?;
+    let _ = std::fs::remove_file(&socket);
+    let agent = agent.lock().unwrap_or_else(|p| p.into_inner());
+    if remove_on_exit {
+        agent.remove_pins()?;
+        info!("removed the pinned state; steer detaches as this process exits");
+    } else {
+        warn!(pin_dir = %pin_dir.display(), "agent stopped; steer stays attached with the last config (restart the agent to adopt it)");
+    }
+    Ok(())
+}
+
+fn run_decap(iface: &str, addresses: &[IpAddr]) -> Result<()> {
+    let mut decap = Decap::load()?;
+    for address in addresses {
+        decap.add_address(*address)?;
+    }
+    let _link = decap
+        .program()
+        .attach(iface, aya::programs::XdpMode::Default)
+        .with_context(|| format!("attaching decap to {iface}"))?;
+    info!(iface, ?addresses, "decap attached; Ctrl-C to detach");
+    runtime()?.block_on(async {
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        anyhow::Ok(())
+    })
+}

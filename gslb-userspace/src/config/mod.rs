@@ -1,0 +1,291 @@
+//! The agent's configuration file (TOML): parsing and validation.
+//!
+//! `load` / `parse` turn the file into a [`Config`] of plain values, or
+//! refuse it with a [`ConfigError`] naming the file, line and column of the
+//! offending value. The file format is the public contract and is described
+//! for operators in `docs/configuration.md`; keep the two in step.
+//!
+//! Layout: `raw` holds the serde structs that mirror the file (one per
+//! section, every value `Spanned`), `validate` checks them and builds the
+//! types below.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataplane::Limits;
+
+mod raw;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+/// Default `edge.admin_socket`.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/gslb/gslb.sock";
+/// Default `edge.bpffs_pin`.
+pub const DEFAULT_BPFFS_PIN: &str = "/sys/fs/bpf/gslb";
+/// Default `edge.max_flows`.
+pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
+/// Default `edge.max_backends`.
+pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
+/// Default `edge.max_vips`.
+pub const DEFAULT_MAX_VIPS: u32 = 64;
+/// Default `edge.table_size`.
+pub const DEFAULT_TABLE_SIZE: u32 = gslb_common::DEFAULT_TABLE_SIZE;
+/// Default pool and backend weight.
+pub const DEFAULT_WEIGHT: u32 = 100;
+/// Largest pool or backend weight.
+pub const MAX_WEIGHT: u32 = 10_000;
+
+/// A validated configuration. VIPs and pools are in file order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    pub edge: Edge,
+    pub vips: Vec<Vip>,
+    pub pools: Vec<Pool>,
+}
+
+/// `[edge]`: this machine and the sizes of the data plane's maps.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Edge {
+    pub name: String,
+    /// At least one; valid, distinct Linux interface names.
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    pub tunnel_source_v4: Ipv4Addr,
+    pub tunnel_source_v6: Option<Ipv6Addr>,
+    /// Absolute.
+    pub admin_socket: PathBuf,
+    /// Absolute.
+    pub bpffs_pin: PathBuf,
+    /// Flow-table entries (> 0).
+    pub max_flows: u32,
+    /// Backend ids run from 1 to `max_backends - 1`.
+    pub max_backends: u32,
+    pub max_vips: u32,
+    /// Maglev slots per VIP: prime and >= `max_backends`.
+    pub table_size: u32,
+}
+
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode if the driver supports it, else generic.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+/// One `[[vip]]`: an (address, port, protocol) steered to some pools.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Vip {
+    pub name: String,
+    pub address: IpAddr,
+    /// 0 = every port of the address.
+    pub port: u16,
+    pub protocol: Protocol,
+    pub affinity: Affinity,
+    /// Names of existing pools; at least one, none twice.
+    pub pools: Vec<String>,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => gslb_common::proto::TCP,
+            Protocol::Udp => gslb_common::proto::UDP,
+        }
+    }
+}
+
+/// What keeps a client on one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Affinity {
+    /// The 5-tuple.
+    #[default]
+    Flow,
+    /// The client's source address alone.
+    SourceIp,
+}
+
+/// How a VIP chooses among its pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Every backend of every pool, by effective weight.
+    #[default]
+    Weighted,
+}
+
+/// One `[[pool]]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Pool {
+    pub name: String,
+    /// 0..=10_000.
+    pub weight: u32,
+    /// At least one; no address twice.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// One backend of a pool.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackendConfig {
+    pub address: IpAddr,
+    /// 0..=10_000; 0 = no new flows.
+    pub weight: u32,
+}
+
+impl Config {
+    /// The pool called `name`.
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// The effective weight of each backend of `vip`'s pools: pool weight x
+    /// backend weight, summed over the VIP's pools when an address is in
+    /// several. Backends of weight 0 are included; unknown pool names are
+    /// skipped. Validation guarantees the total fits a `u32`.
+    pub fn effective_weights(&self, vip: &Vip) -> BTreeMap<IpAddr, u64> {
+        effective_weights(vip.pools.iter().filter_map(|name| self.pool(name)))
+    }
+}
+
+/// Effective weight per backend address over `pools`, without overflow.
+fn effective_weights<'a>(pools: impl IntoIterator<Item = &'a Pool>) -> BTreeMap<IpAddr, u64> {
+    let mut weights = BTreeMap::new();
+    for pool in pools {
+        for backend in &pool.backends {
+            *weights.entry(backend.address).or_insert(0u64) += pool.weight as u64 * backend.weight as u64;
+        }
+    }
+    weights
+}
+
+impl Edge {
+    /// The data plane's map sizes.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_vips: self.max_vips,
+            max_backends: self.max_backends,
+            max_flows: self.max_flows,
+            table_size: self.table_size,
+        }
+    }
+}
+
+/// A refused configuration: where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the file could not be read at all.
+    pub line: usize,
+    /// 1-based, in characters.
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        message: format!("cannot read the configuration file: {e}"),
+    })?;
+    parse(&text, path)
+}
+
+/// Validates the configuration `text`; `file` is only used in errors.
+pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    let source = Source { text, file };
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let mut message = plain_message(e.message().trim_end());
+        if message == "invalid type: table, expected an array"
+            && text.get(span.clone()).is_some_and(|s| s.starts_with('['))
+        {
+            message.push_str(" (each [[vip]] and [[pool]] needs double brackets)");
+        }
+        source.error(span, message)
+    })?;
+    validate::validate(&source, raw)
+}
+
+/// serde's words for TOML types, in TOML's words.
+fn plain_message(message: &str) -> String {
+    if message == "wanted string or table" {
+        return "invalid type: expected a string".to_string();
+    }
+    let mut message = message
+        .replace("invalid type: map", "invalid type: table")
+        .replace("expected a sequence", "expected an array")
+        .replace("expected i64", "expected an integer")
+        .replace("expected path string", "expected a string");
+    // "expected struct RawPool" and the like: a raw type's name means a table.
+    while let Some(start) = message.find("expected struct Raw") {
+        let name_end = message[start + "expected struct ".len()..]
+            .find(|c: char| !c.is_alphanumeric())
+            .map_or(message.len(), |i| start + "expected struct ".len() + i);
+        message.replace_range(start..name_end, "expected a table");
+    }
+    message
+}
+
+/// The text being parsed, to turn byte spans into positions.
+struct Source<'a> {
+    text: &'a str,
+    file: &'a Path,
+}
+
+impl Source<'_> {
+    /// 1-based line and column (in characters) of byte `offset`.
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let mut end = offset.min(self.text.len());
+        while !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let before = &self.text[..end];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() + 1;
+        (line, column)
+    }
+
+    /// The line `span` starts on.
+    fn line(&self, span: &Range<usize>) -> usize {
+        self.position(span.start).0
+    }
+
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        let (line, column) = self.position(span.start);
+        ConfigError { file: self.file.to_path_buf(), line, column, message: message.into() }
+    }
+}

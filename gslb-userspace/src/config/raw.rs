@@ -1,0 +1,73 @@
+//! The file as written: one serde struct per section, every value wrapped
+//! in `Spanned` so that validation can point at it.
+//!
+//! Addresses and integers are read as strings and `i64` (every TOML integer
+//! fits) and checked in `validate`, so that a bad value gets a message in
+//! the operator's terms rather than serde's. A new key is a new field here
+//! plus its check in `validate`; a new section is a new struct.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Affinity, Policy, Protocol, XdpMode};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub edge: Option<Spanned<RawEdge>>,
+    #[serde(default)]
+    pub vip: Vec<Spanned<RawVip>>,
+    #[serde(default)]
+    pub pool: Vec<Spanned<RawPool>>,
+}
+
+/// `[edge]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEdge {
+    pub name: Spanned<String>,
+    pub interfaces: Spanned<Vec<Spanned<String>>>,
+    pub xdp_mode: Option<Spanned<XdpMode>>,
+    pub tunnel_source_v4: Spanned<String>,
+    pub tunnel_source_v6: Option<Spanned<String>>,
+    pub admin_socket: Option<Spanned<PathBuf>>,
+    pub bpffs_pin: Option<Spanned<PathBuf>>,
+    pub max_flows: Option<Spanned<i64>>,
+    pub max_backends: Option<Spanned<i64>>,
+    pub max_vips: Option<Spanned<i64>>,
+    pub table_size: Option<Spanned<i64>>,
+}
+
+/// One `[[vip]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVip {
+    pub name: Spanned<String>,
+    pub address: Spanned<String>,
+    pub port: Spanned<i64>,
+    pub protocol: Spanned<Protocol>,
+    pub affinity: Option<Spanned<Affinity>>,
+    pub pools: Option<Spanned<Vec<Spanned<String>>>>,
+    pub policy: Option<Spanned<Policy>>,
+}
+
+/// One `[[pool]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPool {
+    pub name: Spanned<String>,
+    pub weight: Option<Spanned<i64>>,
+    /// An inline-table array or `[[pool.backends]]` tables.
+    pub backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
+}
+
+/// One backend of a pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackend {
+    pub address: Spanned<String>,
+    pub weight: Option<Spanned<i64>>,
+}

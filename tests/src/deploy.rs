@@ -1,0 +1,286 @@
+//! The lab with gslb deployed: `decap` and a server on every backend, an
+//! agent on each edge, and the router sending the VIPs to `edge-a`.
+//!
+//! Both edges get the same config apart from their `[edge]` section, as
+//! anycast edges would. Agents run the real `gslb` command line (through
+//! the `gslb-lab gslb ...` pass-through, so the binary under test is always
+//! the one cargo just built).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use gslb_userspace::admin::{self, Request};
+use gslb_userspace::install::Changes;
+use gslb_userspace::status::Status;
+
+use crate::lab::{BackendNode, EdgeNode, Lab, Region, TCP_PORT, UDP_PORT, VIP_V4, VIP_V6};
+use crate::server::{start_servers, Servers};
+
+/// How long an agent may take to load, program and attach.
+const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Flow-table size for lab edges: ample for the tests, small to allocate.
+const LAB_MAX_FLOWS: u32 = 65_536;
+
+/// Pool and backend weights; a backend absent from `backends` is not in
+/// the config at all.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Weights {
+    pub pools: BTreeMap<Region, u32>,
+    pub backends: BTreeMap<BackendNode, u32>,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            pools: Region::ALL.iter().map(|&r| (r, 100)).collect(),
+            backends: BackendNode::ALL.iter().map(|&b| (b, 100)).collect(),
+        }
+    }
+}
+
+impl Weights {
+    /// The share of new flows each backend should get: pool weight x
+    /// backend weight over the total.
+    pub fn expected_shares(&self) -> BTreeMap<BackendNode, f64> {
+        let effective: BTreeMap<BackendNode, f64> =
+            self.backends.iter().map(|(&b, &w)| (b, (self.pools[&b.region()] * w) as f64)).collect();
+        let total: f64 = effective.values().sum();
+        effective.into_iter().map(|(b, w)| (b, w / total)).collect()
+    }
+}
+
+/// The config of one edge.
+pub fn edge_config(lab: &Lab, edge: EdgeNode, weights: &Weights) -> String {
+    let mut toml = String::new();
+    let _ = write!(
+        toml,
+        r#"[edge]
+name = "{edge}"
+interfaces = ["eth0"]
+xdp_mode = "native"
+tunnel_source_v4 = "{v4}"
+tunnel_source_v6 = "{v6}"
+admin_socket = "{socket}"
+bpffs_pin = "{pin}"
+max_flows = {LAB_MAX_FLOWS}
+
+"#,
+        edge = edge.name(),
+        v4 = edge.v4(),
+        v6 = edge.v6(),
+        socket = admin_socket(lab, edge).display(),
+        pin = lab.bpffs_dir(edge).display(),
+    );
+    let v4_pools: Vec<String> = Region::ALL.iter().map(|r| format!("\"{}\"", r.name())).collect();
+    let v6_pools: Vec<String> = Region::ALL.iter().map(|r| format!("\"{}-v6\"", r.name())).collect();
+    for (name, address, port, protocol, pools) in [
+        ("web", VIP_V4.to_string(), TCP_PORT, "tcp", &v4_pools),
+        ("dns", VIP_V4.to_string(), UDP_PORT, "udp", &v4_pools),
+        ("web6", VIP_V6.to_string(), TCP_PORT, "tcp", &v6_pools),
+        ("dns6", VIP_V6.to_string(), UDP_PORT, "udp", &v6_pools),
+    ] {
+        let _ = write!(
+            toml,
+            "[[vip]]\nname = \"{name}\"\naddress = \"{address}\"\nport = {port}\nprotocol = \"{protocol}\"\npools = [{}]\n\n",
+            pools.join(", ")
+        );
+    }
+    for region in Region::ALL {
+        for (suffix, v6) in [("", false), ("-v6", true)] {
+            let backends: Vec<String> = region
+                .backends()
+                .iter()
+                .filter_map(|b| {
+                    let weight = weights.backends.get(b)?;
+                    let address = if v6 { b.v6().to_string() } else { b.v4().to_string() };
+                    Some(format!("{{ address = \"{address}\", weight = {weight} }}"))
+                })
+                .collect();
+            if backends.is_empty() {
+                continue;
+            }
+            let _ = write!(
+                toml,
+                "[[pool]]\nname = \"{}{suffix}\"\nweight = {}\nbackends = [ {} ]\n\n",
+                region.name(),
+                weights.pools[&region],
+                backends.join(", ")
+            );
+        }
+    }
+    toml
+}
+
+pub fn admin_socket(lab: &Lab, edge: EdgeNode) -> PathBuf {
+    lab.run_dir().join(format!("{}.sock", edge.name()))
+}
+
+pub fn config_path(lab: &Lab, edge: EdgeNode) -> PathBuf {
+    lab.run_dir().join(format!("{}.toml", edge.name()))
+}
+
+/// The lab with gslb deployed on it.
+pub struct Deployment {
+    /// Dropped after `servers`, so servers stop before namespaces vanish.
+    pub servers: Servers,
+    pub lab: Lab,
+    /// The `gslb-lab` binary; `gslb-lab gslb ARGS` runs `gslb ARGS`.
+    lab_binary: PathBuf,
+    agents: Mutex<BTreeMap<EdgeNode, u32>>,
+}
+
+impl Deployment {
+    /// Builds the lab, starts decap and servers on every backend, both
+    /// agents with `weights`, and routes the VIPs to `edge-a`.
+    pub fn start(lab_binary: &Path, weights: &Weights) -> Result<Deployment> {
+        let lab = Lab::new()?;
+        let servers = start_servers(&lab)?;
+        let deployment =
+            Deployment { servers, lab, lab_binary: lab_binary.to_path_buf(), agents: Mutex::new(BTreeMap::new()) };
+        for backend in BackendNode::ALL {
+            deployment.start_decap(backend)?;
+        }
+        for edge in EdgeNode::ALL {
+            deployment.enable_napi_towards(edge)?;
+        }
+        for edge in EdgeNode::ALL {
+            deployment.write_config(edge, weights)?;
+            deployment.start_agent(edge)?;
+        }
+        deployment.lab.route_vips_to(EdgeNode::EdgeA)?;
+        Ok(deployment)
+    }
+
+    fn gslb(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.lab_binary);
+        cmd.arg("gslb").env("RUST_LOG", "info").env_remove("RUST_BACKTRACE");
+        cmd
+    }
+
+    fn start_decap(&self, backend: BackendNode) -> Result<()> {
+        let mut cmd = self.gslb();
+        cmd.args(["decap", "--iface", "eth0", "--address"])
+            .arg(backend.v4().to_string())
+            .arg("--address")
+            .arg(backend.v6().to_string())
+            .stdout(Stdio::null())
+            .stderr(self.log_file(&format!("decap-{}", backend.name()))?);
+        self.lab.spawn(backend, cmd)?;
+        // decap is attached once its log says so.
+        self.wait_for_log(&format!("decap-{}", backend.name()), "decap attached")
+    }
+
+    /// A veth drops frames its peer sends with XDP_TX unless it runs NAPI,
+    /// which an attached XDP program turns on (GRO would too, but see
+    /// `lab`). `decap` for the router's own address on the link passes
+    /// every packet untouched: nothing tunnels to the router.
+    fn enable_napi_towards(&self, edge: EdgeNode) -> Result<()> {
+        let info = self.lab.edge(edge);
+        let log = format!("napi-{}", info.router_iface);
+        let mut cmd = self.gslb();
+        cmd.args(["decap", "--iface", info.router_iface, "--address"])
+            .arg(info.gateway_v4.to_string())
+            .stdout(Stdio::null())
+            .stderr(self.log_file(&log)?);
+        self.lab.spawn(crate::lab::Node::Router, cmd)?;
+        self.wait_for_log(&log, "decap attached")
+    }
+
+    pub fn write_config(&self, edge: EdgeNode, weights: &Weights) -> Result<()> {
+        let path = config_path(&self.lab, edge);
+        std::fs::write(&path, edge_config(&self.lab, edge, weights))
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Writes the same weights into both edges' configs.
+    pub fn write_configs(&self, weights: &Weights) -> Result<()> {
+        EdgeNode::ALL.iter().try_for_each(|&edge| self.write_config(edge, weights))
+    }
+
+    /// Starts the agent of `edge` and waits until it answers on its admin
+    /// socket (it attaches before it listens).
+    pub fn start_agent(&self, edge: EdgeNode) -> Result<()> {
+        let mut cmd = self.gslb();
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config_path(&self.lab, edge))
+            .stdout(Stdio::null())
+            .stderr(self.log_file(&format!("agent-{}", edge.name()))?);
+        let pid = self.lab.spawn(edge, cmd)?;
+        self.agents.lock().unwrap().insert(edge, pid);
+        let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+        loop {
+            if admin::request(&admin_socket(&self.lab, edge), &Request::Status).is_ok_and(|r| r.ok) {
+                return Ok(());
+            }
+            if !self.lab.is_running(pid) {
+                bail!("the agent of {edge} exited:\n{}", self.log(&format!("agent-{}", edge.name())));
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent of {edge} did not answer within {AGENT_READY_TIMEOUT:?}:\n{}",
+                    self.log(&format!("agent-{}", edge.name()))
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILLs the agent of `edge`: no chance to clean up.
+    pub fn kill_agent(&self, edge: EdgeNode) -> Result<()> {
+        let pid = self.agents.lock().unwrap().remove(&edge).context("no agent running")?;
+        self.lab.kill(pid)
+    }
+
+    pub fn reload(&self, edge: EdgeNode) -> Result<Changes> {
+        let response = admin::request(&admin_socket(&self.lab, edge), &Request::Reload)?;
+        match response.error {
+            Some(error) => bail!("reload of {edge} refused: {error}"),
+            None => Ok(response.changes.unwrap_or_default()),
+        }
+    }
+
+    /// Reloads both edges.
+    pub fn reload_all(&self) -> Result<()> {
+        EdgeNode::ALL.iter().try_for_each(|&edge| self.reload(edge).map(|_| ()))
+    }
+
+    pub fn status(&self, edge: EdgeNode) -> Result<Status> {
+        let response = admin::request(&admin_socket(&self.lab, edge), &Request::Status)?;
+        response.status.with_context(|| format!("status of {edge}: {}", response.error.unwrap_or_default()))
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.lab.run_dir().join(format!("{name}.log"))
+    }
+
+    fn log_file(&self, name: &str) -> Result<std::fs::File> {
+        let path = self.log_path(name);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))
+    }
+
+    /// A process's log so far.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.log_path(name)).unwrap_or_default()
+    }
+
+    fn wait_for_log(&self, name: &str, needle: &str) -> Result<()> {
+        let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+        while !self.log(name).contains(needle) {
+            if Instant::now() > deadline {
+                bail!("{name} did not log {needle:?} within {AGENT_READY_TIMEOUT:?}:\n{}", self.log(name));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
