@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use crate::attach::{self, AttachedMode};
 use crate::config::{self, Config};
-use crate::dataplane::{Limits, Steer, VipMatch};
+use crate::dataplane::{Steer, VipMatch};
 use crate::install::{Changes, Installed};
 use crate::plan::{plan, Plan};
 
@@ -59,7 +59,7 @@ impl Agent {
                 backends = installed.backend_ids.len(),
                 "adopted the pinned data plane; recorded flows carry on"
             );
-            let wanted = limits_of(&config);
+            let wanted = config.edge.limits();
             if wanted != steer.limits {
                 warn!(
                     pinned = ?steer.limits,
@@ -70,7 +70,7 @@ impl Agent {
             }
             (steer, installed)
         } else {
-            let mut steer = Steer::load(limits_of(&config))?;
+            let mut steer = Steer::load(config.edge.limits())?;
             // Links without a pinned program belong to no state we can
             // adopt: replace them.
             for interface in attach::pinned_interfaces(&pin_dir) {
@@ -174,15 +174,6 @@ impl Agent {
 
 fn vip_names(plan: &Plan) -> BTreeMap<VipMatch, String> {
     plan.vips.iter().map(|(m, v)| (*m, v.name.clone())).collect()
-}
-
-pub fn limits_of(config: &Config) -> Limits {
-    Limits {
-        max_vips: config.edge.max_vips,
-        max_backends: config.edge.max_backends,
-        max_flows: config.edge.max_flows,
-        table_size: config.edge.table_size,
-    }
 }
 
 /// Refuses a pin directory that is not on bpffs, saying how to fix it.

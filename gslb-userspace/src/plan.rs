@@ -47,13 +47,7 @@ pub fn plan(config: &Config, installed: &BTreeMap<IpAddr, u32>, max_backends: u3
 
     let mut vips = BTreeMap::new();
     for vip in &config.vips {
-        let mut weights: BTreeMap<IpAddr, u64> = BTreeMap::new();
-        for pool_name in &vip.pools {
-            let Some(pool) = config.pool(pool_name) else { bail!("VIP {} names unknown pool {pool_name}", vip.name) };
-            for backend in &pool.backends {
-                *weights.entry(backend.address).or_default() += pool.weight as u64 * backend.weight as u64;
-            }
-        }
+        let weights = config.effective_weights(vip);
         let members: Vec<MaglevBackend> = weights
             .iter()
             .map(|(address, &weight)| MaglevBackend {

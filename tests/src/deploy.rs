@@ -237,6 +237,33 @@ impl Deployment {
         self.lab.kill(pid)
     }
 
+    /// Sends SIGHUP to the agent of `edge` and waits until it has reloaded
+    /// (its reload count goes up); returns the outcome it recorded.
+    pub fn signal_reload(&self, edge: EdgeNode) -> Result<gslb_userspace::status::LastReload> {
+        let before = self.status(edge)?.reloads;
+        let pid = *self.agents.lock().unwrap().get(&edge).context("no agent running")?;
+        // SAFETY: kill(2) with a pid we spawned and still track.
+        if unsafe { libc::kill(pid as i32, libc::SIGHUP) } != 0 {
+            bail!("SIGHUP to {edge}'s agent: {}", std::io::Error::last_os_error());
+        }
+        let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+        loop {
+            let status = self.status(edge)?;
+            if status.reloads > before {
+                return status.last_reload.context("a reload left no record");
+            }
+            if Instant::now() > deadline {
+                bail!("{edge}'s agent did not reload within {AGENT_READY_TIMEOUT:?} of SIGHUP");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Writes `text` as the config of `edge`, as an operator might.
+    pub fn write_raw_config(&self, edge: EdgeNode, text: &str) -> Result<()> {
+        std::fs::write(config_path(&self.lab, edge), text).context("writing a config")
+    }
+
     pub fn reload(&self, edge: EdgeNode) -> Result<Changes> {
         let response = admin::request(&admin_socket(&self.lab, edge), &Request::Reload)?;
         match response.error {

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use gslb_common::proto;
-use gslb_tests::deploy::{Deployment, Weights};
+use gslb_tests::deploy::{edge_config, Deployment, Weights};
 use gslb_tests::lab::{BackendNode, ClientNode, EdgeNode, Region, TCP_PORT, UDP_PORT, VIP_V4, VIP_V6};
 use gslb_tests::traffic::{short_connections, udp_flows, ConnReport, LongLived, ShortReport};
 use gslb_userspace::dataplane::{Steer, VipMatch};
@@ -169,14 +169,27 @@ fn reload_changes_weights_without_moving_connections() {
     let traffic = LongLived::start(&d.lab, ClientNode::Client1, web_v4(), 60, INTERVAL).unwrap();
     assert!(backends_used(&traffic.snapshot()) >= 4, "connections are not spread");
 
+    // A broken config is refused, with where and why, and changes nothing.
+    let good = edge_config(&d.lab, EdgeNode::EdgeA, &Weights::default());
+    let broken = good.replacen("weight = 100", "weight = 100000", 1);
+    let line = broken.lines().position(|l| l.contains("100000")).unwrap() + 1;
+    d.write_raw_config(EdgeNode::EdgeA, &broken).unwrap();
+    let error = d.reload(EdgeNode::EdgeA).unwrap_err().to_string();
+    assert!(error.contains(&format!("edge-a.toml:{line}:")), "error does not locate the bad weight: {error}");
+    let status = d.status(EdgeNode::EdgeA).unwrap();
+    assert!(!status.last_reload.unwrap().ok);
+    assert_identical_tables(&d);
+
+    // New weights: edge-a reloads through the admin socket, edge-b on
+    // SIGHUP.
     let mut heavier_east = Weights::default();
     heavier_east.pools.insert(Region::UsEast, 300);
     d.write_configs(&heavier_east).unwrap();
     let before = traffic.snapshot();
-    for edge in EdgeNode::ALL {
-        let changes = d.reload(edge).unwrap();
-        assert!(changes.vips_changed.contains(&"web".to_string()), "{edge}: {changes:?}");
-    }
+    let changes = d.reload(EdgeNode::EdgeA).unwrap();
+    assert!(changes.vips_changed.contains(&"web".to_string()), "{changes:?}");
+    let outcome = d.signal_reload(EdgeNode::EdgeB).unwrap();
+    assert!(outcome.ok, "SIGHUP reload failed: {:?}", outcome.error);
     assert_identical_tables(&d);
 
     let report = short_from_both(&d, web_v4(), 3000);

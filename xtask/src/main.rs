@@ -27,9 +27,10 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Install prerequisites, build, and run `gslb` with the given
-    /// arguments (default: `verify`, which loads both programs through the
-    /// kernel verifier).
+    /// Install prerequisites, build, and run. With no arguments: the live
+    /// namespace lab (two edges, six backends, traffic, a table refreshed
+    /// every second) until Ctrl-C. With `-- --config FILE`: the agent on
+    /// this host's real interfaces. With `-- ARGS`: `gslb ARGS`.
     Run {
         #[arg(last = true)]
         args: Vec<String>,
@@ -45,7 +46,15 @@ fn main() -> Result<()> {
         }
         Task::Run { args } => {
             prerequisites::ensure()?;
-            let args = if args.is_empty() { vec!["verify".to_string()] } else { args };
+            // Ctrl-C reaches the whole process group: let the child clean up
+            // its lab and exit first, rather than returning the prompt early.
+            // (A handler, unlike SIG_IGN, is not inherited across exec.)
+            signal_hook::flag::register(signal_hook::consts::SIGINT, Default::default())?;
+            if args.is_empty() {
+                return cargo(&["run", "--quiet", "--package", "gslb-tests", "--bin", "gslb-lab", "--", "demo"], &[]);
+            }
+            // `-- --config FILE` is shorthand for `gslb run --config FILE`.
+            let args = if args[0].starts_with("--config") { [vec!["run".to_string()], args].concat() } else { args };
             cargo(&["run", "--quiet", "--package", "gslb-userspace", "--bin", "gslb", "--"], &args)
         }
     }
