@@ -60,7 +60,7 @@ pub fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
 
 /// Binds the admin socket: its directory is created 0700 if missing, the
 /// socket itself is 0600, and a stale socket from a dead agent is replaced.
-pub fn bind(path: &Path) -> Result<UnixListener> {
+pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener> {
     if let Some(dir) = path.parent() {
         if !dir.exists() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -73,14 +73,22 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
         }
         std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path)
+    let listener = std::os::unix::net::UnixListener::bind(path)
         .with_context(|| format!("binding the admin socket {} (is its directory writable?)", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
     Ok(listener)
 }
 
 /// Serves the admin socket until the task is dropped.
-pub async fn serve(listener: UnixListener, agent: Arc<Mutex<Agent>>) {
+pub async fn serve(listener: std::os::unix::net::UnixListener, agent: Arc<Mutex<Agent>>) {
+    let listener = match UnixListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            warn!(%error, "cannot serve the admin socket");
+            return;
+        }
+    };
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,

@@ -153,12 +153,14 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn run_agent(config_path: &Path, remove_on_exit: bool) -> Result<()> {
+    // The socket first: a second agent for the same edge stops here, before
+    // it touches the data plane.
+    let socket = config::load(config_path)?.edge.admin_socket;
+    let listener = admin::bind(&socket)?;
     let agent = Agent::start(config_path)?;
-    let socket = agent.config.edge.admin_socket.clone();
     let pin_dir = agent.config.edge.bpffs_pin.clone();
     let agent = Arc::new(Mutex::new(agent));
     runtime()?.block_on(async {
-        let listener = admin::bind(&socket)?;
         let server = tokio::spawn(admin::serve(listener, agent.clone()));
         let mut hangup = signal(SignalKind::hangup())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
