@@ -62,7 +62,7 @@ pub fn edge_config(lab: &Lab, edge: EdgeNode, weights: &Weights) -> String {
         r#"[edge]
 name = "{edge}"
 interfaces = ["eth0"]
-xdp_mode = "native"
+xdp_mode = "{mode}"
 tunnel_source_v4 = "{v4}"
 tunnel_source_v6 = "{v6}"
 admin_socket = "{socket}"
@@ -71,6 +71,7 @@ max_flows = {LAB_MAX_FLOWS}
 
 "#,
         edge = edge.name(),
+        mode = xdp_mode(edge),
         v4 = edge.v4(),
         v6 = edge.v6(),
         socket = admin_socket(lab, edge).display(),
@@ -114,6 +115,15 @@ max_flows = {LAB_MAX_FLOWS}
         }
     }
     toml
+}
+
+/// edge-a runs `steer` in the veth driver, edge-b in the generic path, so
+/// the tests cover both attach modes.
+pub fn xdp_mode(edge: EdgeNode) -> &'static str {
+    match edge {
+        EdgeNode::EdgeA => "native",
+        EdgeNode::EdgeB => "generic",
+    }
 }
 
 pub fn admin_socket(lab: &Lab, edge: EdgeNode) -> PathBuf {

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use gslb_common::proto;
-use gslb_tests::deploy::{edge_config, Deployment, Weights};
+use gslb_tests::deploy::{edge_config, xdp_mode, Deployment, Weights};
 use gslb_tests::lab::{BackendNode, ClientNode, EdgeNode, Region, TCP_PORT, UDP_PORT, VIP_V4, VIP_V6};
 use gslb_tests::traffic::{short_connections, udp_flows, ConnReport, LongLived, ShortReport};
 use gslb_userspace::dataplane::{Steer, VipMatch};
@@ -205,6 +205,10 @@ fn route_moves_between_edges_without_moving_connections() {
     let v4 = LongLived::start(&d.lab, ClientNode::Client1, web_v4(), 60, INTERVAL).unwrap();
     let v6 = LongLived::start(&d.lab, ClientNode::Client2, web_v6(), 30, INTERVAL).unwrap();
 
+    for edge in EdgeNode::ALL {
+        let mode = d.status(edge).unwrap().interfaces["eth0"].clone();
+        assert_eq!(mode, xdp_mode(edge), "{edge} attached in the wrong mode");
+    }
     let mut forwarded: BTreeMap<EdgeNode, u64> =
         EdgeNode::ALL.iter().map(|&e| (e, d.status(e).unwrap().counters.forwarded)).collect();
     for round in 0..3 {
