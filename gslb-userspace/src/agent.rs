@@ -126,8 +126,19 @@ impl Agent {
 
     fn try_reload(&mut self) -> Result<Changes> {
         let config = config::load(&self.config_path)?;
-        if config.edge.bpffs_pin != self.config.edge.bpffs_pin {
+        // These take effect only when the agent starts (sizes: only on a
+        // fresh start); accepting them silently would misreport the state.
+        let (new, old) = (&config.edge, &self.config.edge);
+        if new.bpffs_pin != old.bpffs_pin {
             bail!("edge.bpffs_pin cannot change while the agent runs; restart it instead");
+        }
+        if new.admin_socket != old.admin_socket {
+            bail!("edge.admin_socket cannot change while the agent runs; restart it instead");
+        }
+        if new.limits() != old.limits() {
+            bail!(
+                "map sizes (max_flows, max_vips, max_backends, table_size) cannot change on a reload; they apply when the agent starts without pinned state (see docs/operations.md, \"Starting afresh\")"
+            );
         }
         for interface in &config.edge.interfaces {
             attach::ifindex(interface)?;

@@ -96,6 +96,11 @@ pub struct LastReload {
     pub error: Option<String>,
 }
 
+/// How the config file spells a value ("tcp", "source-ip", ...).
+fn config_word(value: impl Serialize) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -117,7 +122,7 @@ impl Status {
         let mut vips = Vec::new();
         for vip in &agent.config.vips {
             let Some((matcher, planned)) = agent.plan.vips.iter().find(|(_, p)| p.name == vip.name) else { continue };
-            let installed = &agent.installed.vips[matcher];
+            let Some(installed) = agent.installed.vips.get(matcher) else { continue };
             let stats = steer.vip_stats(installed.vip_id)?;
             let mut slots: BTreeMap<u32, u32> = BTreeMap::new();
             for &id in &installed.table {
@@ -141,8 +146,8 @@ impl Status {
                 name: vip.name.clone(),
                 address: vip.address,
                 port: vip.port,
-                protocol: format!("{:?}", vip.protocol).to_lowercase(),
-                affinity: format!("{:?}", vip.affinity).to_lowercase(),
+                protocol: config_word(vip.protocol),
+                affinity: config_word(vip.affinity),
                 pools: vip.pools.clone(),
                 packets: stats.packets,
                 bytes: stats.bytes,
@@ -174,11 +179,7 @@ impl Status {
             config: agent.config_path().display().to_string(),
             adopted: agent.adopted,
             started_unix: unix(agent.started),
-            interfaces: agent
-                .interfaces
-                .iter()
-                .map(|(name, mode)| (name.clone(), format!("{mode:?}").to_lowercase()))
-                .collect(),
+            interfaces: agent.interfaces.iter().map(|(name, mode)| (name.clone(), config_word(mode))).collect(),
             limits: Limits {
                 max_vips: limits.max_vips,
                 max_backends: limits.max_backends,
