@@ -62,10 +62,10 @@ pub fn flow_hash(k: &FlowKey, source_ip_affinity: bool) -> u32 {
 }
 
 /// Index into the `MAGLEV` array of a flow's slot: the array holds, for each
-/// VIP, `TABLE_GENERATIONS` tables of `table_size` backend ids.
+/// table id, `TABLE_GENERATIONS` tables of `table_size` backend ids.
 #[inline(always)]
-pub fn maglev_index(vip_id: u32, generation: u32, table_size: u32, hash: u32) -> u32 {
-    (vip_id * TABLE_GENERATIONS + (generation & 1)) * table_size + hash % table_size
+pub fn maglev_index(table_id: u32, generation: u32, table_size: u32, hash: u32) -> u32 {
+    (table_id * TABLE_GENERATIONS + (generation & 1)) * table_size + hash % table_size
 }
 
 /// Hash seeds of a backend's Maglev permutation (offset, skip), derived from

@@ -16,6 +16,7 @@ pub mod names {
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const STEER_PREFIXES: &str = "STEER_PREFIXES";
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
     /// Global (`.rodata`) holding the Maglev table size, set at load time.
@@ -54,16 +55,44 @@ pub struct VipKey {
 /// `VipValue::flags`: hash on the source address alone.
 pub const VIP_SOURCE_IP_AFFINITY: u32 = 1;
 
+/// `VipValue::flags`: some clients of this VIP are steered by their prefix
+/// (look the source address up in `STEER_PREFIXES` first).
+pub const VIP_CLIENT_STEERING: u32 = 2;
+
 /// Value of `VIPS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipValue {
-    /// Index of this VIP's tables in `MAGLEV` and of its counters.
+    /// Index of this VIP's counters, and its key in `STEER_PREFIXES`.
     pub vip_id: u32,
     pub flags: u32,
-    /// Which of the two table generations is live (0 or 1).
+    /// Which of the two generations of `table_id` is live (0 or 1).
     pub generation: u32,
-    pub _pad: u32,
+    /// The VIP's default table in `MAGLEV`.
+    pub table_id: u32,
+}
+
+/// Data of a `STEER_PREFIXES` key (an LPM trie): the VIP id, big-endian,
+/// then the client address, so a prefix length of
+/// `STEER_VIP_BITS + n` matches one VIP's clients in a prefix of `n` bits
+/// of the 16-byte address (IPv4 prefixes count the 96 mapped bits).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SteerPrefix {
+    pub vip_id: [u8; 4],
+    pub addr: Addr16,
+}
+
+/// Bits of `SteerPrefix` taken by the VIP id.
+pub const STEER_VIP_BITS: u32 = 32;
+
+/// Value of `STEER_PREFIXES`: the table for these clients, and which of its
+/// generations is live.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SteerTable {
+    pub table_id: u32,
+    pub generation: u32,
 }
 
 /// Key of `FRAGMENT_VIPS`: fragments carry no ports, so they are matched by
@@ -204,6 +233,8 @@ mod pod {
     // SAFETY: all of these are `#[repr(C)]` plain data with explicit padding.
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for VipValue {}
+    unsafe impl aya::Pod for SteerPrefix {}
+    unsafe impl aya::Pod for SteerTable {}
     unsafe impl aya::Pod for FragmentVipKey {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}

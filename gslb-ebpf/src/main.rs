@@ -8,13 +8,15 @@ mod steer;
 
 use aya_ebpf::{
     macros::{map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use gslb_common::{
-    Addr16, Backend, BackendStats, DecapStats, EdgeConfig, FlowKey, FlowValue, FragmentVipKey, GlobalStats, VipKey,
-    VipStats, VipValue, DEFAULT_TABLE_SIZE,
+    Addr16, Backend, BackendStats, DecapStats, EdgeConfig, FlowKey, FlowValue, FragmentVipKey, GlobalStats,
+    SteerPrefix, SteerTable, VipKey, VipStats, VipValue, DEFAULT_TABLE_SIZE,
 };
+
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 // Sizes below are placeholders: the agent sets every size when it loads the
 // object (see gslb-userspace's loader).
@@ -28,7 +30,11 @@ static FRAGMENT_VIPS: HashMap<FragmentVipKey, u32> = HashMap::with_max_entries(6
 /// Backends by id (id 0 is never used).
 #[map]
 static BACKENDS: Array<Backend> = Array::with_max_entries(1024, 0);
-/// Maglev tables: per VIP two generations of `TABLE_SIZE` backend ids.
+/// Client-prefix steering: (VIP, client prefix) to the table those clients
+/// use; longest prefix wins. LPM tries must not be preallocated.
+#[map]
+static STEER_PREFIXES: LpmTrie<SteerPrefix, SteerTable> = LpmTrie::with_max_entries(64, BPF_F_NO_PREALLOC);
+/// Maglev tables: per table id two generations of `TABLE_SIZE` backend ids.
 #[map]
 static MAGLEV: Array<u32> = Array::with_max_entries(1, 0);
 /// The flow table: one LRU shared by all CPUs, so a flow stays put even if

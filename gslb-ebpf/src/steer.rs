@@ -5,12 +5,13 @@ use core::mem::size_of;
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
+    maps::lpm_trie::Key as LpmKey,
     programs::XdpContext,
     EbpfContext,
 };
 use gslb_common::{
-    addr_as_v4, flow_hash, maglev_index, proto, Backend, FlowKey, FlowValue, FragmentVipKey, GlobalStats, VipKey,
-    VipValue, BACKEND_DEAD, NO_BACKEND, OUTER_TTL, VIP_SOURCE_IP_AFFINITY,
+    addr_as_v4, flow_hash, maglev_index, proto, Backend, FlowKey, FlowValue, FragmentVipKey, GlobalStats, SteerPrefix,
+    VipKey, VipValue, BACKEND_DEAD, NO_BACKEND, OUTER_TTL, STEER_VIP_BITS, VIP_CLIENT_STEERING, VIP_SOURCE_IP_AFFINITY,
 };
 use network_types::{
     eth::EthHdr,
@@ -20,7 +21,8 @@ use network_types::{
 use crate::{
     count,
     parse::{parse_flow, ptr_at, Flow, Skip, ETH_P_IPV4, ETH_P_IPV6, IPV4_DF},
-    BACKENDS, BACKEND_STATS, EDGE_CONFIG, FLOWS, FRAGMENT_VIPS, GLOBAL_STATS, MAGLEV, TABLE_SIZE, VIPS, VIP_STATS,
+    BACKENDS, BACKEND_STATS, EDGE_CONFIG, FLOWS, FRAGMENT_VIPS, GLOBAL_STATS, MAGLEV, STEER_PREFIXES, TABLE_SIZE, VIPS,
+    VIP_STATS,
 };
 
 const AF_INET: u8 = 2;
@@ -104,6 +106,20 @@ fn classify(flow: &Flow) -> Option<VipValue> {
     unsafe { VIPS.get(&key) }.copied()
 }
 
+/// The table a new flow uses: the one for the client's longest matching
+/// prefix if the VIP steers by client prefix, else the VIP's own.
+#[inline(always)]
+fn table_for(flow: &Flow, vip: &VipValue) -> (u32, u32) {
+    if vip.flags & VIP_CLIENT_STEERING != 0 {
+        let data = SteerPrefix { vip_id: vip.vip_id.to_be_bytes(), addr: flow.src };
+        let key = LpmKey::new(STEER_VIP_BITS + 128, data);
+        if let Some(table) = STEER_PREFIXES.get(&key) {
+            return (table.table_id, table.generation);
+        }
+    }
+    (vip.table_id, vip.generation)
+}
+
 /// Picks the backend: the flow table first, unless its backend is dead;
 /// otherwise the VIP's live Maglev table, recording the choice.
 #[inline(never)]
@@ -136,7 +152,8 @@ fn select(flow: &Flow, vip: &VipValue) -> Option<(u32, &'static Backend)> {
     if table_size == 0 {
         return None;
     }
-    let index = maglev_index(vip.vip_id, vip.generation, table_size, flow_hash(&key, source_ip));
+    let (table_id, generation) = table_for(flow, vip);
+    let index = maglev_index(table_id, generation, table_size, flow_hash(&key, source_ip));
     let id = *MAGLEV.get(index)?;
     if id == NO_BACKEND {
         return None;

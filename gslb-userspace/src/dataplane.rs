@@ -5,15 +5,18 @@ use std::{net::IpAddr, path::Path};
 
 use anyhow::{bail, ensure, Context, Result};
 use aya::{
-    maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{
+        lpm_trie::{Key as LpmKey, LpmTrie},
+        Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+    },
     programs::Xdp,
     util::nr_cpus,
     Ebpf, EbpfLoader,
 };
 use gslb_common::{
     addr_from_ip, addr_to_ip, maglev::is_prime, names, Addr16, Backend, BackendStats, DecapStats, EdgeConfig, FlowKey,
-    FlowValue, FragmentVipKey, GlobalStats, VipKey, VipStats, VipValue, BACKEND_DEAD, DEFAULT_TABLE_SIZE,
-    TABLE_GENERATIONS, VIP_SOURCE_IP_AFFINITY,
+    FlowValue, FragmentVipKey, GlobalStats, SteerPrefix, SteerTable, VipKey, VipStats, VipValue, BACKEND_DEAD,
+    DEFAULT_TABLE_SIZE, STEER_VIP_BITS, TABLE_GENERATIONS, VIP_SOURCE_IP_AFFINITY,
 };
 
 /// The compiled XDP object (both programs), built by `build.rs`.
@@ -105,6 +108,7 @@ pub struct Steer {
     pub limits: Limits,
     vips: HashMap<MapData, VipKey, VipValue>,
     fragment_vips: HashMap<MapData, FragmentVipKey, u32>,
+    steer_prefixes: LpmTrie<MapData, SteerPrefix, SteerTable>,
     backends: Array<MapData, Backend>,
     maglev: Array<MapData, u32>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
@@ -141,6 +145,15 @@ pub struct InstalledVip {
     pub vip_id: u32,
     pub generation: u32,
     pub source_ip_affinity: bool,
+    /// The whole `VIPS` entry.
+    pub value: VipValue,
+}
+
+/// The LPM key of a client prefix of one VIP. IPv4 prefixes are stored
+/// IPv4-mapped, so their length counts the 96 mapped bits too.
+fn steer_key(vip_id: u32, (address, len): (IpAddr, u8)) -> LpmKey<SteerPrefix> {
+    let bits = if address.is_ipv4() { 96 + len as u32 } else { len as u32 };
+    LpmKey::new(STEER_VIP_BITS + bits, SteerPrefix { vip_id: vip_id.to_be_bytes(), addr: addr_from_ip(address) })
 }
 
 impl Steer {
@@ -153,6 +166,7 @@ impl Steer {
             .override_global(names::TABLE_SIZE, &limits.table_size, true)
             .map_max_entries(names::VIPS, limits.max_vips)
             .map_max_entries(names::FRAGMENT_VIPS, limits.max_vips)
+            .map_max_entries(names::STEER_PREFIXES, limits.max_vips)
             .map_max_entries(names::BACKENDS, limits.max_backends)
             .map_max_entries(names::BACKEND_STATS, limits.max_backends)
             .map_max_entries(names::VIP_STATS, limits.max_vips)
@@ -163,9 +177,10 @@ impl Steer {
         let program: &mut Xdp = ebpf.program_mut("steer").context("no steer program")?.try_into()?;
         program.load().context("the verifier refused steer")?;
         let mut source = MapSource::Loaded(&mut ebpf);
-        let (vips, fragment_vips, backends, maglev, flows) = (
+        let (vips, fragment_vips, steer_prefixes, backends, maglev, flows) = (
             source.take(names::VIPS)?,
             source.take(names::FRAGMENT_VIPS)?,
+            source.take(names::STEER_PREFIXES)?,
             source.take(names::BACKENDS)?,
             source.take(names::MAGLEV)?,
             source.take(names::FLOWS)?,
@@ -181,6 +196,7 @@ impl Steer {
             limits,
             vips,
             fragment_vips,
+            steer_prefixes,
             backends,
             maglev,
             flows,
@@ -216,6 +232,7 @@ impl Steer {
             limits,
             vips,
             fragment_vips: source.take(names::FRAGMENT_VIPS)?,
+            steer_prefixes: source.take(names::STEER_PREFIXES)?,
             backends,
             maglev,
             flows,
@@ -237,9 +254,10 @@ impl Steer {
     pub fn pin(&mut self, dir: &Path) -> Result<()> {
         let maps_dir = dir.join(MAPS_DIR);
         std::fs::create_dir_all(&maps_dir).with_context(|| format!("creating {}", maps_dir.display()))?;
-        let maps: [(&str, &MapData); 9] = [
+        let maps: [(&str, &MapData); 10] = [
             (names::VIPS, self.vips.map()),
             (names::FRAGMENT_VIPS, self.fragment_vips.map()),
+            (names::STEER_PREFIXES, self.steer_prefixes.map()),
             (names::BACKENDS, self.backends.map()),
             (names::MAGLEV, self.maglev.map()),
             (names::FLOWS, self.flows.map()),
@@ -285,29 +303,69 @@ impl Steer {
         self.backends.set(id, backend, 0).with_context(|| format!("writing backend {id}"))
     }
 
-    /// Installs `table` as the VIP's live lookup table. The table is
-    /// written into the VIP's inactive generation first, then one map
-    /// update flips the VIP to it, so the program never reads a table that
-    /// is half-written.
+    /// Installs `table` as the VIP's live lookup table, in table slot
+    /// `vip_id`: written into the idle generation first, then one map update
+    /// flips the VIP to it, so the program never reads a half-written table.
     pub fn set_vip(&mut self, vip: VipMatch, vip_id: u32, source_ip_affinity: bool, table: &[u32]) -> Result<()> {
-        ensure!(vip_id < self.limits.max_vips, "vip id {vip_id} out of range");
+        let generation = match self.vips.get(&vip.key(), 0) {
+            Ok(current) => current.generation ^ 1,
+            Err(_) => 0,
+        };
+        self.write_table(vip_id, generation, table)?;
+        let flags = if source_ip_affinity { VIP_SOURCE_IP_AFFINITY } else { 0 };
+        self.set_vip_entry(vip, VipValue { vip_id, flags, generation, table_id: vip_id })
+    }
+
+    /// Writes one generation of a table. Only ever write the generation
+    /// that is not live.
+    pub fn write_table(&mut self, table_id: u32, generation: u32, table: &[u32]) -> Result<()> {
+        ensure!(table_id < self.limits.max_vips, "table id {table_id} out of range");
         ensure!(
             table.len() == self.limits.table_size as usize,
             "table has {} slots, want {}",
             table.len(),
             self.limits.table_size
         );
-        let key = vip.key();
-        let generation = match self.vips.get(&key, 0) {
-            Ok(current) => current.generation ^ 1,
-            Err(_) => 0,
-        };
-        let base = (vip_id * TABLE_GENERATIONS + generation) * self.limits.table_size;
+        let base = (table_id * TABLE_GENERATIONS + (generation & 1)) * self.limits.table_size;
         for (slot, &backend) in table.iter().enumerate() {
             self.maglev.set(base + slot as u32, backend, 0).context("writing the Maglev table")?;
         }
-        let flags = if source_ip_affinity { VIP_SOURCE_IP_AFFINITY } else { 0 };
-        self.vips.insert(key, VipValue { vip_id, flags, generation, _pad: 0 }, 0).context("writing VIPS")
+        Ok(())
+    }
+
+    /// Reads one generation of a table.
+    pub fn read_table(&self, table_id: u32, generation: u32) -> Result<Vec<u32>> {
+        let base = (table_id * TABLE_GENERATIONS + (generation & 1)) * self.limits.table_size;
+        (0..self.limits.table_size).map(|i| Ok(self.maglev.get(&(base + i), 0)?)).collect()
+    }
+
+    /// Writes a VIP's entry: which table and generation it uses, its flags.
+    pub fn set_vip_entry(&mut self, vip: VipMatch, value: VipValue) -> Result<()> {
+        ensure!(value.vip_id < self.limits.max_vips, "vip id {} out of range", value.vip_id);
+        self.vips.insert(vip.key(), value, 0).context("writing VIPS")
+    }
+
+    /// Points clients of VIP `vip_id` within `prefix` at a table.
+    pub fn set_steer_prefix(&mut self, vip_id: u32, prefix: (IpAddr, u8), table: SteerTable) -> Result<()> {
+        self.steer_prefixes.insert(&steer_key(vip_id, prefix), table, 0).context("writing STEER_PREFIXES")
+    }
+
+    pub fn remove_steer_prefix(&mut self, vip_id: u32, prefix: (IpAddr, u8)) -> Result<()> {
+        self.steer_prefixes.remove(&steer_key(vip_id, prefix)).context("removing from STEER_PREFIXES")
+    }
+
+    /// Every client prefix installed: (VIP id, prefix, table).
+    pub fn steer_prefixes(&self) -> Result<Vec<(u32, (IpAddr, u8), SteerTable)>> {
+        let mut entries = Vec::new();
+        for entry in self.steer_prefixes.iter() {
+            let (key, table) = entry.context("reading STEER_PREFIXES")?;
+            let data = key.data();
+            let address = addr_to_ip(&data.addr);
+            let bits = key.prefix_len() - STEER_VIP_BITS;
+            let len = if address.is_ipv4() { bits.saturating_sub(96) } else { bits };
+            entries.push((u32::from_be_bytes(data.vip_id), (address, len as u8), table));
+        }
+        Ok(entries)
     }
 
     /// Chooses which VIP's table fragments to `address`/`proto` use.
@@ -325,6 +383,7 @@ impl Steer {
                 vip_id: value.vip_id,
                 generation: value.generation,
                 source_ip_affinity: value.flags & VIP_SOURCE_IP_AFFINITY != 0,
+                value,
             };
             vips.push((VipMatch::from_key(&key), installed));
         }
@@ -394,8 +453,7 @@ impl Steer {
     /// Reads back the live table of a VIP.
     pub fn vip_table(&self, vip: VipMatch) -> Result<Vec<u32>> {
         let Ok(value) = self.vips.get(&vip.key(), 0) else { bail!("no such VIP {vip:?}") };
-        let base = (value.vip_id * TABLE_GENERATIONS + value.generation) * self.limits.table_size;
-        (0..self.limits.table_size).map(|i| Ok(self.maglev.get(&(base + i), 0)?)).collect()
+        self.read_table(value.table_id, value.generation)
     }
 
     /// The backend recorded for a flow, if any.

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use gslb_common::{addr_from_ip, flow_hash, FlowKey};
+use gslb_common::{addr_from_ip, flow_hash, FlowKey, SteerTable, VIP_CLIENT_STEERING};
 use gslb_tests::{
     edge::{backend_addr, backend_id, table_of, test_edge, TestVip, TEST_LIMITS, VIPS},
     netns::in_scratch_netns,
@@ -103,5 +103,45 @@ fn kernel_and_userspace_pick_the_same_backend() {
             }
             assert_eq!(hits.len(), backends.len(), "vip {v}: some backend never chosen: {hits:?}");
         }
+    });
+}
+
+#[test]
+fn client_prefixes_pick_their_table_longest_first() {
+    in_scratch_netns(|| {
+        let mut edge = test_edge();
+        let web = vip(0);
+        let vip_addr: IpAddr = web.addr.parse().unwrap();
+        // Tables 0..8 belong to the test VIPs; use the last two for steering.
+        let (wide, narrow) = (6, 7);
+        edge.write_table(wide, 0, &table_of(&[2], &TEST_LIMITS)).unwrap();
+        edge.write_table(narrow, 0, &table_of(&[5], &TEST_LIMITS)).unwrap();
+        edge.set_vip(web.matcher(), web.id, false, &table_of(&[1], &TEST_LIMITS)).unwrap();
+        let vip_id = web.id;
+        let v4 = |s: &str| -> IpAddr { s.parse().unwrap() };
+        edge.set_steer_prefix(vip_id, (v4("10.0.0.0"), 8), SteerTable { table_id: wide, generation: 0 }).unwrap();
+        edge.set_steer_prefix(vip_id, (v4("10.1.0.0"), 16), SteerTable { table_id: narrow, generation: 0 }).unwrap();
+
+        // Without the flag the prefixes are not consulted.
+        let frame = |client: &str, port| flow_frame(v4(client), vip_addr, TCP, port, 80);
+        assert_eq!(steered_to(&mut edge, &frame("10.1.2.3", 40_000)), 1);
+
+        let mut value = edge.installed_vips().unwrap().into_iter().find(|(m, _)| *m == web.matcher()).unwrap().1.value;
+        value.flags |= VIP_CLIENT_STEERING;
+        edge.set_vip_entry(web.matcher(), value).unwrap();
+        for port in 41_000..41_050 {
+            assert_eq!(steered_to(&mut edge, &frame("10.1.2.3", port)), 5, "longest prefix must win");
+            assert_eq!(steered_to(&mut edge, &frame("10.9.2.3", port)), 2, "the /8 must match");
+            assert_eq!(steered_to(&mut edge, &frame("11.0.0.1", port)), 1, "no prefix: the VIP's own table");
+        }
+        let listed = edge.steer_prefixes().unwrap();
+        assert!(listed.contains(&(vip_id, (v4("10.1.0.0"), 16), SteerTable { table_id: narrow, generation: 0 })));
+        // Another VIP's clients in the same prefix are not affected.
+        let other = vip(4);
+        let other_addr: IpAddr = other.addr.parse().unwrap();
+        let got = steered_to(&mut edge, &flow_frame(v4("10.1.2.3"), other_addr, TCP, 42_000, 80));
+        assert!([1, 2, 5].contains(&got));
+        edge.remove_steer_prefix(vip_id, (v4("10.1.0.0"), 16)).unwrap();
+        assert_eq!(steered_to(&mut edge, &frame("10.1.2.3", 43_000)), 2, "after removal the /8 matches");
     });
 }
