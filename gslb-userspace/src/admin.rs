@@ -22,6 +22,15 @@ use crate::status::Status;
 pub enum Request {
     Status,
     Reload,
+    /// No new flows for a backend (address) or a pool (name); with a
+    /// duration, recorded flows are cut when it is over.
+    Drain {
+        target: String,
+        duration_ms: Option<u64>,
+    },
+    Undrain {
+        target: String,
+    },
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -33,6 +42,9 @@ pub struct Response {
     pub status: Option<Status>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub changes: Option<Changes>,
+    /// The backends a drain or undrain applied to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backends: Option<Vec<std::net::IpAddr>>,
 }
 
 impl Response {
@@ -55,6 +67,11 @@ pub fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
     match request {
         Request::Status => Response::from_result(Status::of(&agent), |r, s| r.status = Some(s)),
         Request::Reload => Response::from_result(agent.reload(), |r, c| r.changes = Some(c)),
+        Request::Drain { target, duration_ms } => {
+            let duration = duration_ms.map(Duration::from_millis);
+            Response::from_result(agent.drain(&target, duration), |r, b| r.backends = Some(b))
+        }
+        Request::Undrain { target } => Response::from_result(agent.undrain(&target), |r, b| r.backends = Some(b)),
     }
 }
 

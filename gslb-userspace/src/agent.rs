@@ -9,9 +9,11 @@ use tracing::{info, warn};
 
 use crate::attach::{self, AttachedMode};
 use crate::config::{self, Config};
+use crate::control::{Drain, Failovers, LatencySteps};
 use crate::dataplane::{Steer, VipMatch};
+use crate::health::{HealthEvent, HealthTable, Monitors};
 use crate::install::{Changes, Installed};
-use crate::plan::{plan, Plan};
+use crate::plan::{plan, Conditions, Plan};
 
 pub struct Agent {
     config_path: PathBuf,
@@ -24,7 +26,14 @@ pub struct Agent {
     pub adopted: bool,
     pub started: SystemTime,
     pub reloads: u64,
+    pub reloads_failed: u64,
     pub last_reload: Option<ReloadRecord>,
+    /// Health of monitored backends, fed by `monitors`.
+    pub health: HealthTable,
+    monitors: Option<Monitors>,
+    pub drains: BTreeMap<std::net::IpAddr, Drain>,
+    pub failovers: Failovers,
+    pub(crate) latency_steps: LatencySteps,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -82,7 +91,15 @@ impl Agent {
             (steer, Installed::default())
         };
 
-        let plan = plan(&config, &installed.backend_ids, steer.limits.max_backends, steer.limits.table_size)?;
+        // Every backend counts as up until its checks say otherwise: a
+        // starting agent must not drain the fleet before probing it.
+        let plan = plan(
+            &config,
+            &installed.backend_ids,
+            steer.limits.max_backends,
+            steer.limits.table_size,
+            &Conditions::new(),
+        )?;
         let changes = installed.apply(&mut steer, &plan, &vip_names(&plan))?;
         info!(?changes, "programmed the data plane");
 
@@ -96,10 +113,26 @@ impl Agent {
             adopted,
             started: SystemTime::now(),
             reloads: 0,
+            reloads_failed: 0,
             last_reload: None,
+            health: HealthTable::default(),
+            monitors: None,
+            drains: BTreeMap::new(),
+            failovers: Failovers::default(),
+            latency_steps: LatencySteps::new(),
         };
         agent.sync_interfaces()?;
         Ok(agent)
+    }
+
+    /// Starts probing the configured monitors; results arrive on `events`
+    /// (to be fed to `on_health`). Must run inside a tokio runtime.
+    pub fn start_monitoring(&mut self, events: tokio::sync::mpsc::UnboundedSender<HealthEvent>) {
+        let mut monitors = Monitors::new(events);
+        let wanted = self.config.monitored_backends();
+        self.health.update(&wanted);
+        monitors.update(&wanted);
+        self.monitors = Some(monitors);
     }
 
     pub fn config_path(&self) -> &Path {
@@ -111,6 +144,7 @@ impl Agent {
     pub fn reload(&mut self) -> Result<Changes> {
         let outcome = self.try_reload();
         self.reloads += 1;
+        self.reloads_failed += outcome.is_err() as u64;
         self.last_reload = Some(ReloadRecord {
             at: SystemTime::now(),
             ok: outcome.is_ok(),
@@ -147,11 +181,41 @@ impl Agent {
         if config.vips.len() > limits.max_vips as usize {
             bail!("{} VIPs do not fit the loaded maps (max_vips {})", config.vips.len(), limits.max_vips);
         }
-        let plan = plan(&config, &self.installed.backend_ids, limits.max_backends, limits.table_size)?;
-        let changes = self.installed.apply(&mut self.steer, &plan, &vip_names(&self.plan))?;
+        // Plan before touching anything: a config this data plane cannot
+        // hold is refused whole.
+        let conditions = self.conditions(SystemTime::now());
+        plan(&config, &self.installed.backend_ids, limits.max_backends, limits.table_size, &conditions)?;
+        let old_names = vip_names(&self.plan);
         self.config = config;
-        self.plan = plan;
+        self.forget_removed();
+        let wanted = self.config.monitored_backends();
+        self.health.update(&wanted);
+        if let Some(monitors) = &mut self.monitors {
+            monitors.update(&wanted);
+        }
+        let changes = self.replan_named(&self.conditions(SystemTime::now()), &old_names)?;
         self.sync_interfaces()?;
+        Ok(changes)
+    }
+
+    /// Plans with `conditions` and applies the difference.
+    pub(crate) fn replan(&mut self, conditions: &Conditions) -> Result<Changes> {
+        let names = vip_names(&self.plan);
+        self.replan_named(conditions, &names)
+    }
+
+    fn replan_named(&mut self, conditions: &Conditions, names: &BTreeMap<VipMatch, String>) -> Result<Changes> {
+        let limits = self.steer.limits;
+        let started = std::time::Instant::now();
+        let plan = plan(&self.config, &self.installed.backend_ids, limits.max_backends, limits.table_size, conditions)?;
+        let planned = started.elapsed();
+        let changes = self.installed.apply(&mut self.steer, &plan, names)?;
+        tracing::debug!(
+            plan_ms = planned.as_millis() as u64,
+            apply_ms = (started.elapsed() - planned).as_millis() as u64,
+            "replanned"
+        );
+        self.plan = plan;
         Ok(changes)
     }
 

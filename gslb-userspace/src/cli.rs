@@ -13,6 +13,8 @@ use crate::admin::{self, Request};
 use crate::agent::Agent;
 use crate::config;
 use crate::dataplane::{Decap, Limits, Steer};
+use crate::metrics;
+use crate::status::Status;
 
 use crate::config::DEFAULT_ADMIN_SOCKET;
 
@@ -71,6 +73,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stop new flows to a backend (address) or to every backend of a pool
+    /// (name). Recorded flows keep going until they end, or until
+    /// `--for` has passed.
+    Drain {
+        target: String,
+        /// How long recorded flows may run on (e.g. 30s, 5m); unlimited if
+        /// not given.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        #[command(flatten)]
+        agent: AgentAddress,
+    },
+    /// Put a drained backend or pool back into rotation.
+    Undrain {
+        target: String,
+        #[command(flatten)]
+        agent: AgentAddress,
+    },
     /// Validate a config file and exit.
     Check {
         #[arg(long)]
@@ -117,6 +137,13 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Drain { target, duration, agent } => {
+            let request = Request::Drain { target, duration_ms: duration.map(|d| d.as_millis() as u64) };
+            print_backends("drained", admin::request(&agent.socket()?, &request)?)
+        }
+        Command::Undrain { target, agent } => {
+            print_backends("undrained", admin::request(&agent.socket()?, &Request::Undrain { target })?)
+        }
         Command::Check { config } => {
             let parsed = config::load(&config)?;
             println!(
@@ -138,6 +165,15 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+fn print_backends(what: &str, response: admin::Response) -> Result<()> {
+    if let Some(error) = response.error {
+        bail!("{error}");
+    }
+    let backends: Vec<String> = response.backends.unwrap_or_default().iter().map(|b| b.to_string()).collect();
+    println!("{what}: {}", backends.join(" "));
+    Ok(())
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,aya=error"));
@@ -155,13 +191,28 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn run_agent(config_path: &Path, remove_on_exit: bool) -> Result<()> {
     // The socket first: a second agent for the same edge stops here, before
     // it touches the data plane.
-    let socket = config::load(config_path)?.edge.admin_socket;
+    let edge = config::load(config_path)?.edge;
+    let socket = edge.admin_socket;
     let listener = admin::bind(&socket)?;
+    let metrics_listener = metrics::bind(edge.metrics_listen)?;
     let agent = Agent::start(config_path)?;
     let pin_dir = agent.config.edge.bpffs_pin.clone();
     let agent = Arc::new(Mutex::new(agent));
     runtime()?.block_on(async {
+        let (events, mut health) = tokio::sync::mpsc::unbounded_channel();
+        agent.lock().unwrap_or_else(|p| p.into_inner()).start_monitoring(events);
         let server = tokio::spawn(admin::serve(listener, agent.clone()));
+        let scraped = agent.clone();
+        let metrics_server = tokio::spawn(async move {
+            let snapshot = move || {
+                let agent = scraped.lock().unwrap_or_else(|p| p.into_inner());
+                Ok(metrics::render(&Status::of(&agent)?))
+            };
+            if let Err(error) = metrics::serve_listener(metrics_listener, snapshot).await {
+                tracing::error!("the metrics endpoint stopped: {error:#}");
+            }
+        });
+        let mut drain_clock = tokio::time::interval(std::time::Duration::from_millis(250));
         let mut hangup = signal(SignalKind::hangup())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
@@ -174,11 +225,28 @@ fn run_agent(config_path: &Path, remove_on_exit: bool) -> Result<()> {
                         let _ = agent.lock().unwrap_or_else(|p| p.into_inner()).reload();
                     }).await;
                 }
+                Some(event) = health.recv() => {
+                    let agent = agent.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if let Err(error) = agent.lock().unwrap_or_else(|p| p.into_inner()).on_health(event) {
+                            warn!("applying a health change failed: {error:#}");
+                        }
+                    }).await;
+                }
+                _ = drain_clock.tick() => {
+                    let agent = agent.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if let Err(error) = agent.lock().unwrap_or_else(|p| p.into_inner()).expire_drains() {
+                            warn!("ending a drain failed: {error:#}");
+                        }
+                    }).await;
+                }
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
             }
         }
         server.abort();
+        metrics_server.abort();
         anyhow::Ok(())
     })?;
     let _ = std::fs::remove_file(&socket);

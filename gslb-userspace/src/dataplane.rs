@@ -149,6 +149,9 @@ pub struct InstalledVip {
     pub value: VipValue,
 }
 
+/// A client prefix as installed: VIP id, (network, length), its table.
+pub type InstalledPrefix = (u32, (IpAddr, u8), SteerTable);
+
 /// The LPM key of a client prefix of one VIP. IPv4 prefixes are stored
 /// IPv4-mapped, so their length counts the 96 mapped bits too.
 fn steer_key(vip_id: u32, (address, len): (IpAddr, u8)) -> LpmKey<SteerPrefix> {
@@ -333,6 +336,20 @@ impl Steer {
         Ok(())
     }
 
+    /// Rewrites the slots of one generation of a table that differ between
+    /// what it holds (`old`) and `new`. Only ever patch the idle generation.
+    pub fn patch_table(&mut self, table_id: u32, generation: u32, old: &[u32], new: &[u32]) -> Result<()> {
+        ensure!(table_id < self.limits.max_vips, "table id {table_id} out of range");
+        ensure!(old.len() == new.len() && new.len() == self.limits.table_size as usize, "table sizes differ");
+        let base = (table_id * TABLE_GENERATIONS + (generation & 1)) * self.limits.table_size;
+        for (slot, (&before, &after)) in old.iter().zip(new).enumerate() {
+            if before != after {
+                self.maglev.set(base + slot as u32, after, 0).context("writing the Maglev table")?;
+            }
+        }
+        Ok(())
+    }
+
     /// Reads one generation of a table.
     pub fn read_table(&self, table_id: u32, generation: u32) -> Result<Vec<u32>> {
         let base = (table_id * TABLE_GENERATIONS + (generation & 1)) * self.limits.table_size;
@@ -355,7 +372,7 @@ impl Steer {
     }
 
     /// Every client prefix installed: (VIP id, prefix, table).
-    pub fn steer_prefixes(&self) -> Result<Vec<(u32, (IpAddr, u8), SteerTable)>> {
+    pub fn steer_prefixes(&self) -> Result<Vec<InstalledPrefix>> {
         let mut entries = Vec::new();
         for entry in self.steer_prefixes.iter() {
             let (key, table) = entry.context("reading STEER_PREFIXES")?;

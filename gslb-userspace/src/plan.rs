@@ -1,8 +1,9 @@
-//! What the data plane should hold for a config: backend ids, and each
-//! VIP's weights and lookup table.
+//! What the data plane should hold, given the config and what the agent
+//! knows of each backend (health, drains, probe latency): backend ids, which
+//! backends are dead, and each VIP's tables.
 //!
-//! Planning is a pure function of the config and of the backend ids already
-//! installed, so two edges with the same config build the same tables: the
+//! Planning is a pure function of its inputs, so two edges with the same
+//! config and the same view of backend health build the same tables: the
 //! edge name, interface names and the order of keys play no part.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,57 +15,130 @@ use gslb_common::{
     maglev::{build_table, MaglevBackend},
 };
 
-use crate::config::{Affinity, Config};
+use crate::config::{Affinity, Config, Policy, Pool, Vip};
 use crate::dataplane::VipMatch;
 
-/// The data plane's contents for one config.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A backend's latency weight never drops below this fraction of its
+/// configured weight: slow backends lose traffic gradually, never all of it.
+pub const MIN_LATENCY_FACTOR: f64 = 0.1;
+
+/// What the agent knows about a backend beyond the config. A backend with
+/// no entry is up, not drained, with no latency measured.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Condition {
+    /// Declared down by its health checks.
+    pub down: bool,
+    /// Failing its latest checks (suspect or down): counts towards the
+    /// panic cap, so checks that all fail at once trip it before the first
+    /// backend is taken out.
+    pub failing: bool,
+    /// Drained by the operator: no new flows.
+    pub drained: bool,
+    /// The drain's time is over: recorded flows are cut too.
+    pub drain_expired: bool,
+    /// Decaying average of probe round-trip time.
+    pub rtt_avg_ms: Option<f64>,
+}
+
+pub type Conditions = BTreeMap<IpAddr, Condition>;
+
+/// The data plane's contents for one config and one view of the backends.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub tunnel_source_v4: Ipv4Addr,
     pub tunnel_source_v6: Option<Ipv6Addr>,
     /// Every backend of every pool, by address.
     pub backend_ids: BTreeMap<IpAddr, u32>,
+    /// Backends whose recorded flows must re-select: down (unless a VIP
+    /// using them is in panic) or drained past their drain time.
+    pub dead: BTreeSet<IpAddr>,
     pub vips: BTreeMap<VipMatch, PlannedVip>,
     /// Which port's VIP fragments to an (address, protocol) use.
     pub fragment_vips: BTreeMap<(IpAddr, u8), u16>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PlannedVip {
     pub name: String,
     pub source_ip_affinity: bool,
-    /// Effective weight of each backend: pool weight x backend weight,
-    /// summed over the VIP's pools.
+    /// The table of clients no steer rule matches.
+    pub default: PlannedTable,
+    /// Tables of client prefixes, by (network address, length).
+    pub steer: BTreeMap<(IpAddr, u8), PlannedTable>,
+    /// Health checks would have taken out more than the VIP's
+    /// `max_unhealthy_fraction`: its backends stay in rotation regardless.
+    pub panic: bool,
+    /// Backends down in this VIP's pools, and in all.
+    pub down: usize,
+    pub total: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedTable {
+    /// Weight of each backend in the table (pool weight x backend weight x
+    /// latency factor, summed over pools); backends out of rotation are
+    /// absent.
     pub weights: BTreeMap<IpAddr, u64>,
+    /// The pools new flows go to.
+    pub pools: Vec<String>,
+    /// No listed pool could serve: the fallback pool does.
+    pub fallback: bool,
     pub table: Vec<u32>,
 }
 
 /// Plans `config` for tables of `table_size` slots and ids below
 /// `max_backends`, keeping the ids of backends already `installed`.
-pub fn plan(config: &Config, installed: &BTreeMap<IpAddr, u32>, max_backends: u32, table_size: u32) -> Result<Plan> {
+pub fn plan(
+    config: &Config,
+    installed: &BTreeMap<IpAddr, u32>,
+    max_backends: u32,
+    table_size: u32,
+    conditions: &Conditions,
+) -> Result<Plan> {
     let addresses: BTreeSet<IpAddr> = config.pools.iter().flat_map(|p| p.backends.iter().map(|b| b.address)).collect();
     let backend_ids = assign_backend_ids(&addresses, installed, max_backends)?;
+    let condition = |address: &IpAddr| conditions.get(address).copied().unwrap_or_default();
 
     let mut vips = BTreeMap::new();
+    let mut in_panic: BTreeSet<IpAddr> = BTreeSet::new();
     for vip in &config.vips {
-        let weights = config.effective_weights(vip);
-        let members: Vec<MaglevBackend> = weights
-            .iter()
-            .map(|(address, &weight)| MaglevBackend {
-                id: backend_ids[address],
-                addr: addr_from_ip(*address),
-                weight: weight.min(u32::MAX as u64) as u32,
-            })
-            .collect();
+        let members = vip_backends(config, vip);
+        let down = members.iter().filter(|a| condition(a).down).count();
+        let failing = members.iter().filter(|a| condition(a).failing || condition(a).down).count();
+        let panic = !members.is_empty() && failing as f64 / members.len() as f64 > vip.max_unhealthy_fraction;
+        if panic {
+            in_panic.extend(members.iter().copied());
+        }
+        let chooser = Chooser { config, vip, conditions, panic, backend_ids: &backend_ids, table_size };
+        let (default, default_panic) = chooser.table(&vip.pools)?;
+        let mut steer = BTreeMap::new();
+        let mut steer_panic = false;
+        for rule in &vip.steer {
+            let (table, rule_panic) = chooser.table(&rule.pools)?;
+            steer_panic |= rule_panic;
+            steer.insert((rule.client_prefix.address, rule.client_prefix.len), table);
+        }
         let matcher = VipMatch { address: vip.address, port: vip.port, proto: vip.protocol.number() };
         let planned = PlannedVip {
             name: vip.name.clone(),
             source_ip_affinity: vip.affinity == Affinity::SourceIp,
-            table: build_table(&members, table_size),
-            weights,
+            default,
+            steer,
+            panic: panic || default_panic || steer_panic,
+            down,
+            total: members.len(),
         };
         vips.insert(matcher, planned);
     }
+
+    let dead = addresses
+        .iter()
+        .filter(|a| {
+            let c = condition(a);
+            (c.down && !in_panic.contains(a)) || c.drain_expired
+        })
+        .copied()
+        .collect();
 
     // Fragments carry no ports: they follow the address's every-port VIP,
     // or else its lowest-port VIP, so all fragments of a datagram agree.
@@ -77,10 +151,119 @@ pub fn plan(config: &Config, installed: &BTreeMap<IpAddr, u32>, max_backends: u3
         tunnel_source_v4: config.edge.tunnel_source_v4,
         tunnel_source_v6: config.edge.tunnel_source_v6,
         backend_ids,
+        dead,
         vips,
         fragment_vips,
     })
 }
+
+/// Every backend of a VIP's listed pools and steer rules (not its
+/// fallback pool): the set the panic cap is measured on.
+fn vip_backends(config: &Config, vip: &Vip) -> BTreeSet<IpAddr> {
+    let names = vip.pools.iter().chain(vip.steer.iter().flat_map(|r| r.pools.iter()));
+    names.filter_map(|n| config.pool(n)).flat_map(|p| p.backends.iter().map(|b| b.address)).collect()
+}
+
+/// Builds the tables of one VIP.
+struct Chooser<'a> {
+    config: &'a Config,
+    vip: &'a Vip,
+    conditions: &'a Conditions,
+    panic: bool,
+    backend_ids: &'a BTreeMap<IpAddr, u32>,
+    table_size: u32,
+}
+
+impl Chooser<'_> {
+    /// The table for clients using `pool_names`; also whether it had to
+    /// ignore health because nothing healthy was left.
+    fn table(&self, pool_names: &[String]) -> Result<(PlannedTable, bool)> {
+        let pools: Vec<&Pool> = pool_names.iter().filter_map(|n| self.config.pool(n)).collect();
+        let (weights, used, fallback, ignored_health) = self.choose(&pools);
+        let members: Vec<MaglevBackend> = weights
+            .iter()
+            .map(|(address, &weight)| MaglevBackend {
+                id: self.backend_ids[address],
+                addr: addr_from_ip(*address),
+                weight: weight.min(u32::MAX as u64) as u32,
+            })
+            .collect();
+        let table = build_table(&members, self.table_size);
+        Ok((PlannedTable { weights, pools: used, fallback, table }, ignored_health))
+    }
+
+    /// Weights per backend, the pools used, whether the fallback pool is in
+    /// use, and whether health had to be ignored.
+    fn choose(&self, pools: &[&Pool]) -> (BTreeMap<IpAddr, u64>, Vec<String>, bool, bool) {
+        let names = |ps: &[&Pool]| ps.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+        match self.vip.policy {
+            Policy::Weighted => {
+                let weights = self.weights(pools, false);
+                if !weights.is_empty() {
+                    return (weights, names(pools), false, false);
+                }
+            }
+            Policy::Failover => {
+                for pool in pools {
+                    if self.up_count(pool) >= self.vip.min_healthy as usize {
+                        return (self.weights(&[pool], false), vec![pool.name.clone()], false, false);
+                    }
+                }
+            }
+        }
+        // Nothing healthy in the listed pools: the fallback pool, whatever
+        // its health, else the listed pools regardless of health.
+        if let Some(fallback) = self.vip.fallback_pool.as_deref().and_then(|n| self.config.pool(n)) {
+            return (self.weights(&[fallback], true), vec![fallback.name.clone()], true, false);
+        }
+        (self.weights(pools, true), names(pools), false, true)
+    }
+
+    fn usable(&self, address: &IpAddr, ignore_health: bool) -> bool {
+        let c = self.conditions.get(address).copied().unwrap_or_default();
+        !c.drained && (ignore_health || self.panic || !c.down)
+    }
+
+    fn up_count(&self, pool: &Pool) -> usize {
+        pool.backends.iter().filter(|b| b.weight > 0 && self.usable(&b.address, false)).count()
+    }
+
+    /// Effective weights of the usable backends of `pools`.
+    fn weights(&self, pools: &[&Pool], ignore_health: bool) -> BTreeMap<IpAddr, u64> {
+        let mut weights = BTreeMap::new();
+        for pool in pools {
+            for backend in &pool.backends {
+                if !self.usable(&backend.address, ignore_health) {
+                    continue;
+                }
+                let configured = pool.weight as u64 * backend.weight as u64;
+                let rtt = self.conditions.get(&backend.address).and_then(|c| c.rtt_avg_ms);
+                let weight = (configured as f64 * latency_factor(pool.max_latency_ms, rtt)).round() as u64;
+                if weight > 0 {
+                    *weights.entry(backend.address).or_default() += weight;
+                }
+            }
+        }
+        weights
+    }
+}
+
+/// The share of its weight a backend keeps at this probe latency: all of it
+/// up to `max_latency_ms`, then in proportion (twice the limit, half the
+/// weight), never below `MIN_LATENCY_FACTOR`. Rounded down to steps of
+/// `LATENCY_STEP`, so probe jitter does not rewrite tables on every probe.
+pub fn latency_factor(max_latency_ms: Option<u32>, rtt_avg_ms: Option<f64>) -> f64 {
+    match (max_latency_ms, rtt_avg_ms) {
+        (Some(max), Some(rtt)) if rtt > max as f64 => {
+            let steps = (max as f64 / rtt / LATENCY_STEP).floor();
+            (steps * LATENCY_STEP).max(MIN_LATENCY_FACTOR)
+        }
+        _ => 1.0,
+    }
+}
+
+/// Latency factors move in steps of this much.
+pub const LATENCY_STEP: f64 = 0.05;
 
 /// The id a backend takes when it is free: derived from its address alone,
 /// so edges that start from different histories still tend to agree.
@@ -122,120 +305,4 @@ pub fn assign_backend_ids(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config;
-    use std::path::Path;
-
-    const CONFIG: &str = r#"
-[edge]
-name = "edge-a"
-interfaces = ["eth0"]
-tunnel_source_v4 = "192.0.2.10"
-tunnel_source_v6 = "2001:db8::10"
-
-[[vip]]
-name = "web"
-address = "203.0.113.10"
-port = 80
-protocol = "tcp"
-pools = ["us-east", "eu-west"]
-
-[[vip]]
-name = "dns"
-address = "203.0.113.10"
-port = 53
-protocol = "udp"
-affinity = "source-ip"
-pools = ["eu-west"]
-
-[[pool]]
-name = "us-east"
-weight = 100
-backends = [ { address = "198.51.100.1", weight = 100 }, { address = "198.51.100.2", weight = 50 } ]
-
-[[pool]]
-name = "eu-west"
-weight = 50
-backends = [ { address = "198.51.100.3" }, { address = "2001:db8:100::4", weight = 10 } ]
-"#;
-
-    /// The same config with every list reversed and another edge's
-    /// identity.
-    const SHUFFLED: &str = r#"
-[[pool]]
-backends = [ { weight = 10, address = "2001:db8:100::4" }, { address = "198.51.100.3" } ]
-weight = 50
-name = "eu-west"
-
-[[pool]]
-name = "us-east"
-weight = 100
-backends = [ { address = "198.51.100.2", weight = 50 }, { address = "198.51.100.1", weight = 100 } ]
-
-[[vip]]
-name = "dns"
-address = "203.0.113.10"
-port = 53
-protocol = "udp"
-affinity = "source-ip"
-pools = ["eu-west"]
-
-[[vip]]
-name = "web"
-address = "203.0.113.10"
-port = 80
-protocol = "tcp"
-pools = ["eu-west", "us-east"]
-
-[edge]
-name = "edge-b"
-interfaces = ["ens5", "ens6"]
-tunnel_source_v4 = "192.0.2.10"
-tunnel_source_v6 = "2001:db8::10"
-"#;
-
-    fn parse(text: &str) -> Config {
-        config::parse(text, Path::new("test.toml")).unwrap()
-    }
-
-    #[test]
-    fn same_config_same_plan_whatever_the_order_and_edge() {
-        let a = plan(&parse(CONFIG), &BTreeMap::new(), 4096, 4099).unwrap();
-        let b = plan(&parse(SHUFFLED), &BTreeMap::new(), 4096, 4099).unwrap();
-        assert_eq!(a, b);
-        let web = VipMatch { address: "203.0.113.10".parse().unwrap(), port: 80, proto: 6 };
-        let weights: Vec<u64> = a.vips[&web].weights.values().copied().collect();
-        // 198.51.100.1..3, then the IPv6 backend.
-        assert_eq!(weights, vec![100 * 100, 100 * 50, 50 * 100, 50 * 10]);
-    }
-
-    #[test]
-    fn ids_come_from_addresses_and_survive_changes() {
-        let all: BTreeSet<IpAddr> = (1..=200u8).map(|i| IpAddr::from([10, 0, 0, i])).collect();
-        let fresh = assign_backend_ids(&all, &BTreeMap::new(), 4096).unwrap();
-        let distinct: BTreeSet<u32> = fresh.values().copied().collect();
-        assert_eq!(distinct.len(), all.len());
-        assert!(distinct.iter().all(|&id| (1..4096).contains(&id)));
-
-        // Remove half and add new ones: the kept backends keep their ids,
-        // the new ones take ids nobody installed holds.
-        let mut next: BTreeSet<IpAddr> =
-            all.iter().copied().filter(|a| matches!(a, IpAddr::V4(v) if v.octets()[3] % 2 == 0)).collect();
-        next.extend((1..=50u8).map(|i| IpAddr::from([10, 0, 1, i])));
-        let after = assign_backend_ids(&next, &fresh, 4096).unwrap();
-        for (address, id) in &after {
-            match fresh.get(address) {
-                Some(old) => assert_eq!(old, id, "{address} changed id"),
-                None => assert!(!fresh.values().any(|v| v == id), "{address} took an installed id"),
-            }
-        }
-    }
-
-    #[test]
-    fn too_many_backends_are_refused() {
-        let all: BTreeSet<IpAddr> = (1..=20u8).map(|i| IpAddr::from([10, 0, 0, i])).collect();
-        assert!(assign_backend_ids(&all, &BTreeMap::new(), 16).is_err());
-        assert!(assign_backend_ids(&all, &BTreeMap::new(), 21).is_ok());
-    }
-}
+mod tests;

@@ -9,6 +9,8 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::Agent;
+use crate::config::{Config, MonitorProtocol, Pool};
+use crate::plan::latency_factor;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Status {
@@ -23,7 +25,42 @@ pub struct Status {
     pub vips: Vec<VipStatus>,
     pub pools: Vec<PoolStatus>,
     pub reloads: u64,
+    pub reloads_failed: u64,
     pub last_reload: Option<LastReload>,
+    /// Backends that went down: how long detection and the data plane took.
+    pub failovers: Vec<FailoverStatus>,
+}
+
+/// One backend going down, measured.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FailoverStatus {
+    pub backend: IpAddr,
+    pub first_failure_unix_ms: u64,
+    pub declared_down_unix_ms: u64,
+    pub table_live_unix_ms: u64,
+    /// First failed probe to the new table being live.
+    pub total_ms: u64,
+    /// Declared down to the new table being live.
+    pub apply_ms: u64,
+    /// `(consecutive_down + 1) x interval + timeout` of its monitor.
+    pub worst_case_ms: u64,
+}
+
+/// Whether the other pools can absorb the loss of the busiest one.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CapacityStatus {
+    pub ok: bool,
+    pub message: String,
+}
+
+/// A client-prefix rule of a VIP, as it stands.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SteerStatus {
+    pub client_prefix: String,
+    pub pools: Vec<String>,
+    pub active_pools: Vec<String>,
+    pub fallback: bool,
+    pub backends: Vec<VipBackend>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -59,7 +96,17 @@ pub struct VipStatus {
     pub new_flows: u64,
     pub flow_hits: u64,
     pub flow_misses: u64,
+    pub policy: String,
+    /// Health checks would take out too many backends: all stay in rotation.
+    pub panic: bool,
+    /// New flows go to the fallback pool.
+    pub fallback: bool,
+    pub active_pools: Vec<String>,
+    pub backends_down: usize,
+    pub backends_total: usize,
     pub backends: Vec<VipBackend>,
+    pub steer: Vec<SteerStatus>,
+    pub capacity: Option<CapacityStatus>,
 }
 
 /// A backend as one VIP uses it.
@@ -77,6 +124,10 @@ pub struct VipBackend {
 pub struct PoolStatus {
     pub name: String,
     pub weight: u32,
+    /// `(consecutive_down + 1) x interval + timeout` of the pool's monitor.
+    pub worst_case_failover_ms: Option<u64>,
+    pub capacity: Option<f64>,
+    pub max_utilization: f64,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -87,6 +138,27 @@ pub struct BackendStatus {
     pub id: u32,
     pub packets: u64,
     pub bytes: u64,
+    /// "up", "suspect", "down", or "unmonitored".
+    pub health: String,
+    /// Why it is in that state (the last failure), if anything failed.
+    pub reason: Option<String>,
+    pub rtt_avg_ms: Option<f64>,
+    pub rtt_p99_ms: Option<f64>,
+    /// Fraction of its weight kept at its probe latency (1 = all).
+    pub latency_factor: f64,
+    pub drained: bool,
+    pub drain_until_unix: Option<u64>,
+    /// Marked dead in the data plane: its recorded flows re-select.
+    pub dead: bool,
+    pub transitions: Vec<TransitionStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TransitionStatus {
+    pub at_unix_ms: u64,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -96,6 +168,94 @@ pub struct LastReload {
     pub error: Option<String>,
 }
 
+fn render_table(out: &mut String, indent: &str, backends: &[VipBackend]) {
+    let _ = writeln!(out, "{indent}{:<40} {:>10} {:>8} {:>7}", "backend", "weight", "slots", "share");
+    for b in backends {
+        let _ = writeln!(
+            out,
+            "{indent}{:<40} {:>10} {:>8} {:>6.1}%",
+            b.address.to_string(),
+            b.effective_weight,
+            b.slots,
+            b.share * 100.0
+        );
+    }
+}
+
+/// The backends of one table: weight, slots, share.
+fn table_backends(agent: &Agent, weights: &BTreeMap<IpAddr, u64>, contents: &[u32]) -> Vec<VipBackend> {
+    let mut slots: BTreeMap<u32, u32> = BTreeMap::new();
+    for &id in contents {
+        *slots.entry(id).or_default() += 1;
+    }
+    weights
+        .iter()
+        .map(|(address, &effective_weight)| {
+            let id = agent.installed.backend_ids.get(address).copied().unwrap_or(0);
+            let slots = slots.get(&id).copied().unwrap_or(0);
+            VipBackend {
+                address: *address,
+                effective_weight,
+                slots,
+                share: slots as f64 / contents.len().max(1) as f64,
+            }
+        })
+        .collect()
+}
+
+/// The N+1 rule for a VIP at its current shares: run at the highest load
+/// that keeps every pool within its `max_utilization`, lose the busiest
+/// pool, and see whether the others can carry its share within their
+/// capacity. Needs every pool in use to declare `capacity`.
+fn capacity(config: &Config, weights: &BTreeMap<IpAddr, u64>) -> Option<CapacityStatus> {
+    let total: u64 = weights.values().sum();
+    if total == 0 {
+        return None;
+    }
+    // Each pool's share of new flows; an address in several pools counts
+    // for the first.
+    let mut shares: Vec<(&Pool, f64)> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for pool in &config.pools {
+        let weight: u64 =
+            pool.backends.iter().filter(|b| seen.insert(b.address)).filter_map(|b| weights.get(&b.address)).sum();
+        if weight > 0 {
+            shares.push((pool, weight as f64 / total as f64));
+        }
+    }
+    if shares.len() < 2 || shares.iter().any(|(p, _)| p.capacity.is_none()) {
+        return None;
+    }
+    let peak = shares
+        .iter()
+        .map(|(p, share)| p.capacity.unwrap_or(0.0) * p.max_utilization / share)
+        .fold(f64::INFINITY, f64::min);
+    let (busiest, lost) = shares.iter().copied().fold((shares[0].0, 0.0), |m, (p, s)| if s > m.1 { (p, s) } else { m });
+    let mut worst: Option<(String, f64)> = None;
+    for (pool, share) in &shares {
+        if pool.name == busiest.name {
+            continue;
+        }
+        let load = peak * share / (1.0 - lost) / pool.capacity.unwrap_or(1.0);
+        if worst.as_ref().is_none_or(|(_, w)| load > *w) {
+            worst = Some((pool.name.clone(), load));
+        }
+    }
+    let (pool, load) = worst?;
+    let ok = load <= 1.0;
+    let message = if ok {
+        format!("N+1 holds: losing {} puts {} at {:.0}% of capacity at peak", busiest.name, pool, load * 100.0)
+    } else {
+        format!(
+            "N+1 FAILS: losing {} would put {} at {:.0}% of capacity at peak; add capacity or lower max_utilization",
+            busiest.name,
+            pool,
+            load * 100.0
+        )
+    };
+    Some(CapacityStatus { ok, message })
+}
+
 /// How the config file spells a value ("tcp", "source-ip", ...).
 fn config_word(value: impl Serialize) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
@@ -103,6 +263,10 @@ fn config_word(value: impl Serialize) -> String {
 
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Status {
@@ -124,22 +288,20 @@ impl Status {
             let Some((matcher, planned)) = agent.plan.vips.iter().find(|(_, p)| p.name == vip.name) else { continue };
             let Some(installed) = agent.installed.vips.get(matcher) else { continue };
             let stats = steer.vip_stats(installed.vip_id)?;
-            let mut slots: BTreeMap<u32, u32> = BTreeMap::new();
-            for &id in &installed.table {
-                *slots.entry(id).or_default() += 1;
-            }
-            let backends = planned
-                .weights
+            let steer_rules = vip
+                .steer
                 .iter()
-                .map(|(address, &effective_weight)| {
-                    let id = agent.installed.backend_ids.get(address).copied().unwrap_or(0);
-                    let slots = slots.get(&id).copied().unwrap_or(0);
-                    VipBackend {
-                        address: *address,
-                        effective_weight,
-                        slots,
-                        share: slots as f64 / installed.table.len() as f64,
-                    }
+                .filter_map(|rule| {
+                    let key = (rule.client_prefix.address, rule.client_prefix.len);
+                    let table = planned.steer.get(&key)?;
+                    let contents = &installed.steer.get(&key)?.contents;
+                    Some(SteerStatus {
+                        client_prefix: rule.client_prefix.to_string(),
+                        pools: rule.pools.clone(),
+                        active_pools: table.pools.clone(),
+                        fallback: table.fallback,
+                        backends: table_backends(agent, &table.weights, contents),
+                    })
                 })
                 .collect();
             vips.push(VipStatus {
@@ -154,7 +316,15 @@ impl Status {
                 new_flows: stats.new_flows,
                 flow_hits: stats.flow_hits,
                 flow_misses: stats.flow_misses,
-                backends,
+                policy: config_word(vip.policy),
+                panic: planned.panic,
+                fallback: planned.default.fallback,
+                active_pools: planned.default.pools.clone(),
+                backends_down: planned.down,
+                backends_total: planned.total,
+                backends: table_backends(agent, &planned.default.weights, &installed.default.contents),
+                steer: steer_rules,
+                capacity: capacity(&agent.config, &planned.default.weights),
             });
         }
         let mut pools = Vec::new();
@@ -163,16 +333,64 @@ impl Status {
             for backend in &pool.backends {
                 let id = agent.installed.backend_ids.get(&backend.address).copied().unwrap_or(0);
                 let stats = steer.backend_stats(id)?;
+                let state = agent.health.get(&backend.address);
+                let rtt_avg_ms = state.and_then(|s| s.rtt_avg_ms());
+                let drain = agent.drains.get(&backend.address);
                 backends.push(BackendStatus {
                     address: backend.address,
                     weight: backend.weight,
                     id,
                     packets: stats.packets,
                     bytes: stats.bytes,
+                    health: state.map_or("unmonitored".to_string(), |s| s.health().to_string()),
+                    reason: state.and_then(|s| s.last_failure().map(str::to_string)),
+                    rtt_avg_ms,
+                    rtt_p99_ms: state.and_then(|s| s.rtt_p99_ms()),
+                    latency_factor: latency_factor(pool.max_latency_ms, rtt_avg_ms),
+                    drained: drain.is_some(),
+                    drain_until_unix: drain.and_then(|d| d.until).map(unix),
+                    dead: agent.installed.dead.contains(&backend.address),
+                    transitions: state
+                        .map(|s| {
+                            s.transitions()
+                                .map(|t| TransitionStatus {
+                                    at_unix_ms: unix_ms(t.at),
+                                    from: t.from.to_string(),
+                                    to: t.to.to_string(),
+                                    reason: t.reason.clone(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 });
             }
-            pools.push(PoolStatus { name: pool.name.clone(), weight: pool.weight, backends });
+            pools.push(PoolStatus {
+                name: pool.name.clone(),
+                weight: pool.weight,
+                worst_case_failover_ms: pool
+                    .backends
+                    .first()
+                    .filter(|b| b.monitor.protocol != MonitorProtocol::None)
+                    .map(|b| b.monitor.worst_case_failover_ms()),
+                capacity: pool.capacity,
+                max_utilization: pool.max_utilization,
+                backends,
+            });
         }
+        let failovers = agent
+            .failovers
+            .done
+            .iter()
+            .map(|f| FailoverStatus {
+                backend: f.backend,
+                first_failure_unix_ms: unix_ms(f.first_failure),
+                declared_down_unix_ms: unix_ms(f.declared_down),
+                table_live_unix_ms: unix_ms(f.table_live),
+                total_ms: unix_ms(f.table_live).saturating_sub(unix_ms(f.first_failure)),
+                apply_ms: unix_ms(f.table_live).saturating_sub(unix_ms(f.declared_down)),
+                worst_case_ms: f.worst_case.as_millis() as u64,
+            })
+            .collect();
         let limits = steer.limits;
         Ok(Status {
             edge: agent.config.edge.name.clone(),
@@ -190,6 +408,8 @@ impl Status {
             vips,
             pools,
             reloads: agent.reloads,
+            reloads_failed: agent.reloads_failed,
+            failovers,
             last_reload: agent.last_reload.as_ref().map(|r| LastReload {
                 at_unix: unix(r.at),
                 ok: r.ok,
@@ -224,45 +444,96 @@ impl Status {
             );
         }
         for vip in &self.vips {
+            let mut flags = Vec::new();
+            if vip.panic {
+                flags.push("PANIC: health checks ignored, every backend in rotation".to_string());
+            }
+            if vip.fallback {
+                flags.push("FALLBACK pool in use".to_string());
+            }
             let _ = writeln!(
                 out,
-                "\nvip {} {}:{}/{} affinity {} pools {}",
+                "\nvip {} {}:{}/{} affinity {} policy {} pools {} (new flows to {}){}",
                 vip.name,
                 vip.address,
                 vip.port,
                 vip.protocol,
                 vip.affinity,
-                vip.pools.join(",")
+                vip.policy,
+                vip.pools.join(","),
+                vip.active_pools.join(","),
+                if flags.is_empty() { String::new() } else { format!("  [{}]", flags.join("; ")) }
             );
             let _ = writeln!(
                 out,
-                "  packets {}  bytes {}  new flows {}  flow hits {}  table lookups {}",
-                vip.packets, vip.bytes, vip.new_flows, vip.flow_hits, vip.flow_misses
+                "  packets {}  bytes {}  new flows {}  flow hits {}  table lookups {}  backends down {}/{}",
+                vip.packets,
+                vip.bytes,
+                vip.new_flows,
+                vip.flow_hits,
+                vip.flow_misses,
+                vip.backends_down,
+                vip.backends_total
             );
-            let _ = writeln!(out, "  {:<40} {:>10} {:>8} {:>7}", "backend", "weight", "slots", "share");
-            for b in &vip.backends {
+            render_table(&mut out, "  ", &vip.backends);
+            for rule in &vip.steer {
                 let _ = writeln!(
                     out,
-                    "  {:<40} {:>10} {:>8} {:>6.1}%",
-                    b.address.to_string(),
-                    b.effective_weight,
-                    b.slots,
-                    b.share * 100.0
+                    "  clients in {}: pools {} (new flows to {}){}",
+                    rule.client_prefix,
+                    rule.pools.join(","),
+                    rule.active_pools.join(","),
+                    if rule.fallback { "  [FALLBACK]" } else { "" }
                 );
+                render_table(&mut out, "    ", &rule.backends);
+            }
+            if let Some(capacity) = &vip.capacity {
+                let _ = writeln!(out, "  {}", capacity.message);
             }
         }
         for pool in &self.pools {
-            let _ = writeln!(out, "\npool {} weight {}", pool.name, pool.weight);
-            let _ = writeln!(out, "  {:<40} {:>6} {:>6} {:>12} {:>14}", "backend", "weight", "id", "packets", "bytes");
+            let worst =
+                pool.worst_case_failover_ms.map(|ms| format!("  worst-case failover {ms} ms")).unwrap_or_default();
+            let _ = writeln!(out, "\npool {} weight {}{}", pool.name, pool.weight, worst);
+            let _ = writeln!(
+                out,
+                "  {:<28} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7} {:>12}  reason",
+                "backend", "weight", "id", "health", "rtt ms", "p99 ms", "factor", "packets"
+            );
             for b in &pool.backends {
+                let mut health = b.health.clone();
+                if b.drained {
+                    health.push_str("+drain");
+                }
+                if b.dead {
+                    health.push_str("+dead");
+                }
+                let ms = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
                 let _ = writeln!(
                     out,
-                    "  {:<40} {:>6} {:>6} {:>12} {:>14}",
+                    "  {:<28} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7.2} {:>12}  {}",
                     b.address.to_string(),
                     b.weight,
                     b.id,
+                    health,
+                    ms(b.rtt_avg_ms),
+                    ms(b.rtt_p99_ms),
+                    b.latency_factor,
                     b.packets,
-                    b.bytes
+                    b.reason.clone().unwrap_or_default()
+                );
+            }
+        }
+        if !self.failovers.is_empty() {
+            let _ = writeln!(out, "\nfailovers (first failed probe -> new tables live):");
+            for f in self.failovers.iter().rev().take(10) {
+                let _ = writeln!(
+                    out,
+                    "  {:<28} total {:>6} ms (applying {:>4} ms)  worst case {} ms",
+                    f.backend.to_string(),
+                    f.total_ms,
+                    f.apply_ms,
+                    f.worst_case_ms
                 );
             }
         }

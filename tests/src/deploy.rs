@@ -54,8 +54,33 @@ impl Weights {
     }
 }
 
+/// Health checks in the lab: HTTP on each backend's own address, fast
+/// enough that a test sees a failover within a second.
+pub const LAB_MONITOR: &str = "{ protocol = \"http\", port = 8080, path = \"/health\", interval_ms = 200, timeout_ms = 150, consecutive_up = 2, consecutive_down = 3 }";
+
+/// Everything a lab config can vary.
+#[derive(Clone, Debug, Default)]
+pub struct Setup {
+    pub weights: Weights,
+    /// Health-check every backend with `LAB_MONITOR`.
+    pub monitor: bool,
+    /// Every pool's `max_latency_ms`.
+    pub max_latency_ms: Option<u32>,
+    /// The `web` VIP's pools, if not every region.
+    pub web_pools: Option<Vec<Region>>,
+    /// Lines added to the `web` VIP's table (and `[[vip.steer]]` tables).
+    pub web_extra: String,
+}
+
+impl From<&Weights> for Setup {
+    fn from(weights: &Weights) -> Setup {
+        Setup { weights: weights.clone(), ..Setup::default() }
+    }
+}
+
 /// The config of one edge.
-pub fn edge_config(lab: &Lab, edge: EdgeNode, weights: &Weights) -> String {
+pub fn edge_config(lab: &Lab, edge: EdgeNode, setup: &Setup) -> String {
+    let weights = &setup.weights;
     let mut toml = String::new();
     let _ = write!(
         toml,
@@ -79,17 +104,25 @@ max_flows = {LAB_MAX_FLOWS}
     );
     let v4_pools: Vec<String> = Region::ALL.iter().map(|r| format!("\"{}\"", r.name())).collect();
     let v6_pools: Vec<String> = Region::ALL.iter().map(|r| format!("\"{}-v6\"", r.name())).collect();
+    let web_pools: Vec<String> = match &setup.web_pools {
+        Some(regions) => regions.iter().map(|r| format!("\"{}\"", r.name())).collect(),
+        None => v4_pools.clone(),
+    };
     for (name, address, port, protocol, pools) in [
-        ("web", VIP_V4.to_string(), TCP_PORT, "tcp", &v4_pools),
+        ("web", VIP_V4.to_string(), TCP_PORT, "tcp", &web_pools),
         ("dns", VIP_V4.to_string(), UDP_PORT, "udp", &v4_pools),
         ("web6", VIP_V6.to_string(), TCP_PORT, "tcp", &v6_pools),
         ("dns6", VIP_V6.to_string(), UDP_PORT, "udp", &v6_pools),
     ] {
         let _ = write!(
             toml,
-            "[[vip]]\nname = \"{name}\"\naddress = \"{address}\"\nport = {port}\nprotocol = \"{protocol}\"\npools = [{}]\n\n",
+            "[[vip]]\nname = \"{name}\"\naddress = \"{address}\"\nport = {port}\nprotocol = \"{protocol}\"\npools = [{}]\n",
             pools.join(", ")
         );
+        if name == "web" {
+            toml.push_str(&setup.web_extra);
+        }
+        toml.push('\n');
     }
     for region in Region::ALL {
         for (suffix, v6) in [("", false), ("-v6", true)] {
@@ -107,11 +140,18 @@ max_flows = {LAB_MAX_FLOWS}
             }
             let _ = write!(
                 toml,
-                "[[pool]]\nname = \"{}{suffix}\"\nweight = {}\nbackends = [ {} ]\n\n",
+                "[[pool]]\nname = \"{}{suffix}\"\nweight = {}\nbackends = [ {} ]\n",
                 region.name(),
                 weights.pools[&region],
                 backends.join(", ")
             );
+            if setup.monitor {
+                let _ = writeln!(toml, "monitor = {LAB_MONITOR}");
+            }
+            if let Some(max) = setup.max_latency_ms {
+                let _ = writeln!(toml, "max_latency_ms = {max}");
+            }
+            toml.push('\n');
         }
     }
     toml
@@ -147,7 +187,7 @@ pub struct Deployment {
 impl Deployment {
     /// Builds the lab, starts decap and servers on every backend, both
     /// agents with `weights`, and routes the VIPs to `edge-a`.
-    pub fn start(lab_binary: &Path, weights: &Weights) -> Result<Deployment> {
+    pub fn start(lab_binary: &Path, setup: &Setup) -> Result<Deployment> {
         let lab = Lab::new()?;
         let servers = start_servers(&lab)?;
         let deployment =
@@ -159,7 +199,7 @@ impl Deployment {
             deployment.enable_napi_towards(edge)?;
         }
         for edge in EdgeNode::ALL {
-            deployment.write_config(edge, weights)?;
+            deployment.write_config(edge, setup)?;
             deployment.start_agent(edge)?;
         }
         deployment.lab.route_vips_to(EdgeNode::EdgeA)?;
@@ -168,7 +208,7 @@ impl Deployment {
 
     fn gslb(&self) -> std::process::Command {
         let mut cmd = std::process::Command::new(&self.lab_binary);
-        cmd.arg("gslb").env("RUST_LOG", "info").env_remove("RUST_BACKTRACE");
+        cmd.arg("gslb").env("RUST_LOG", "info,gslb_userspace::agent=debug").env_remove("RUST_BACKTRACE");
         cmd
     }
 
@@ -201,15 +241,15 @@ impl Deployment {
         self.wait_for_log(&log, "decap attached")
     }
 
-    pub fn write_config(&self, edge: EdgeNode, weights: &Weights) -> Result<()> {
+    pub fn write_config(&self, edge: EdgeNode, setup: &Setup) -> Result<()> {
         let path = config_path(&self.lab, edge);
-        std::fs::write(&path, edge_config(&self.lab, edge, weights))
+        std::fs::write(&path, edge_config(&self.lab, edge, setup))
             .with_context(|| format!("writing {}", path.display()))
     }
 
     /// Writes the same weights into both edges' configs.
-    pub fn write_configs(&self, weights: &Weights) -> Result<()> {
-        EdgeNode::ALL.iter().try_for_each(|&edge| self.write_config(edge, weights))
+    pub fn write_configs(&self, setup: &Setup) -> Result<()> {
+        EdgeNode::ALL.iter().try_for_each(|&edge| self.write_config(edge, setup))
     }
 
     /// Starts the agent of `edge` and waits until it answers on its admin
@@ -287,6 +327,53 @@ impl Deployment {
         EdgeNode::ALL.iter().try_for_each(|&edge| self.reload(edge).map(|_| ()))
     }
 
+    /// Drains a backend (address) or pool (name) on one edge.
+    pub fn drain(&self, edge: EdgeNode, target: &str, duration: Option<Duration>) -> Result<Vec<std::net::IpAddr>> {
+        let request =
+            Request::Drain { target: target.to_string(), duration_ms: duration.map(|d| d.as_millis() as u64) };
+        let response = admin::request(&admin_socket(&self.lab, edge), &request)?;
+        match response.error {
+            Some(error) => bail!("drain on {edge} refused: {error}"),
+            None => Ok(response.backends.unwrap_or_default()),
+        }
+    }
+
+    pub fn undrain(&self, edge: EdgeNode, target: &str) -> Result<Vec<std::net::IpAddr>> {
+        let response =
+            admin::request(&admin_socket(&self.lab, edge), &Request::Undrain { target: target.to_string() })?;
+        match response.error {
+            Some(error) => bail!("undrain on {edge} refused: {error}"),
+            None => Ok(response.backends.unwrap_or_default()),
+        }
+    }
+
+    /// The agent's Prometheus metrics, fetched inside the edge's namespace
+    /// (they listen on its loopback).
+    pub fn metrics(&self, edge: EdgeNode) -> Result<String> {
+        let fetch = self.lab.in_ns(edge, || -> Result<String> {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect("127.0.0.1:9477").context("connecting to metrics")?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text)?;
+            Ok(text)
+        });
+        fetch.join().map_err(|_| anyhow::anyhow!("metrics fetch panicked"))?
+    }
+
+    /// Runs `gslb ARGS` to completion on this host (not in a namespace):
+    /// exit status, stdout and stderr.
+    pub fn run_gslb(lab_binary: &Path, args: &[&str]) -> Result<(bool, String, String)> {
+        let out =
+            std::process::Command::new(lab_binary).arg("gslb").args(args).env_remove("RUST_BACKTRACE").output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        ))
+    }
+
     pub fn status(&self, edge: EdgeNode) -> Result<Status> {
         let response = admin::request(&admin_socket(&self.lab, edge), &Request::Status)?;
         response.status.with_context(|| format!("status of {edge}: {}", response.error.unwrap_or_default()))
@@ -303,6 +390,11 @@ impl Deployment {
             .append(true)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))
+    }
+
+    /// The log of the agent of `edge` so far.
+    pub fn agent_log(&self, edge: EdgeNode) -> String {
+        self.log(&format!("agent-{}", edge.name()))
     }
 
     /// A process's log so far.

@@ -7,11 +7,12 @@
 //! current-thread tokio runtime; the thread has joined the namespace, so
 //! its sockets live there.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::mem;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::FromRawFd;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -22,15 +23,38 @@ use tokio::sync::watch;
 
 use crate::lab::{BackendNode, Lab, TCP_PORT, UDP_PORT, VIP_V4, VIP_V6};
 
+/// Where each backend answers health checks, on its own addresses.
+pub const HEALTH_PORT: u16 = 8080;
+
 /// How long `start_*` waits for a server to bind.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Room for thousands of short connections arriving at once.
 const LISTEN_BACKLOG: u32 = 1024;
 
+/// How a backend's health endpoint answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealthMode {
+    /// `200 OK`.
+    Ok,
+    /// `503 Service Unavailable`: the check fails, the service still works.
+    Failing,
+    /// `200 OK`, after this long.
+    Slow(Duration),
+}
+
+/// Health modes shared with the server threads.
+type HealthModes = Arc<Mutex<BTreeMap<BackendNode, HealthMode>>>;
+
 /// Running servers. Dropping this (or the lab) stops them.
 pub struct Servers {
+    lab_stop: watch::Receiver<bool>,
+    health: HealthModes,
+    running: BTreeMap<BackendNode, Running>,
+}
+
+struct Running {
     stop: watch::Sender<bool>,
-    threads: Vec<(BackendNode, JoinHandle<()>)>,
+    thread: JoinHandle<()>,
 }
 
 /// Starts a server on every backend; returns once all are listening.
@@ -40,45 +64,69 @@ pub fn start_servers(lab: &Lab) -> Result<Servers> {
 
 /// Starts servers on the given backends; returns once all are listening.
 pub fn start_servers_on(lab: &Lab, backends: &[BackendNode]) -> Result<Servers> {
-    let (stop, _) = watch::channel(false);
-    let mut servers = Servers { stop, threads: Vec::new() };
-    let (ready_tx, ready_rx) = mpsc::channel();
-    for &backend in backends {
-        let ready = ready_tx.clone();
-        let stops = [servers.stop.subscribe(), lab.stop_signal()];
-        let thread = lab.in_ns(backend, move || serve(backend, ready, stops));
-        servers.threads.push((backend, thread));
-    }
-    drop(ready_tx);
+    let mut servers = Servers {
+        lab_stop: lab.stop_signal(),
+        health: Arc::new(Mutex::new(BTreeMap::new())),
+        running: BTreeMap::new(),
+    };
     // On error, `servers` drops here and stops the ones that did start.
-    for _ in backends {
-        match ready_rx.recv_timeout(READY_TIMEOUT) {
-            Ok((_, Ok(()))) => {}
-            Ok((backend, Err(e))) => bail!("server on {backend}: {e}"),
-            Err(_) => bail!("servers not ready within {READY_TIMEOUT:?}"),
-        }
+    for &backend in backends {
+        servers.start(lab, backend)?;
     }
     Ok(servers)
 }
 
 impl Servers {
+    /// Starts (or restarts) the servers of one backend; returns once they
+    /// listen.
+    pub fn start(&mut self, lab: &Lab, backend: BackendNode) -> Result<()> {
+        self.kill(backend);
+        let (stop, stop_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stops = [stop_rx, self.lab_stop.clone()];
+        let health = self.health.clone();
+        let thread = lab.in_ns(backend, move || serve(backend, ready_tx, stops, health));
+        self.running.insert(backend, Running { stop, thread });
+        match ready_rx.recv_timeout(READY_TIMEOUT) {
+            Ok((_, Ok(()))) => Ok(()),
+            Ok((backend, Err(e))) => bail!("server on {backend}: {e}"),
+            Err(_) => bail!("server on {backend} not ready within {READY_TIMEOUT:?}"),
+        }
+    }
+
+    /// Kills one backend's servers: open connections close, new ones and
+    /// health checks are refused, as when a server process dies.
+    pub fn kill(&mut self, backend: BackendNode) {
+        if let Some(running) = self.running.remove(&backend) {
+            let _ = running.stop.send(true);
+            // The thread only closes sockets now; join it so the ports are
+            // free for a restart.
+            if running.thread.join().is_err() {
+                eprintln!("server thread of {backend} panicked");
+            }
+        }
+    }
+
+    /// Sets how a backend's health endpoint answers.
+    pub fn set_health(&self, backend: BackendNode, mode: HealthMode) {
+        self.health.lock().unwrap().insert(backend, mode);
+    }
+
     /// Stops the servers and waits for their threads.
     pub fn stop(self) {
         // Drop does the work.
     }
 
     pub fn backends(&self) -> Vec<BackendNode> {
-        self.threads.iter().map(|(b, _)| *b).collect()
+        self.running.keys().copied().collect()
     }
 }
 
 impl Drop for Servers {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        for (backend, thread) in self.threads.drain(..) {
-            if thread.join().is_err() {
-                eprintln!("server thread of {backend} panicked");
-            }
+        let backends: Vec<BackendNode> = self.running.keys().copied().collect();
+        for backend in backends {
+            self.kill(backend);
         }
     }
 }
@@ -86,7 +134,7 @@ impl Drop for Servers {
 type Ready = mpsc::Sender<(BackendNode, Result<(), String>)>;
 
 /// The body of one backend's thread (already in its namespace).
-fn serve(backend: BackendNode, ready: Ready, stops: [watch::Receiver<bool>; 2]) {
+fn serve(backend: BackendNode, ready: Ready, stops: [watch::Receiver<bool>; 2], health: HealthModes) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -95,7 +143,7 @@ fn serve(backend: BackendNode, ready: Ready, stops: [watch::Receiver<bool>; 2]) 
         }
     };
     runtime.block_on(async move {
-        let sockets = match bind_all() {
+        let sockets = match bind_all(backend) {
             Ok(s) => s,
             Err(e) => {
                 let _ = ready.send((backend, Err(format!("{e:#}"))));
@@ -104,10 +152,12 @@ fn serve(backend: BackendNode, ready: Ready, stops: [watch::Receiver<bool>; 2]) 
         };
         let _ = ready.send((backend, Ok(())));
         let name = backend.name();
-        let (tcp4, tcp6, udp4, udp6) = sockets;
+        let (tcp4, tcp6, udp4, udp6, health4, health6) = sockets;
         tokio::select! {
             _ = accept_loop(tcp4, name) => {}
             _ = accept_loop(tcp6, name) => {}
+            _ = health_loop(health4, backend, health.clone()) => {}
+            _ = health_loop(health6, backend, health) => {}
             _ = udp_loop(udp4, name) => {}
             _ = udp_loop(udp6, name) => {}
             _ = stopped(stops) => {}
@@ -124,9 +174,11 @@ async fn stopped([mut a, mut b]: [watch::Receiver<bool>; 2]) {
     }
 }
 
-type Sockets = (TcpListener, TcpListener, UdpSocket, UdpSocket);
+type Sockets = (TcpListener, TcpListener, UdpSocket, UdpSocket, TcpListener, TcpListener);
 
-fn bind_all() -> Result<Sockets> {
+fn bind_all(backend: BackendNode) -> Result<Sockets> {
+    let health4 = SocketAddr::new(IpAddr::V4(backend.v4()), HEALTH_PORT);
+    let health6 = SocketAddr::new(IpAddr::V6(backend.v6()), HEALTH_PORT);
     let tcp4 = SocketAddr::new(IpAddr::V4(VIP_V4), TCP_PORT);
     let tcp6 = SocketAddr::new(IpAddr::V6(VIP_V6), TCP_PORT);
     let udp4 = SocketAddr::new(IpAddr::V4(VIP_V4), UDP_PORT);
@@ -137,6 +189,8 @@ fn bind_all() -> Result<Sockets> {
         tcp_listener(tcp6).map_err(with_addr(tcp6))?,
         udp_socket(udp4).map_err(with_addr(udp4))?,
         udp_socket(udp6).map_err(with_addr(udp6))?,
+        tcp_listener(health4).map_err(with_addr(health4))?,
+        tcp_listener(health6).map_err(with_addr(health6))?,
     ))
 }
 
@@ -223,6 +277,39 @@ async fn answer_lines(stream: TcpStream, name: &'static str) {
                 }
             }
         }
+    }
+}
+
+/// The health endpoint: answers any HTTP request on `HEALTH_PORT` as the
+/// backend's current `HealthMode` says. A fixture, not a web server: it
+/// reads the request head and answers once.
+async fn health_loop(listener: TcpListener, backend: BackendNode, modes: HealthModes) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let mode = modes.lock().unwrap().get(&backend).copied().unwrap_or(HealthMode::Ok);
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let status = match mode {
+                HealthMode::Failing => "503 Service Unavailable",
+                HealthMode::Ok => "200 OK",
+                HealthMode::Slow(delay) => {
+                    tokio::time::sleep(delay).await;
+                    "200 OK"
+                }
+            };
+            let reply = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = stream.write_all(reply.as_bytes()).await;
+        });
     }
 }
 

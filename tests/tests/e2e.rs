@@ -7,10 +7,13 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gslb_common::proto;
-use gslb_tests::deploy::{edge_config, xdp_mode, Deployment, Weights};
+use gslb_tests::checks::{
+    assert_untouched, backends_used, short_from_both, wait_for_forwarded, wait_for_progress, web_v4, web_v6,
+};
+use gslb_tests::deploy::{edge_config, xdp_mode, Deployment, Setup, Weights};
 use gslb_tests::lab::{BackendNode, ClientNode, EdgeNode, Region, TCP_PORT, UDP_PORT, VIP_V4, VIP_V6};
 use gslb_tests::traffic::{short_connections, udp_flows, ConnReport, LongLived, ShortReport};
 use gslb_userspace::dataplane::{Steer, VipMatch};
@@ -29,29 +32,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn deploy(weights: &Weights) -> Deployment {
-    Deployment::start(LAB_BINARY.as_ref(), weights).expect("deploying gslb on the lab")
-}
-
-fn web_v4() -> SocketAddr {
-    SocketAddr::new(VIP_V4.into(), TCP_PORT)
-}
-
-fn web_v6() -> SocketAddr {
-    SocketAddr::new(VIP_V6.into(), TCP_PORT)
-}
-
-/// Short connections from both clients, half each.
-fn short_from_both(d: &Deployment, target: SocketAddr, count: usize) -> ShortReport {
-    let mut total = ShortReport::default();
-    for client in ClientNode::ALL {
-        let report = short_connections(&d.lab, client, target, count / 2, 32).expect("short connections");
-        for (backend, n) in report.per_backend {
-            *total.per_backend.entry(backend).or_default() += n;
-        }
-        total.failures += report.failures;
-        total.errors.extend(report.errors);
-    }
-    total
+    Deployment::start(LAB_BINARY.as_ref(), &Setup::from(weights)).expect("deploying gslb on the lab")
 }
 
 fn assert_shares(report: &ShortReport, weights: &Weights) {
@@ -71,51 +52,6 @@ fn assert_shares(report: &ShortReport, weights: &Weights) {
     for name in report.per_backend.keys() {
         let backend = BackendNode::from_name(name).unwrap_or_else(|| panic!("answer from unknown backend {name}"));
         assert!(weights.backends.contains_key(&backend), "{name} answered but is not configured");
-    }
-}
-
-/// Every connection worked throughout and stayed on its first backend.
-fn assert_untouched(reports: &[ConnReport], what: &str) {
-    let broken: Vec<_> = reports.iter().filter(|r| r.broken()).collect();
-    let moved: Vec<_> = reports.iter().filter(|r| r.changed_backend()).collect();
-    assert!(broken.is_empty(), "{what}: {} connections broke: {broken:?}", broken.len());
-    assert!(moved.is_empty(), "{what}: {} connections changed backend: {moved:?}", moved.len());
-    assert!(reports.iter().all(|r| r.ok > 0), "{what}: a connection never got an answer");
-}
-
-/// Distinct backends that answered.
-fn backends_used(reports: &[ConnReport]) -> usize {
-    let mut all: Vec<String> = reports.iter().flat_map(|r| r.backends()).collect();
-    all.sort();
-    all.dedup();
-    all.len()
-}
-
-/// Waits until every connection has had `more` answers beyond `before`:
-/// traffic provably flows.
-fn wait_for_progress(traffic: &LongLived, before: &[ConnReport], more: u64, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = traffic.snapshot();
-        let lagging = now.iter().zip(before).filter(|(n, b)| n.ok < b.ok + more && !n.broken()).count();
-        if lagging == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: {lagging} connections made no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Waits until `edge` has forwarded `more` packets beyond `before`.
-fn wait_for_forwarded(d: &Deployment, edge: EdgeNode, before: u64, more: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let forwarded = d.status(edge).expect("status").counters.forwarded;
-        if forwarded >= before + more {
-            return forwarded;
-        }
-        assert!(Instant::now() < deadline, "{edge} forwarded {} packets, want {more} more", forwarded - before);
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -170,7 +106,7 @@ fn reload_changes_weights_without_moving_connections() {
     assert!(backends_used(&traffic.snapshot()) >= 4, "connections are not spread");
 
     // A broken config is refused, with where and why, and changes nothing.
-    let good = edge_config(&d.lab, EdgeNode::EdgeA, &Weights::default());
+    let good = edge_config(&d.lab, EdgeNode::EdgeA, &Setup::default());
     let broken = good.replacen("weight = 100", "weight = 100000", 1);
     let line = broken.lines().position(|l| l.contains("100000")).unwrap() + 1;
     d.write_raw_config(EdgeNode::EdgeA, &broken).unwrap();
@@ -184,7 +120,7 @@ fn reload_changes_weights_without_moving_connections() {
     // SIGHUP.
     let mut heavier_east = Weights::default();
     heavier_east.pools.insert(Region::UsEast, 300);
-    d.write_configs(&heavier_east).unwrap();
+    d.write_configs(&Setup::from(&heavier_east)).unwrap();
     let before = traffic.snapshot();
     let changes = d.reload(EdgeNode::EdgeA).unwrap();
     assert!(changes.vips_changed.contains(&"web".to_string()), "{changes:?}");
@@ -239,7 +175,7 @@ fn removing_a_backend_affects_only_its_connections() {
 
     let mut without = Weights::default();
     without.backends.remove(&removed);
-    d.write_configs(&without).unwrap();
+    d.write_configs(&Setup::from(&without)).unwrap();
     d.reload_all().unwrap();
 
     let report = short_from_both(&d, web_v4(), 600);

@@ -7,11 +7,13 @@
 //!
 //! Layout: `raw` holds the serde structs that mirror the file (one per
 //! section, every value `Spanned`), `validate` checks them and builds the
-//! types below.
+//! types below; `monitor` (health monitors, expected HTTP codes) and
+//! `prefix` (client prefixes) hold the value types that have their own
+//! parsing.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -19,10 +21,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataplane::Limits;
 
+mod monitor;
+mod prefix;
 mod raw;
 #[cfg(test)]
 mod tests;
 mod validate;
+
+pub use monitor::{
+    ExpectedCodes, Monitor, MonitorProtocol, DEFAULT_CONSECUTIVE_DOWN, DEFAULT_CONSECUTIVE_UP,
+    DEFAULT_MONITOR_INTERVAL_MS, DEFAULT_MONITOR_PATH, DEFAULT_MONITOR_TIMEOUT_MS, MAX_MONITOR_INTERVAL_MS,
+};
+pub use prefix::{Prefix, PrefixError};
 
 /// Default `edge.admin_socket`.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/gslb/gslb.sock";
@@ -40,6 +50,14 @@ pub const DEFAULT_TABLE_SIZE: u32 = gslb_common::DEFAULT_TABLE_SIZE;
 pub const DEFAULT_WEIGHT: u32 = 100;
 /// Largest pool or backend weight.
 pub const MAX_WEIGHT: u32 = 10_000;
+/// Default `edge.metrics_listen`.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9477";
+/// Default `pool.max_utilization`.
+pub const DEFAULT_MAX_UTILIZATION: f64 = 0.75;
+/// Default `vip.min_healthy`.
+pub const DEFAULT_MIN_HEALTHY: u32 = 1;
+/// Default `vip.max_unhealthy_fraction`.
+pub const DEFAULT_MAX_UNHEALTHY_FRACTION: f64 = 0.5;
 
 /// A validated configuration. VIPs and pools are in file order.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -69,6 +87,8 @@ pub struct Edge {
     pub max_vips: u32,
     /// Maglev slots per VIP: prime and >= `max_backends`.
     pub table_size: u32,
+    /// Where the Prometheus metrics endpoint listens; port not 0.
+    pub metrics_listen: SocketAddr,
 }
 
 /// How the XDP program is attached.
@@ -94,6 +114,43 @@ pub struct Vip {
     /// Names of existing pools; at least one, none twice.
     pub pools: Vec<String>,
     pub policy: Policy,
+    /// `Failover`: a pool is usable with at least this many up backends.
+    /// >= 1; always 1 under `Weighted`.
+    pub min_healthy: u32,
+    /// An existing pool, used whatever its health when no pool the VIP
+    /// would use has a healthy backend. It may also be in `pools`; at least
+    /// one of its backends has an effective weight above 0.
+    pub fallback_pool: Option<String>,
+    /// The panic cap: 0 < x <= 1. If health checks would take more than
+    /// this fraction of the VIP's backends out at once, none are taken out.
+    pub max_unhealthy_fraction: f64,
+    /// Client-prefix rules, in file order; no prefix twice. A client in
+    /// several prefixes follows the longest.
+    pub steer: Vec<SteerRule>,
+}
+
+/// One `[[vip.steer]]`: clients in `client_prefix` use `pools` instead of the
+/// VIP's `pools`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SteerRule {
+    /// Same address family as the VIP.
+    pub client_prefix: Prefix,
+    /// Names of existing pools; at least one, none twice.
+    pub pools: Vec<String>,
+}
+
+impl Vip {
+    /// The steer rule for a client at `client`: the one with the longest
+    /// prefix containing it, if any.
+    pub fn steer_rule(&self, client: IpAddr) -> Option<&SteerRule> {
+        self.steer.iter().filter(|r| r.client_prefix.contains(client)).max_by_key(|r| r.client_prefix.len)
+    }
+
+    /// The pools a client at `client` is served by, before health: its steer
+    /// rule's pools, else the VIP's.
+    pub fn pools_for(&self, client: IpAddr) -> &[String] {
+        self.steer_rule(client).map_or(&self.pools, |r| &r.pools)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -131,6 +188,9 @@ pub enum Policy {
     /// Every backend of every pool, by effective weight.
     #[default]
     Weighted,
+    /// The first pool, in the listed order, with at least `min_healthy` up
+    /// backends; its backends by effective weight.
+    Failover,
 }
 
 /// One `[[pool]]`.
@@ -141,6 +201,12 @@ pub struct Pool {
     pub weight: u32,
     /// At least one; no address twice.
     pub backends: Vec<BackendConfig>,
+    /// The pool's latency objective in milliseconds; > 0.
+    pub max_latency_ms: Option<u32>,
+    /// What the pool can carry, in any unit shared by the pools; finite, > 0.
+    pub capacity: Option<f64>,
+    /// The fraction of `capacity` the pool should run at most: 0 < x <= 1.
+    pub max_utilization: f64,
 }
 
 /// One backend of a pool.
@@ -149,6 +215,8 @@ pub struct BackendConfig {
     pub address: IpAddr,
     /// 0..=10_000; 0 = no new flows.
     pub weight: u32,
+    /// The pool's monitor with this backend's overrides.
+    pub monitor: Monitor,
 }
 
 impl Config {
@@ -163,6 +231,17 @@ impl Config {
     /// skipped. Validation guarantees the total fits a `u32`.
     pub fn effective_weights(&self, vip: &Vip) -> BTreeMap<IpAddr, u64> {
         effective_weights(vip.pools.iter().filter_map(|name| self.pool(name)))
+    }
+
+    /// Every distinct backend address, over all pools, with its monitor.
+    /// Validation guarantees an address in several pools is monitored the
+    /// same way in each.
+    pub fn monitored_backends(&self) -> BTreeMap<IpAddr, Monitor> {
+        let mut monitors = BTreeMap::new();
+        for backend in self.pools.iter().flat_map(|p| &p.backends) {
+            monitors.entry(backend.address).or_insert_with(|| backend.monitor.clone());
+        }
+        monitors
     }
 }
 
@@ -232,7 +311,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         if message == "invalid type: table, expected an array"
             && text.get(span.clone()).is_some_and(|s| s.starts_with('['))
         {
-            message.push_str(" (each [[vip]] and [[pool]] needs double brackets)");
+            message.push_str(" (each [[vip]], [[pool]] and [[vip.steer]] needs double brackets)");
         }
         source.error(span, message)
     })?;
@@ -248,6 +327,7 @@ fn plain_message(message: &str) -> String {
         .replace("invalid type: map", "invalid type: table")
         .replace("expected a sequence", "expected an array")
         .replace("expected i64", "expected an integer")
+        .replace("expected f64", "expected a number")
         .replace("expected path string", "expected a string");
     // "expected struct RawPool" and the like: a raw type's name means a table.
     while let Some(start) = message.find("expected struct Raw") {

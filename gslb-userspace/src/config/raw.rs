@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Affinity, Policy, Protocol, XdpMode};
+use super::{Affinity, MonitorProtocol, Policy, Protocol, XdpMode};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -39,6 +39,7 @@ pub(super) struct RawEdge {
     pub max_backends: Option<Spanned<i64>>,
     pub max_vips: Option<Spanned<i64>>,
     pub table_size: Option<Spanned<i64>>,
+    pub metrics_listen: Option<Spanned<String>>,
 }
 
 /// One `[[vip]]`.
@@ -52,6 +53,20 @@ pub(super) struct RawVip {
     pub affinity: Option<Spanned<Affinity>>,
     pub pools: Option<Spanned<Vec<Spanned<String>>>>,
     pub policy: Option<Spanned<Policy>>,
+    pub min_healthy: Option<Spanned<i64>>,
+    pub fallback_pool: Option<Spanned<String>>,
+    pub max_unhealthy_fraction: Option<Spanned<f64>>,
+    /// `[[vip.steer]]` tables or an inline-table array.
+    #[serde(default)]
+    pub steer: Vec<Spanned<RawSteer>>,
+}
+
+/// One `[[vip.steer]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSteer {
+    pub client_prefix: Spanned<String>,
+    pub pools: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// One `[[pool]]`.
@@ -62,6 +77,11 @@ pub(super) struct RawPool {
     pub weight: Option<Spanned<i64>>,
     /// An inline-table array or `[[pool.backends]]` tables.
     pub backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
+    pub max_latency_ms: Option<Spanned<i64>>,
+    pub capacity: Option<Spanned<f64>>,
+    pub max_utilization: Option<Spanned<f64>>,
+    /// `[pool.monitor]` or `monitor = { ... }`.
+    pub monitor: Option<Spanned<RawMonitor>>,
 }
 
 /// One backend of a pool.
@@ -70,4 +90,22 @@ pub(super) struct RawPool {
 pub(super) struct RawBackend {
     pub address: Spanned<String>,
     pub weight: Option<Spanned<i64>>,
+    /// Overrides of the pool's monitor, key by key.
+    pub monitor: Option<Spanned<RawMonitor>>,
+}
+
+/// A pool's `monitor`, or a backend's overrides of it: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMonitor {
+    pub protocol: Option<Spanned<MonitorProtocol>>,
+    pub port: Option<Spanned<i64>>,
+    pub path: Option<Spanned<String>>,
+    pub expected_codes: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub tls_verify: Option<Spanned<bool>>,
+    pub interval_ms: Option<Spanned<i64>>,
+    pub timeout_ms: Option<Spanned<i64>>,
+    pub consecutive_up: Option<Spanned<i64>>,
+    pub consecutive_down: Option<Spanned<i64>>,
 }

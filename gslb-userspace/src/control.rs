@@ -1,0 +1,204 @@
+//! The agent's reactions: health events, drains, and the failover-time
+//! records they produce. Each ends in `Agent::refresh`, which re-plans with
+//! what the agent now knows and writes only what changed.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Result};
+use tracing::{info, warn};
+
+use crate::agent::Agent;
+use crate::health::{Health, HealthEvent};
+use crate::install::Changes;
+use crate::plan::{latency_factor, Condition, Conditions};
+
+/// How many failover records the agent keeps.
+const FAILOVER_HISTORY: usize = 50;
+
+/// An operator's drain of one backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drain {
+    pub since: SystemTime,
+    /// When recorded flows are cut too; `None`: they run until they end.
+    pub until: Option<SystemTime>,
+}
+
+/// One backend going down, from first failed probe to the new tables
+/// being live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailoverRecord {
+    pub backend: IpAddr,
+    pub first_failure: SystemTime,
+    pub declared_down: SystemTime,
+    pub table_live: SystemTime,
+    pub worst_case: Duration,
+}
+
+/// Failovers waiting for their tables to go live.
+#[derive(Clone, Debug, Default)]
+pub struct Failovers {
+    pending: Vec<(IpAddr, SystemTime, SystemTime)>,
+    pub done: VecDeque<FailoverRecord>,
+}
+
+impl Agent {
+    /// What the planner should know of each backend now.
+    pub fn conditions(&self, now: SystemTime) -> Conditions {
+        let mut conditions = Conditions::new();
+        for pool in &self.config.pools {
+            for backend in &pool.backends {
+                let state = self.health.get(&backend.address);
+                let drain = self.drains.get(&backend.address);
+                conditions.insert(
+                    backend.address,
+                    Condition {
+                        down: state.is_some_and(|s| s.health() == Health::Down),
+                        failing: state.is_some_and(|s| s.health() != Health::Up),
+                        drained: drain.is_some(),
+                        drain_expired: drain.and_then(|d| d.until).is_some_and(|until| until <= now),
+                        rtt_avg_ms: state.and_then(|s| s.rtt_avg_ms()),
+                    },
+                );
+            }
+        }
+        conditions
+    }
+
+    /// Re-plans with the current conditions and applies the difference;
+    /// failovers waiting on it are stamped with the time it went live.
+    pub fn refresh(&mut self) -> Result<Changes> {
+        let conditions = self.conditions(SystemTime::now());
+        let changes = self.replan(&conditions)?;
+        let live = SystemTime::now();
+        for (backend, first_failure, declared_down) in self.failovers.pending.drain(..) {
+            let worst_case =
+                self.config.monitored_backends().get(&backend).map(|m| m.worst_case_failover_ms()).unwrap_or(0);
+            let record = FailoverRecord {
+                backend,
+                first_failure,
+                declared_down,
+                table_live: live,
+                worst_case: Duration::from_millis(worst_case),
+            };
+            info!(
+                backend = %backend,
+                total_ms = ms(live, first_failure),
+                apply_ms = ms(live, declared_down),
+                worst_case_ms = worst_case,
+                "failover complete: new tables live"
+            );
+            self.failovers.done.push_back(record);
+            if self.failovers.done.len() > FAILOVER_HISTORY {
+                self.failovers.done.pop_front();
+            }
+        }
+        if !changes.is_empty() {
+            info!(?changes, "tables updated");
+        }
+        Ok(changes)
+    }
+
+    /// Takes one probe result. Re-plans when the backend's health changed,
+    /// or when its latency moved it to another weight step.
+    pub fn on_health(&mut self, event: HealthEvent) -> Result<()> {
+        let address = event.address;
+        let Some(transition) = self.health.apply(event) else {
+            if self.latency_step_changed(address) {
+                self.refresh()?;
+            }
+            return Ok(());
+        };
+        if transition.to == Health::Down {
+            let state = self.health.get(&address);
+            let first_failure = state.and_then(|s| s.first_failure_at()).unwrap_or(transition.at);
+            let declared_down = state.and_then(|s| s.down_at()).unwrap_or(transition.at);
+            self.failovers.pending.push((address, first_failure, declared_down));
+        }
+        if transition.from == Health::Down || transition.to == Health::Down {
+            self.refresh()?;
+        }
+        Ok(())
+    }
+
+    /// Whether a backend's latency factor changed step since last asked.
+    fn latency_step_changed(&mut self, address: IpAddr) -> bool {
+        let rtt = self.health.get(&address).and_then(|s| s.rtt_avg_ms());
+        let steps: Vec<u32> = self
+            .config
+            .pools
+            .iter()
+            .filter(|p| p.backends.iter().any(|b| b.address == address))
+            .map(|p| (latency_factor(p.max_latency_ms, rtt) * 100.0).round() as u32)
+            .collect();
+        self.latency_steps.insert(address, steps.clone()) != Some(steps)
+    }
+
+    /// Drains a backend (by address) or every backend of a pool (by name).
+    pub fn drain(&mut self, target: &str, duration: Option<Duration>) -> Result<Vec<IpAddr>> {
+        let backends = self.resolve(target)?;
+        let now = SystemTime::now();
+        for backend in &backends {
+            self.drains.insert(*backend, Drain { since: now, until: duration.map(|d| now + d) });
+            info!(backend = %backend, ?duration, "drained: no new flows");
+        }
+        self.refresh()?;
+        Ok(backends)
+    }
+
+    pub fn undrain(&mut self, target: &str) -> Result<Vec<IpAddr>> {
+        let backends = self.resolve(target)?;
+        for backend in &backends {
+            if self.drains.remove(backend).is_some() {
+                info!(backend = %backend, "undrained");
+            }
+        }
+        self.refresh()?;
+        Ok(backends)
+    }
+
+    /// Cuts the recorded flows of drains whose time is over.
+    pub fn expire_drains(&mut self) -> Result<()> {
+        let now = SystemTime::now();
+        let expired: Vec<IpAddr> = self
+            .drains
+            .iter()
+            .filter(|(a, d)| d.until.is_some_and(|u| u <= now) && !self.installed.dead.contains(a))
+            .map(|(a, _)| *a)
+            .collect();
+        if !expired.is_empty() {
+            warn!(?expired, "drain time over: cutting the remaining flows");
+            self.refresh()?;
+        }
+        Ok(())
+    }
+
+    /// A backend address, or a pool's backends.
+    fn resolve(&self, target: &str) -> Result<Vec<IpAddr>> {
+        if let Ok(address) = target.parse::<IpAddr>() {
+            if self.config.pools.iter().any(|p| p.backends.iter().any(|b| b.address == address)) {
+                return Ok(vec![address]);
+            }
+            bail!("no backend {address} in the config");
+        }
+        match self.config.pool(target) {
+            Some(pool) => Ok(pool.backends.iter().map(|b| b.address).collect()),
+            None => bail!("{target:?} is neither a backend address nor a pool name"),
+        }
+    }
+
+    /// Drops drains of backends no longer configured.
+    pub fn forget_removed(&mut self) {
+        let known: Vec<IpAddr> = self.config.pools.iter().flat_map(|p| p.backends.iter().map(|b| b.address)).collect();
+        self.drains.retain(|a, _| known.contains(a));
+        self.latency_steps.retain(|a, _| known.contains(a));
+    }
+}
+
+fn ms(later: SystemTime, earlier: SystemTime) -> u64 {
+    later.duration_since(earlier).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The latency step of each backend last planned with.
+pub type LatencySteps = BTreeMap<IpAddr, Vec<u32>>;

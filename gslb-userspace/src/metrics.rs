@@ -1,0 +1,609 @@
+//! Prometheus metrics: the agent's [`Status`] as OpenMetrics text, served
+//! over HTTP at `GET /metrics`.
+//!
+//! Every scrape builds a fresh [`Registry`] from one [`Status`] snapshot.
+//! The data plane's counters are already totals (read from BPF maps), so
+//! each is set to its absolute value with `inc_by` on a new counter; nothing
+//! is kept between scrapes.
+//!
+//! Wiring: bind with [`bind`] before the agent starts (so a taken port fails
+//! start-up), then run [`serve_listener`] on the runtime with a closure that
+//! locks the agent, takes `Status::of` and calls [`render`]. [`serve`] does
+//! both from an address.
+
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+use tokio::sync::Semaphore;
+
+use crate::status::Status;
+
+/// The path that serves the metrics.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// What [`render`] produces (OpenMetrics text, ending in `# EOF`).
+pub const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Buckets of `gslb_failover_seconds`: first failed probe to new tables live.
+pub const FAILOVER_BUCKETS: [f64; 8] = [0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0];
+
+/// Buckets of `gslb_failover_apply_seconds`: declared down to new tables live.
+pub const FAILOVER_APPLY_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// Health states a backend can be in, as `Status` spells them.
+const HEALTH_STATES: [&str; 4] = ["up", "suspect", "down", "unmonitored"];
+
+/// Connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client may take to send its request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Labels = Vec<(&'static str, String)>;
+type CounterFamily = Family<Labels, Counter>;
+type IntGaugeFamily = Family<Labels, Gauge>;
+type FloatGaugeFamily = Family<Labels, Gauge<f64, AtomicU64>>;
+
+fn counter_family(registry: &mut Registry, name: &str, help: &str) -> CounterFamily {
+    let family = CounterFamily::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn int_gauge_family(registry: &mut Registry, name: &str, help: &str) -> IntGaugeFamily {
+    let family = IntGaugeFamily::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn float_gauge_family(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>) -> FloatGaugeFamily {
+    let family = FloatGaugeFamily::default();
+    match unit {
+        Some(unit) => registry.register_with_unit(name, help, unit, family.clone()),
+        None => registry.register(name, help, family.clone()),
+    }
+    family
+}
+
+fn set_counter(family: &CounterFamily, labels: Labels, value: u64) {
+    family.get_or_create(&labels).inc_by(value);
+}
+
+fn set_int(family: &IntGaugeFamily, labels: Labels, value: i64) {
+    family.get_or_create(&labels).set(value);
+}
+
+fn set_float(family: &FloatGaugeFamily, labels: Labels, value: f64) {
+    family.get_or_create(&labels).set(value);
+}
+
+fn saturating_i64(value: impl TryInto<i64>) -> i64 {
+    value.try_into().unwrap_or(i64::MAX)
+}
+
+/// The status as OpenMetrics text. Counter names end in `_total`, seconds
+/// metrics in `_seconds`; all start with `gslb_`.
+pub fn render(status: &Status) -> String {
+    let mut registry = Registry::default();
+    let r = &mut registry;
+
+    // The edge.
+    r.register(
+        "gslb",
+        "The edge this agent runs, as its config names it",
+        Info::new(vec![("edge", status.edge.clone())]),
+    );
+
+    // Packets, whole data plane.
+    let packets = counter_family(
+        r,
+        "gslb_packets",
+        "Packets seen by the XDP program on the steered interfaces, by what became of them",
+    );
+    let c = &status.counters;
+    for (result, value) in [
+        ("received", c.received),
+        ("forwarded", c.forwarded),
+        ("passed", c.passed),
+        ("dropped", c.dropped),
+        ("malformed", c.parse_failures),
+        ("fib_failure", c.fib_failures),
+        ("neighbour_pending", c.neighbour_pending),
+        ("fragment", c.fragments),
+    ] {
+        set_counter(&packets, vec![("result", result.to_string())], value);
+    }
+
+    // Per VIP.
+    let vip_packets = counter_family(r, "gslb_vip_packets", "Packets steered for the VIP");
+    let vip_bytes = counter_family(r, "gslb_vip_bytes", "Bytes steered for the VIP");
+    let vip_new_flows = counter_family(r, "gslb_vip_new_flows", "Flows of the VIP that were assigned a backend");
+    let vip_flow_hits =
+        counter_family(r, "gslb_vip_flow_hits", "Packets of the VIP that found their flow in the flow table");
+    let vip_flow_misses = counter_family(
+        r,
+        "gslb_vip_flow_misses",
+        "Packets of the VIP that had no flow entry and were looked up in the VIP's table",
+    );
+    let vip_panic = int_gauge_family(
+        r,
+        "gslb_vip_panic",
+        "1 when health checks would take out too many of the VIP's backends and all stay in rotation",
+    );
+    let vip_fallback = int_gauge_family(r, "gslb_vip_fallback", "1 when the VIP's new flows go to its fallback pool");
+    let vip_backends_down = int_gauge_family(r, "gslb_vip_backends_down", "Backends of the VIP that are down");
+    let vip_backends = int_gauge_family(r, "gslb_vip_backends", "Backends of the VIP, up or down");
+    let vip_backend_share = float_gauge_family(
+        r,
+        "gslb_vip_backend_share",
+        "Fraction of the VIP's lookup table (its default, non-steered table) given to the backend",
+        None,
+    );
+    let vip_backend_weight = int_gauge_family(
+        r,
+        "gslb_vip_backend_weight",
+        "Effective weight of the backend in the VIP: pool weight x backend weight, summed over the VIP's pools",
+    );
+    let steer_fallback = int_gauge_family(
+        r,
+        "gslb_vip_steer_fallback",
+        "1 when new flows of the VIP's clients in the prefix go to the fallback pool",
+    );
+    let steer_share = float_gauge_family(
+        r,
+        "gslb_vip_steer_backend_share",
+        "Fraction of the lookup table for the VIP's clients in the prefix given to the backend",
+        None,
+    );
+    for vip in &status.vips {
+        let labels = || vec![("vip", vip.name.clone())];
+        set_counter(&vip_packets, labels(), vip.packets);
+        set_counter(&vip_bytes, labels(), vip.bytes);
+        set_counter(&vip_new_flows, labels(), vip.new_flows);
+        set_counter(&vip_flow_hits, labels(), vip.flow_hits);
+        set_counter(&vip_flow_misses, labels(), vip.flow_misses);
+        set_int(&vip_panic, labels(), vip.panic.into());
+        set_int(&vip_fallback, labels(), vip.fallback.into());
+        set_int(&vip_backends_down, labels(), saturating_i64(vip.backends_down));
+        set_int(&vip_backends, labels(), saturating_i64(vip.backends_total));
+        for b in &vip.backends {
+            let labels = || vec![("vip", vip.name.clone()), ("backend", b.address.to_string())];
+            set_float(&vip_backend_share, labels(), b.share);
+            set_int(&vip_backend_weight, labels(), saturating_i64(b.effective_weight));
+        }
+        for rule in &vip.steer {
+            let prefix = || vec![("vip", vip.name.clone()), ("client_prefix", rule.client_prefix.clone())];
+            set_int(&steer_fallback, prefix(), rule.fallback.into());
+            for b in &rule.backends {
+                let mut labels = prefix();
+                labels.push(("backend", b.address.to_string()));
+                set_float(&steer_share, labels, b.share);
+            }
+        }
+    }
+
+    // Per backend of each pool.
+    let backend_packets = counter_family(r, "gslb_backend_packets", "Packets steered to the backend (over all VIPs)");
+    let backend_bytes = counter_family(r, "gslb_backend_bytes", "Bytes steered to the backend (over all VIPs)");
+    let backend_up = int_gauge_family(
+        r,
+        "gslb_backend_up",
+        "1 when the backend is up, suspect or unmonitored; 0 when its health checks have declared it down",
+    );
+    let backend_health =
+        int_gauge_family(r, "gslb_backend_health", "1 for the backend's current health state, 0 for the others");
+    let backend_drained =
+        int_gauge_family(r, "gslb_backend_drained", "1 when the backend is drained: it takes no new flows");
+    let backend_dead = int_gauge_family(
+        r,
+        "gslb_backend_dead",
+        "1 when the backend is marked dead in the data plane: its recorded flows pick a new backend",
+    );
+    let backend_latency_factor = float_gauge_family(
+        r,
+        "gslb_backend_latency_factor",
+        "Fraction of the backend's weight kept at its probe latency (1 = all of it)",
+        None,
+    );
+    let backend_rtt = float_gauge_family(
+        r,
+        "gslb_backend_probe_rtt",
+        "Round-trip time of the backend's health probes, average and 99th percentile; absent until measured",
+        Some(Unit::Seconds),
+    );
+    for pool in &status.pools {
+        for b in &pool.backends {
+            let labels = || vec![("pool", pool.name.clone()), ("backend", b.address.to_string())];
+            set_counter(&backend_packets, labels(), b.packets);
+            set_counter(&backend_bytes, labels(), b.bytes);
+            set_int(&backend_up, labels(), (b.health != "down").into());
+            let known = HEALTH_STATES.contains(&b.health.as_str());
+            let states = HEALTH_STATES.iter().copied().chain((!known).then_some(b.health.as_str()));
+            for state in states {
+                let mut with_state = labels();
+                with_state.push(("state", state.to_string()));
+                set_int(&backend_health, with_state, (state == b.health).into());
+            }
+            set_int(&backend_drained, labels(), b.drained.into());
+            set_int(&backend_dead, labels(), b.dead.into());
+            set_float(&backend_latency_factor, labels(), b.latency_factor);
+            for (stat, ms) in [("avg", b.rtt_avg_ms), ("p99", b.rtt_p99_ms)] {
+                if let Some(ms) = ms {
+                    let mut with_stat = labels();
+                    with_stat.push(("stat", stat.to_string()));
+                    set_float(&backend_rtt, with_stat, ms / 1000.0);
+                }
+            }
+        }
+    }
+
+    // Config reloads.
+    let reloads =
+        counter_family(r, "gslb_config_reloads", "Config reloads since the agent started: applied (ok) or refused");
+    set_counter(&reloads, vec![("result", "ok".to_string())], status.reloads.saturating_sub(status.reloads_failed));
+    set_counter(&reloads, vec![("result", "refused".to_string())], status.reloads_failed);
+
+    // Failovers the agent remembers.
+    let failover = Histogram::new(FAILOVER_BUCKETS);
+    let failover_apply = Histogram::new(FAILOVER_APPLY_BUCKETS);
+    for f in &status.failovers {
+        failover.observe(f.total_ms as f64 / 1000.0);
+        failover_apply.observe(f.apply_ms as f64 / 1000.0);
+    }
+    r.register_with_unit(
+        "gslb_failover",
+        "Failovers the agent remembers (its most recent ones): first failed probe to the new tables being live",
+        Unit::Seconds,
+        failover,
+    );
+    r.register_with_unit(
+        "gslb_failover_apply",
+        "Failovers the agent remembers (its most recent ones): backend declared down to the new tables being live",
+        Unit::Seconds,
+        failover_apply,
+    );
+
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut out, &registry);
+    out
+}
+
+/// Binds the metrics listener: a std listener, nonblocking, ready for
+/// [`serve_listener`]. The error names the address.
+pub fn bind(listen: SocketAddr) -> Result<StdTcpListener> {
+    let listener = StdTcpListener::bind(listen).with_context(|| format!("binding the metrics listener on {listen}"))?;
+    listener.set_nonblocking(true).with_context(|| format!("making the metrics listener on {listen} nonblocking"))?;
+    Ok(listener)
+}
+
+/// Binds `listen` and serves `GET /metrics` on it until an error. A bind
+/// failure is returned at once and names the address. `snapshot` runs once
+/// per request on the blocking pool.
+pub async fn serve(listen: SocketAddr, snapshot: impl Fn() -> Result<String> + Send + Sync + 'static) -> Result<()> {
+    serve_listener(bind(listen)?, snapshot).await
+}
+
+/// Serves `GET /metrics` on a listener from [`bind`]: 200 with what
+/// `snapshot` returns, 500 if it fails, 405 for other methods on
+/// `/metrics`, 404 for any other path. `snapshot` runs once per request on
+/// the blocking pool (it may take locks). Runs until accepting fails in a
+/// way that retrying cannot cure; must be called inside a Tokio runtime.
+pub async fn serve_listener(
+    listener: StdTcpListener,
+    snapshot: impl Fn() -> Result<String> + Send + Sync + 'static,
+) -> Result<()> {
+    listener.set_nonblocking(true).context("making the metrics listener nonblocking")?;
+    let local = listener.local_addr().ok();
+    let listener = tokio::net::TcpListener::from_std(listener).context("registering the metrics listener")?;
+    let snapshot: Arc<dyn Fn() -> Result<String> + Send + Sync> = Arc::new(snapshot);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tracing::info!("serving metrics on http://{}{METRICS_PATH}", local.map_or("?".into(), |a| a.to_string()));
+    loop {
+        let permit = slots.clone().acquire_owned().await.context("metrics connection limit closed")?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, then go on.
+                tracing::warn!("metrics listener: accepting a connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let snapshot = snapshot.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |request| respond(request, snapshot.clone()));
+            let served = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!("metrics connection from {peer}: {e}");
+            }
+        });
+    }
+}
+
+fn response(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+async fn respond(
+    request: Request<Incoming>,
+    snapshot: Arc<dyn Fn() -> Result<String> + Send + Sync>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    if request.uri().path() != METRICS_PATH {
+        return Ok(response(StatusCode::NOT_FOUND, PLAIN, "not found: metrics are at /metrics\n"));
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut r = response(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "only GET and HEAD\n");
+        r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return Ok(r);
+    }
+    let rendered = match tokio::task::spawn_blocking(move || snapshot()).await {
+        Ok(rendered) => rendered,
+        Err(e) => Err(anyhow::anyhow!("the metrics snapshot panicked: {e}")),
+    };
+    Ok(match rendered {
+        Ok(text) => response(StatusCode::OK, CONTENT_TYPE_OPENMETRICS, text),
+        Err(e) => {
+            tracing::warn!("metrics snapshot failed: {e:#}");
+            response(StatusCode::INTERNAL_SERVER_ERROR, PLAIN, format!("metrics unavailable: {e:#}\n"))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+    use std::net::TcpStream;
+
+    use super::*;
+
+    /// A small status: one VIP with a steer rule, a pool with one backend up
+    /// and one down, two failovers.
+    fn status() -> Status {
+        serde_json::from_value(serde_json::json!({
+            "edge": "fra1",
+            "config": "/etc/gslb/gslb.toml",
+            "adopted": false,
+            "started_unix": 1_700_000_000u64,
+            "interfaces": {"eth0": "driver"},
+            "limits": {"max_vips": 64, "max_backends": 1024, "max_flows": 1_000_000, "table_size": 65537},
+            "counters": {
+                "received": 1000, "passed": 10, "parse_failures": 3, "fragments": 2,
+                "fib_failures": 1, "neighbour_pending": 4, "forwarded": 970, "dropped": 5
+            },
+            "vips": [{
+                "name": "web", "address": "192.0.2.10", "port": 443, "protocol": "tcp",
+                "affinity": "five-tuple", "pools": ["a", "b"],
+                "packets": 900, "bytes": 123_456, "new_flows": 40, "flow_hits": 850, "flow_misses": 50,
+                "policy": "weighted", "panic": false, "fallback": true, "active_pools": ["b"],
+                "backends_down": 1, "backends_total": 2,
+                "backends": [
+                    {"address": "10.0.0.1", "effective_weight": 10000, "slots": 49152, "share": 0.75},
+                    {"address": "2001:db8::2", "effective_weight": 3333, "slots": 16385, "share": 0.25}
+                ],
+                "steer": [{
+                    "client_prefix": "198.51.100.0/24", "pools": ["a"], "active_pools": ["a"], "fallback": false,
+                    "backends": [{"address": "10.0.0.1", "effective_weight": 100, "slots": 65537, "share": 1.0}]
+                }],
+                "capacity": null
+            }],
+            "pools": [{
+                "name": "a", "weight": 100, "worst_case_failover_ms": 3500, "capacity": null,
+                "max_utilization": 0.75,
+                "backends": [
+                    {
+                        "address": "10.0.0.1", "weight": 100, "id": 1, "packets": 600, "bytes": 80_000,
+                        "health": "up", "reason": null, "rtt_avg_ms": 12.5, "rtt_p99_ms": 40.0,
+                        "latency_factor": 1.0, "drained": false, "drain_until_unix": null, "dead": false,
+                        "transitions": []
+                    },
+                    {
+                        "address": "2001:db8::2", "weight": 100, "id": 2, "packets": 300, "bytes": 43_456,
+                        "health": "down", "reason": "connect refused", "rtt_avg_ms": null, "rtt_p99_ms": null,
+                        "latency_factor": 0.5, "drained": true, "drain_until_unix": null, "dead": true,
+                        "transitions": []
+                    }
+                ]
+            }],
+            "reloads": 5,
+            "reloads_failed": 2,
+            "last_reload": null,
+            "failovers": [
+                {
+                    "backend": "2001:db8::2", "first_failure_unix_ms": 0, "declared_down_unix_ms": 0,
+                    "table_live_unix_ms": 0, "total_ms": 1800, "apply_ms": 3, "worst_case_ms": 3500
+                },
+                {
+                    "backend": "10.0.0.1", "first_failure_unix_ms": 0, "declared_down_unix_ms": 0,
+                    "table_live_unix_ms": 0, "total_ms": 4000, "apply_ms": 20, "worst_case_ms": 3500
+                }
+            ]
+        }))
+        .expect("the fixture matches Status")
+    }
+
+    fn assert_lines(text: &str, expected: &[&str]) {
+        let lines: Vec<&str> = text.lines().collect();
+        for line in expected {
+            assert!(lines.contains(line), "missing line {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn renders_every_metric() {
+        let text = render(&status());
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_lines(
+            &text,
+            &[
+                "# TYPE gslb info",
+                r#"gslb_info{edge="fra1"} 1"#,
+                "# TYPE gslb_packets counter",
+                r#"gslb_packets_total{result="received"} 1000"#,
+                r#"gslb_packets_total{result="forwarded"} 970"#,
+                r#"gslb_packets_total{result="passed"} 10"#,
+                r#"gslb_packets_total{result="dropped"} 5"#,
+                r#"gslb_packets_total{result="malformed"} 3"#,
+                r#"gslb_packets_total{result="fib_failure"} 1"#,
+                r#"gslb_packets_total{result="neighbour_pending"} 4"#,
+                r#"gslb_packets_total{result="fragment"} 2"#,
+                r#"gslb_vip_packets_total{vip="web"} 900"#,
+                r#"gslb_vip_bytes_total{vip="web"} 123456"#,
+                r#"gslb_vip_new_flows_total{vip="web"} 40"#,
+                r#"gslb_vip_flow_hits_total{vip="web"} 850"#,
+                r#"gslb_vip_flow_misses_total{vip="web"} 50"#,
+                r#"gslb_vip_panic{vip="web"} 0"#,
+                r#"gslb_vip_fallback{vip="web"} 1"#,
+                r#"gslb_vip_backends_down{vip="web"} 1"#,
+                r#"gslb_vip_backends{vip="web"} 2"#,
+                r#"gslb_vip_backend_share{vip="web",backend="10.0.0.1"} 0.75"#,
+                r#"gslb_vip_backend_share{vip="web",backend="2001:db8::2"} 0.25"#,
+                r#"gslb_vip_backend_weight{vip="web",backend="10.0.0.1"} 10000"#,
+                r#"gslb_vip_backend_weight{vip="web",backend="2001:db8::2"} 3333"#,
+                r#"gslb_vip_steer_fallback{vip="web",client_prefix="198.51.100.0/24"} 0"#,
+                r#"gslb_vip_steer_backend_share{vip="web",client_prefix="198.51.100.0/24",backend="10.0.0.1"} 1.0"#,
+                r#"gslb_backend_packets_total{pool="a",backend="10.0.0.1"} 600"#,
+                r#"gslb_backend_bytes_total{pool="a",backend="2001:db8::2"} 43456"#,
+                r#"gslb_backend_up{pool="a",backend="10.0.0.1"} 1"#,
+                r#"gslb_backend_up{pool="a",backend="2001:db8::2"} 0"#,
+                r#"gslb_backend_health{pool="a",backend="10.0.0.1",state="up"} 1"#,
+                r#"gslb_backend_health{pool="a",backend="10.0.0.1",state="down"} 0"#,
+                r#"gslb_backend_health{pool="a",backend="2001:db8::2",state="down"} 1"#,
+                r#"gslb_backend_health{pool="a",backend="2001:db8::2",state="up"} 0"#,
+                r#"gslb_backend_drained{pool="a",backend="10.0.0.1"} 0"#,
+                r#"gslb_backend_drained{pool="a",backend="2001:db8::2"} 1"#,
+                r#"gslb_backend_dead{pool="a",backend="2001:db8::2"} 1"#,
+                r#"gslb_backend_latency_factor{pool="a",backend="2001:db8::2"} 0.5"#,
+                "# UNIT gslb_backend_probe_rtt_seconds seconds",
+                r#"gslb_backend_probe_rtt_seconds{pool="a",backend="10.0.0.1",stat="avg"} 0.0125"#,
+                r#"gslb_backend_probe_rtt_seconds{pool="a",backend="10.0.0.1",stat="p99"} 0.04"#,
+                r#"gslb_config_reloads_total{result="ok"} 3"#,
+                r#"gslb_config_reloads_total{result="refused"} 2"#,
+                "# TYPE gslb_failover_seconds histogram",
+                "gslb_failover_seconds_count 2",
+                "gslb_failover_seconds_sum 5.8",
+                r#"gslb_failover_seconds_bucket{le="1.0"} 0"#,
+                r#"gslb_failover_seconds_bucket{le="2.0"} 1"#,
+                r#"gslb_failover_seconds_bucket{le="5.0"} 2"#,
+                r#"gslb_failover_seconds_bucket{le="+Inf"} 2"#,
+                "gslb_failover_apply_seconds_count 2",
+                r#"gslb_failover_apply_seconds_bucket{le="0.005"} 1"#,
+                r#"gslb_failover_apply_seconds_bucket{le="0.025"} 2"#,
+            ],
+        );
+        // No RTT for a backend that has none measured.
+        assert!(!text.contains(r#"gslb_backend_probe_rtt_seconds{pool="a",backend="2001:db8::2""#), "{text}");
+        // Every metric says what it is.
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split(' ').nth(2).unwrap();
+            assert!(text.contains(&format!("# HELP {name} ")), "no HELP for {name}");
+        }
+    }
+
+    #[test]
+    fn unknown_health_state_is_reported() {
+        let mut status = status();
+        status.pools[0].backends[0].health = "starting".into();
+        let text = render(&status);
+        assert_lines(
+            &text,
+            &[
+                r#"gslb_backend_health{pool="a",backend="10.0.0.1",state="starting"} 1"#,
+                r#"gslb_backend_health{pool="a",backend="10.0.0.1",state="up"} 0"#,
+                r#"gslb_backend_up{pool="a",backend="10.0.0.1"} 1"#,
+            ],
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut status = status();
+        status.edge = "a\"b\\c".into();
+        let text = render(&status);
+        assert_lines(&text, &[r#"gslb_info{edge="a\"b\\c"} 1"#]);
+    }
+
+    fn get(addr: SocketAddr, method: &str, path: &str) -> (String, String) {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        let (head, body) = reply.split_once("\r\n\r\n").expect("a complete HTTP response");
+        (head.to_string(), body.to_string())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serves_metrics_over_http() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let server = tokio::spawn(serve_listener(listener, move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(render(&status()))
+        }));
+
+        let (head, body) = tokio::task::spawn_blocking(move || get(addr, "GET", "/metrics")).await.unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.to_ascii_lowercase().contains(&format!("content-type: {CONTENT_TYPE_OPENMETRICS}")), "{head}");
+        assert!(body.contains(r#"gslb_info{edge="fra1"} 1"#), "{body}");
+        assert!(body.contains(r#"gslb_packets_total{result="received"} 1000"#), "{body}");
+        assert!(body.ends_with("# EOF\n"), "{body}");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        let (head, _) = tokio::task::spawn_blocking(move || get(addr, "GET", "/")).await.unwrap();
+        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+        let (head, _) = tokio::task::spawn_blocking(move || get(addr, "POST", "/metrics")).await.unwrap();
+        assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+        // Neither of those took a snapshot.
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        server.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_snapshot_is_a_500() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve_listener(listener, || Err(anyhow::anyhow!("agent lock poisoned"))));
+        let (head, body) = tokio::task::spawn_blocking(move || get(addr, "GET", "/metrics")).await.unwrap();
+        assert!(head.starts_with("HTTP/1.1 500"), "{head}");
+        assert!(body.contains("agent lock poisoned"), "{body}");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn bind_failure_names_the_address() {
+        let taken = StdTcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = serve(addr, || Ok(String::new())).await.unwrap_err();
+        assert!(format!("{err:#}").contains(&addr.to_string()), "{err:#}");
+    }
+}
