@@ -34,6 +34,8 @@ pub struct Agent {
     pub drains: BTreeMap<std::net::IpAddr, Drain>,
     pub failovers: Failovers,
     pub(crate) latency_steps: LatencySteps,
+    /// VIPs whose N+1 check failed when last planned (warned once).
+    n_plus_one_failing: std::collections::BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -120,7 +122,9 @@ impl Agent {
             drains: BTreeMap::new(),
             failovers: Failovers::default(),
             latency_steps: LatencySteps::new(),
+            n_plus_one_failing: Default::default(),
         };
+        agent.warn_capacity();
         agent.sync_interfaces()?;
         Ok(agent)
     }
@@ -216,7 +220,21 @@ impl Agent {
             "replanned"
         );
         self.plan = plan;
+        self.warn_capacity();
         Ok(changes)
+    }
+
+    /// Logs a warning when a VIP starts failing its N+1 check, and a note
+    /// when it holds again.
+    fn warn_capacity(&mut self) {
+        for planned in self.plan.vips.values() {
+            let Some(verdict) = crate::status::capacity(&self.config, &planned.default.weights) else { continue };
+            if !verdict.ok && self.n_plus_one_failing.insert(planned.name.clone()) {
+                warn!(vip = planned.name, "{}", verdict.message);
+            } else if verdict.ok && self.n_plus_one_failing.remove(&planned.name) {
+                info!(vip = planned.name, "{}", verdict.message);
+            }
+        }
     }
 
     /// Attaches to configured interfaces and detaches from ones no longer

@@ -149,6 +149,11 @@ pub fn render(status: &Status) -> String {
         "1 when health checks would take out too many of the VIP's backends and all stay in rotation",
     );
     let vip_fallback = int_gauge_family(r, "gslb_vip_fallback", "1 when the VIP's new flows go to its fallback pool");
+    let vip_n_plus_one = int_gauge_family(
+        r,
+        "gslb_vip_n_plus_one_ok",
+        "1 when the other pools can absorb the loss of the busiest at current shares (only with pool capacities)",
+    );
     let vip_backends_down = int_gauge_family(r, "gslb_vip_backends_down", "Backends of the VIP that are down");
     let vip_backends = int_gauge_family(r, "gslb_vip_backends", "Backends of the VIP, up or down");
     let vip_backend_share = float_gauge_family(
@@ -182,6 +187,9 @@ pub fn render(status: &Status) -> String {
         set_counter(&vip_flow_misses, labels(), vip.flow_misses);
         set_int(&vip_panic, labels(), vip.panic.into());
         set_int(&vip_fallback, labels(), vip.fallback.into());
+        if let Some(capacity) = &vip.capacity {
+            set_int(&vip_n_plus_one, labels(), capacity.ok.into());
+        }
         set_int(&vip_backends_down, labels(), saturating_i64(vip.backends_down));
         set_int(&vip_backends, labels(), saturating_i64(vip.backends_total));
         for b in &vip.backends {

@@ -207,7 +207,7 @@ fn table_backends(agent: &Agent, weights: &BTreeMap<IpAddr, u64>, contents: &[u3
 /// that keeps every pool within its `max_utilization`, lose the busiest
 /// pool, and see whether the others can carry its share within their
 /// capacity. Needs every pool in use to declare `capacity`.
-fn capacity(config: &Config, weights: &BTreeMap<IpAddr, u64>) -> Option<CapacityStatus> {
+pub(crate) fn capacity(config: &Config, weights: &BTreeMap<IpAddr, u64>) -> Option<CapacityStatus> {
     let total: u64 = weights.values().sum();
     if total == 0 {
         return None;
@@ -538,5 +538,54 @@ impl Status {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    fn config_with(capacities: &str) -> Config {
+        let text = format!(
+            "[edge]\nname = \"e\"\ninterfaces = [\"eth0\"]\ntunnel_source_v4 = \"192.0.2.1\"\n\n[[vip]]\nname = \"web\"\naddress = \"203.0.113.1\"\nport = 80\nprotocol = \"tcp\"\npools = [\"a\", \"b\", \"c\"]\n{capacities}"
+        );
+        config::parse(&text, std::path::Path::new("t.toml")).unwrap()
+    }
+
+    fn weights(config: &Config) -> BTreeMap<IpAddr, u64> {
+        config.effective_weights(&config.vips[0])
+    }
+
+    #[test]
+    fn n_plus_one_holds_with_headroom_and_fails_without() {
+        let pools = |utilization: f64| {
+            ["a", "b", "c"]
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    format!(
+                        "[[pool]]\nname = \"{name}\"\ncapacity = 100\nmax_utilization = {utilization}\nbackends = [ {{ address = \"10.0.0.{}\" }} ]\n",
+                        i + 1
+                    )
+                })
+                .collect::<String>()
+        };
+        // Three equal pools at 75%: peak 225, and losing one puts 112.5 on
+        // each survivor of capacity 100.
+        let tight = config_with(&pools(0.75));
+        let verdict = capacity(&tight, &weights(&tight)).unwrap();
+        assert!(!verdict.ok && verdict.message.contains("112%"), "{}", verdict.message);
+        // At 60%: peak 180, 90 on each survivor.
+        let roomy = config_with(&pools(0.6));
+        let verdict = capacity(&roomy, &weights(&roomy)).unwrap();
+        assert!(verdict.ok && verdict.message.contains("90%"), "{}", verdict.message);
+    }
+
+    #[test]
+    fn no_verdict_without_capacities() {
+        let text = "[[pool]]\nname = \"a\"\nbackends = [ { address = \"10.0.0.1\" } ]\n[[pool]]\nname = \"b\"\nbackends = [ { address = \"10.0.0.2\" } ]\n[[pool]]\nname = \"c\"\nbackends = [ { address = \"10.0.0.3\" } ]\n";
+        let config = config_with(text);
+        assert!(capacity(&config, &weights(&config)).is_none());
     }
 }

@@ -106,6 +106,7 @@ fn render(
     // counters survive route moves and agent restarts alike).
     let mut packets: BTreeMap<String, u64> = BTreeMap::new();
     let mut table_share: BTreeMap<String, f64> = BTreeMap::new();
+    let mut health: BTreeMap<String, String> = BTreeMap::new();
     let mut edges = Vec::new();
     for edge in EdgeNode::ALL {
         let Ok(status) = d.status(edge) else {
@@ -116,7 +117,10 @@ fn render(
         for pool in &status.pools {
             for backend in &pool.backends {
                 if let Some(name) = backend_name(backend.address) {
-                    *packets.entry(name).or_default() += backend.packets;
+                    *packets.entry(name.clone()).or_default() += backend.packets;
+                    if edge == route {
+                        health.insert(name, backend.health.clone());
+                    }
                 }
             }
         }
@@ -145,8 +149,8 @@ fn render(
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<12} {:>9} {:>9} {:>12} {:>8} {:>12} {:>8}",
-        "backend", "tcp v4", "tcp v6", "packets", "share", "new conns", "table"
+        "{:<12} {:>8} {:>9} {:>9} {:>12} {:>8} {:>12} {:>8}",
+        "backend", "health", "tcp v4", "tcp v6", "packets", "share", "new conns", "table"
     );
     for backend in BackendNode::ALL {
         let name = backend.name();
@@ -154,8 +158,9 @@ fn render(
         let s = short.get(name).copied().unwrap_or(0);
         let _ = writeln!(
             out,
-            "{:<12} {:>9} {:>9} {:>12} {:>7.1}% {:>11.1}% {:>7.1}%",
+            "{:<12} {:>8} {:>9} {:>9} {:>12} {:>7.1}% {:>11.1}% {:>7.1}%",
             name,
+            health.get(name).map(String::as_str).unwrap_or("?"),
             on(v4, name),
             on(v6, name),
             p,
