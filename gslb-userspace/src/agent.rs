@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use crate::attach::{self, AttachedMode};
 use crate::config::{self, Config};
-use crate::control::{Drain, Failovers, LatencySteps};
+use crate::control::{conditions_of, Drain, Failovers, LatencySteps};
 use crate::dataplane::{Steer, VipMatch};
 use crate::health::{HealthEvent, HealthTable, Monitors};
 use crate::install::{Changes, Installed};
@@ -93,15 +93,19 @@ impl Agent {
             (steer, Installed::default())
         };
 
-        // Every backend counts as up until its checks say otherwise: a
-        // starting agent must not drain the fleet before probing it.
-        let plan = plan(
-            &config,
-            &installed.backend_ids,
-            steer.limits.max_backends,
-            steer.limits.table_size,
-            &Conditions::new(),
-        )?;
+        // Every backend counts as up until its checks say otherwise (a
+        // starting agent must not drain the fleet before probing it),
+        // except those the previous agent had found dead: they must prove
+        // themselves first, rather than take new flows for a second.
+        let mut health = HealthTable::new();
+        health.update(&config.monitored_backends());
+        let now = SystemTime::now();
+        for address in &installed.dead {
+            health.assume_down(*address, now, "marked dead by the previous agent");
+        }
+        let conditions = conditions_of(&config, &health, &BTreeMap::new(), now);
+        let plan =
+            plan(&config, &installed.backend_ids, steer.limits.max_backends, steer.limits.table_size, &conditions)?;
         let changes = installed.apply(&mut steer, &plan, &vip_names(&plan))?;
         info!(?changes, "programmed the data plane");
 
@@ -117,7 +121,7 @@ impl Agent {
             reloads: 0,
             reloads_failed: 0,
             last_reload: None,
-            health: HealthTable::default(),
+            health,
             monitors: None,
             drains: BTreeMap::new(),
             failovers: Failovers::default(),

@@ -10,7 +10,8 @@ use anyhow::{bail, Result};
 use tracing::{info, warn};
 
 use crate::agent::Agent;
-use crate::health::{Health, HealthEvent};
+use crate::config::Config;
+use crate::health::{Health, HealthEvent, HealthTable};
 use crate::install::Changes;
 use crate::plan::{latency_factor, Condition, Conditions};
 
@@ -46,24 +47,7 @@ pub struct Failovers {
 impl Agent {
     /// What the planner should know of each backend now.
     pub fn conditions(&self, now: SystemTime) -> Conditions {
-        let mut conditions = Conditions::new();
-        for pool in &self.config.pools {
-            for backend in &pool.backends {
-                let state = self.health.get(&backend.address);
-                let drain = self.drains.get(&backend.address);
-                conditions.insert(
-                    backend.address,
-                    Condition {
-                        down: state.is_some_and(|s| s.health() == Health::Down),
-                        failing: state.is_some_and(|s| s.health() != Health::Up),
-                        drained: drain.is_some(),
-                        drain_expired: drain.and_then(|d| d.until).is_some_and(|until| until <= now),
-                        rtt_avg_ms: state.and_then(|s| s.rtt_avg_ms()),
-                    },
-                );
-            }
-        }
-        conditions
+        conditions_of(&self.config, &self.health, &self.drains, now)
     }
 
     /// Re-plans with the current conditions and applies the difference;
@@ -194,6 +178,32 @@ impl Agent {
         self.drains.retain(|a, _| known.contains(a));
         self.latency_steps.retain(|a, _| known.contains(a));
     }
+}
+
+/// What the planner should know of each configured backend: health from
+/// the checks, drains from the operator.
+pub fn conditions_of(
+    config: &Config,
+    health: &HealthTable,
+    drains: &BTreeMap<IpAddr, Drain>,
+    now: SystemTime,
+) -> Conditions {
+    let mut conditions = Conditions::new();
+    for backend in config.pools.iter().flat_map(|p| &p.backends) {
+        let state = health.get(&backend.address);
+        let drain = drains.get(&backend.address);
+        conditions.insert(
+            backend.address,
+            Condition {
+                down: state.is_some_and(|s| s.health() == Health::Down),
+                failing: state.is_some_and(|s| s.health() != Health::Up),
+                drained: drain.is_some(),
+                drain_expired: drain.and_then(|d| d.until).is_some_and(|until| until <= now),
+                rtt_avg_ms: state.and_then(|s| s.rtt_avg_ms()),
+            },
+        );
+    }
+    conditions
 }
 
 fn ms(later: SystemTime, earlier: SystemTime) -> u64 {

@@ -83,6 +83,16 @@ fn a_dead_backend_gets_no_new_flows_within_the_budget_and_comes_back() {
         assert!(backend.reason.as_deref().unwrap_or("").contains("refused"), "reason: {:?}", backend.reason);
     }
 
+    // A restarted agent does not bring the dead backend back before it has
+    // proven itself.
+    d.kill_agent(EdgeNode::EdgeA).unwrap();
+    d.start_agent(EdgeNode::EdgeA).unwrap();
+    let status = d.status(EdgeNode::EdgeA).unwrap();
+    let backend = status.pools.iter().flat_map(|p| &p.backends).find(|b| b.address == addr(victim)).unwrap();
+    assert!(status.adopted && backend.health == "down" && backend.dead, "after a restart: {backend:?}");
+    let report = short_from_both(&d, web_v4(), 300);
+    assert!(!report.per_backend.contains_key(victim.name()), "a restarted agent sent new flows to {victim}");
+
     // Back up after consecutive_up good probes, and in rotation again.
     let (lab, servers) = (&d.lab, &mut d.servers);
     servers.start(lab, victim).unwrap();

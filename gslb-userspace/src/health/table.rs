@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::time::SystemTime;
 
 use tracing::{info, warn};
 
@@ -32,6 +33,18 @@ impl HealthTable {
                 .entry(*address)
                 .and_modify(|state| state.set_thresholds(monitor.consecutive_up, monitor.consecutive_down))
                 .or_insert_with(|| BackendState::new(monitor.consecutive_up, monitor.consecutive_down));
+        }
+    }
+
+    /// Starts a monitored backend as down, for `reason` (a backend the
+    /// previous agent had marked dead): it serves again only after
+    /// `consecutive_up` good checks, as if this agent had seen it fail.
+    pub fn assume_down(&mut self, address: IpAddr, at: SystemTime, reason: &str) {
+        if let Some(state) = self.backends.get_mut(&address) {
+            let (_, down) = state.thresholds();
+            for _ in 0..down {
+                state.record(at, Err(reason));
+            }
         }
     }
 
