@@ -218,6 +218,7 @@ impl Agent {
         let plan = plan(&self.config, &self.installed.backend_ids, limits.max_backends, limits.table_size, conditions)?;
         let planned = started.elapsed();
         let changes = self.installed.apply(&mut self.steer, &plan, names)?;
+        log_panic_changes(&self.plan, &plan, &self.config);
         tracing::debug!(
             plan_ms = planned.as_millis() as u64,
             apply_ms = (started.elapsed() - planned).as_millis() as u64,
@@ -266,6 +267,25 @@ impl Agent {
     pub fn remove_pins(&self) -> Result<()> {
         let dir = &self.config.edge.bpffs_pin;
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
+    }
+}
+
+/// Says loudly when a VIP enters or leaves panic, and why.
+fn log_panic_changes(old: &Plan, new: &Plan, config: &Config) {
+    for (matcher, vip) in &new.vips {
+        let was = old.vips.get(matcher).is_some_and(|v| v.panic);
+        let cap = config.vips.iter().find(|v| v.name == vip.name).map_or(0.5, |v| v.max_unhealthy_fraction);
+        if vip.panic && !was {
+            warn!(
+                vip = vip.name,
+                failing = vip.failing,
+                backends = vip.total,
+                max_unhealthy_fraction = cap,
+                "PANIC: health checks would take out more than the cap allows; keeping every backend in rotation (trust the fleet, not the check)"
+            );
+        } else if was && !vip.panic {
+            info!(vip = vip.name, failing = vip.failing, backends = vip.total, "panic over: health checks apply again");
+        }
     }
 }
 

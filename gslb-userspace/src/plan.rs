@@ -68,8 +68,10 @@ pub struct PlannedVip {
     /// Health checks would have taken out more than the VIP's
     /// `max_unhealthy_fraction`: its backends stay in rotation regardless.
     pub panic: bool,
-    /// Backends down in this VIP's pools, and in all.
+    /// Backends down in this VIP's pools, failing their checks (down or
+    /// suspect), and in all.
     pub down: usize,
+    pub failing: usize,
     pub total: usize,
 }
 
@@ -126,6 +128,7 @@ pub fn plan(
             steer,
             panic: panic || default_panic || steer_panic,
             down,
+            failing,
             total: members.len(),
         };
         vips.insert(matcher, planned);

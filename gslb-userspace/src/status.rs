@@ -497,7 +497,7 @@ impl Status {
             let _ = writeln!(out, "\npool {} weight {}{}", pool.name, pool.weight, worst);
             let _ = writeln!(
                 out,
-                "  {:<28} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7} {:>12}  reason",
+                "  {:<28} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7} {:>12}  last change",
                 "backend", "weight", "id", "health", "rtt ms", "p99 ms", "factor", "packets"
             );
             for b in &pool.backends {
@@ -509,6 +509,10 @@ impl Status {
                     health.push_str("+dead");
                 }
                 let ms = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
+                let last = b.transitions.last().map(|t| {
+                    let ago = unix_ms(std::time::SystemTime::now()).saturating_sub(t.at_unix_ms) / 1000;
+                    format!("{} -> {} {ago}s ago: {}", t.from, t.to, t.reason)
+                });
                 let _ = writeln!(
                     out,
                     "  {:<28} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7.2} {:>12}  {}",
@@ -520,7 +524,7 @@ impl Status {
                     ms(b.rtt_p99_ms),
                     b.latency_factor,
                     b.packets,
-                    b.reason.clone().unwrap_or_default()
+                    last.or(b.reason.clone()).unwrap_or_default()
                 );
             }
         }
