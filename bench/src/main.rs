@@ -1,0 +1,5 @@
+//! `gslb-bench`: the benchmarks behind `cargo xtask bench`.
+
+mod report;
+
+fn main() {}
