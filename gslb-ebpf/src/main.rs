@@ -2,6 +2,8 @@
 #![no_std]
 #![no_main]
 
+mod bench;
+mod bench_live;
 mod decap;
 mod parse;
 mod steer;

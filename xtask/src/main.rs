@@ -35,6 +35,16 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Install prerequisites, build in release mode, and run the benchmarks
+    /// (needs root): a table on stdout, target/bench/report.json and plots.
+    /// `-- ARGS` go to gslb-bench (`-- --only control-plane`).
+    Bench {
+        /// Fewer repetitions and smaller sizes: under two minutes.
+        #[arg(long)]
+        quick: bool,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -56,6 +66,19 @@ fn main() -> Result<()> {
             // `-- --config FILE` is shorthand for `gslb run --config FILE`.
             let args = if args[0].starts_with("--config") { [vec!["run".to_string()], args].concat() } else { args };
             cargo(&["run", "--quiet", "--package", "gslb-userspace", "--bin", "gslb", "--"], &args)
+        }
+        Task::Bench { quick, args } => {
+            prerequisites::ensure()?;
+            // As for `run`: Ctrl-C lets the benchmarks remove their lab.
+            signal_hook::flag::register(signal_hook::consts::SIGINT, Default::default())?;
+            // The failover and memory groups run agents from gslb-lab, found
+            // next to gslb-bench: build it in the same (release) profile.
+            cargo(&["build", "--quiet", "--release", "--package", "gslb-tests", "--bin", "gslb-lab"], &[])?;
+            let quick = if quick { vec!["--quick".to_string()] } else { Vec::new() };
+            cargo(
+                &["run", "--quiet", "--release", "--package", "gslb-bench", "--bin", "gslb-bench", "--"],
+                &[quick, args].concat(),
+            )
         }
     }
 }

@@ -1,0 +1,796 @@
+//! Per-packet cost of the XDP programs, through BPF_PROG_TEST_RUN.
+//!
+//! The kernel's test loop does not restore the packet between repetitions,
+//! so `steer` (which adds a tunnel header) and `decap` (which strips one)
+//! run behind `bench_restore` (gslb-ebpf/src/bench.rs): it puts the input
+//! frame back, optionally gives it a fresh flow key, and tail-calls the
+//! program under test. The wrapper's own cost (tail-calling `bench_drop`,
+//! same frame) is measured next to every case and subtracted:
+//! `net = raw - (wrapper - floor)`, so a net figure reads like the program
+//! run directly, against the `XDP_PASS` floor. Every run checks the
+//! programs' own counters moved by exactly the number of repetitions.
+//!
+//! Everything runs in a scratch network namespace (routes to the backends,
+//! a resolved next hop), pinned to one CPU, so `bpf_fib_lookup` succeeds
+//! and an established packet really ends in `XDP_TX`.
+
+// `crate::main` wires `run` in; until then only the tests call it.
+#![cfg_attr(not(test), allow(dead_code))]
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd, AsRawFd},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use aya::{
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, ProgramArray},
+    programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf, EbpfLoader, Pod,
+};
+use gslb_common::{
+    addr_from_ip,
+    maglev::{build_table, MaglevBackend},
+    names, Addr16, Backend, DecapStats, EdgeConfig, FlowKey, FlowValue, GlobalStats, VipKey, VipStats, VipValue,
+    DEFAULT_TABLE_SIZE, TABLE_GENERATIONS,
+};
+use gslb_tests::{
+    edge::{TUNNEL_V4, TUNNEL_V6},
+    netns::{ifindex, in_scratch_netns, sh, EDGE_IF},
+    packet::{ethernet, ipv6, l4, TCP, V4},
+};
+use gslb_userspace::dataplane::OBJECT;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use crate::report::{median, Measurement};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const GROUP: &str = "per-packet";
+const UNIT: &str = "ns/packet";
+const FLOOR: &str = "XDP_PASS floor";
+
+/// Same layout as `BenchFrame` in gslb-ebpf/src/bench.rs.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct BenchFrame {
+    len: u32,
+    vary_offset: u32,
+    vary_base: u32,
+    _pad: u32,
+    words: [u64; 16],
+}
+
+// SAFETY: plain integers, no padding.
+unsafe impl Pod for BenchFrame {}
+
+/// Where the IPv4 source address sits in an untagged frame: varying it
+/// makes every repetition a new flow.
+const V4_SRC_OFFSET: u32 = 14 + 12;
+
+/// How much measuring to do.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    runs: usize,
+    repeat: u32,
+    /// The large configuration's flow table and Maglev table sizes.
+    big_flows: u32,
+    big_table: u32,
+}
+
+/// Every per-packet figure. `quick`: 3 runs of 200,000 repetitions and a
+/// smaller large configuration (named so in the results).
+pub fn run(quick: bool) -> Result<Vec<Measurement>> {
+    let plan = if quick {
+        Plan { runs: 3, repeat: 200_000, big_flows: 1 << 16, big_table: 4_099 }
+    } else {
+        Plan { runs: 5, repeat: 1_000_000, big_flows: 1 << 20, big_table: DEFAULT_TABLE_SIZE }
+    };
+    in_scratch_netns(move || measure(plan))
+}
+
+/// One loaded copy of the object: `steer`, `decap` and the bench programs
+/// sharing its maps.
+struct Object {
+    ebpf: Ebpf,
+    progs: ProgramArray<MapData>,
+    frame: Array<MapData, BenchFrame>,
+    vips: HashMap<MapData, VipKey, VipValue>,
+    backends: Array<MapData, Backend>,
+    maglev: MapData,
+    flows: MapData,
+    counter: Array<MapData, u64>,
+    global: PerCpuArray<MapData, GlobalStats>,
+    vip_stats: PerCpuArray<MapData, VipStats>,
+    decap_addrs: HashMap<MapData, Addr16, u32>,
+    decap_stats: PerCpuArray<MapData, DecapStats>,
+    table_size: u32,
+    /// Ingress interface for the test runs (the edge link).
+    ingress: u32,
+}
+
+/// Counters a run is judged by.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counters {
+    global: GlobalStats,
+    vip: VipStats,
+    decap: DecapStats,
+}
+
+/// What a case must show, per repetition.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Expect {
+    /// `passed` (not a VIP).
+    Passed,
+    /// `forwarded` and a flow-table hit.
+    ForwardedHit,
+    /// `forwarded` and a new flow recorded.
+    ForwardedNew,
+    /// `decapsulated`.
+    Decapsulated,
+    /// Nothing counted (baselines, the wrapper alone).
+    Nothing,
+}
+
+fn sum<T: Pod + Default + std::ops::AddAssign>(map: &PerCpuArray<MapData, T>) -> Result<T> {
+    let mut total = T::default();
+    for v in map.get(&0, 0)?.iter() {
+        total += *v;
+    }
+    Ok(total)
+}
+
+fn sum_at<T: Pod + Default + std::ops::AddAssign>(map: &PerCpuArray<MapData, T>, index: u32) -> Result<T> {
+    let mut total = T::default();
+    for v in map.get(&index, 0)?.iter() {
+        total += *v;
+    }
+    Ok(total)
+}
+
+fn take_data(ebpf: &mut Ebpf, name: &str) -> Result<MapData> {
+    match ebpf.take_map(name).with_context(|| format!("map {name} missing"))? {
+        Map::Array(d) | Map::LruHashMap(d) | Map::HashMap(d) => Ok(d),
+        _ => bail!("map {name} has an unexpected type"),
+    }
+}
+
+fn take<M: TryFrom<Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<M> {
+    let map = ebpf.take_map(name).with_context(|| format!("map {name} missing"))?;
+    M::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// BPF_MAP_UPDATE_BATCH: aya 0.14 has no batch writes, and filling a
+/// million-entry table one syscall at a time takes too long.
+fn update_batch<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V]) -> Result<()> {
+    batch(BPF_MAP_UPDATE_BATCH, map, keys, Some(values))
+}
+
+/// BPF_MAP_DELETE_BATCH of keys that must all be present.
+fn delete_batch<K: Pod>(map: &MapData, keys: &[K]) -> Result<()> {
+    batch::<K, u8>(BPF_MAP_DELETE_BATCH, map, keys, None)
+}
+
+fn batch<K: Pod, V: Pod>(cmd: libc::c_long, map: &MapData, keys: &[K], values: Option<&[V]>) -> Result<()> {
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const CHUNK: usize = 1 << 16;
+    for (i, k) in keys.chunks(CHUNK).enumerate() {
+        let v = values.map(|v| v[i * CHUNK..i * CHUNK + k.len()].as_ptr() as u64).unwrap_or(0);
+        let mut attr = BatchAttr {
+            in_batch: 0,
+            out_batch: 0,
+            keys: k.as_ptr() as u64,
+            values: v,
+            count: k.len() as u32,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: the attribute points at live buffers of `count` entries.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_bpf, cmd, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>() as u32)
+        };
+        if rc != 0 {
+            bail!(
+                "batch map command {cmd}: {} ({} of {} written)",
+                std::io::Error::last_os_error(),
+                attr.count,
+                k.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+impl Object {
+    /// Loads the object with the given sizes and verifies every program
+    /// this benchmark runs.
+    fn load(max_vips: u32, max_backends: u32, max_flows: u32, table_size: u32) -> Result<Object> {
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::TABLE_SIZE, &table_size, true)
+            .map_max_entries(names::VIPS, max_vips)
+            .map_max_entries(names::FRAGMENT_VIPS, max_vips)
+            .map_max_entries(names::STEER_PREFIXES, max_vips)
+            .map_max_entries(names::BACKENDS, max_backends)
+            .map_max_entries(names::BACKEND_STATS, max_backends)
+            .map_max_entries(names::VIP_STATS, max_vips)
+            .map_max_entries(names::MAGLEV, max_vips * TABLE_GENERATIONS * table_size)
+            .map_max_entries(names::FLOWS, max_flows)
+            .load(OBJECT)
+            .context("loading the gslb eBPF object")?;
+        for name in ["steer", "decap", "bench_restore", "bench_pass", "bench_drop", "bench_reflect"] {
+            let prog: &mut Xdp = ebpf.program_mut(name).with_context(|| format!("no program {name}"))?.try_into()?;
+            prog.load().with_context(|| format!("the verifier refused {name}"))?;
+        }
+        let progs = take(&mut ebpf, "BENCH_PROGS")?;
+        let frame = take(&mut ebpf, "BENCH_FRAME")?;
+        let vips = take(&mut ebpf, names::VIPS)?;
+        let backends = take(&mut ebpf, names::BACKENDS)?;
+        let maglev = take_data(&mut ebpf, names::MAGLEV)?;
+        let flows = take_data(&mut ebpf, names::FLOWS)?;
+        let mut edge_config: Array<MapData, EdgeConfig> = take(&mut ebpf, names::EDGE_CONFIG)?;
+        let counter = take(&mut ebpf, "BENCH_COUNTER")?;
+        let global = take(&mut ebpf, names::GLOBAL_STATS)?;
+        let vip_stats = take(&mut ebpf, names::VIP_STATS)?;
+        let decap_addrs = take(&mut ebpf, names::DECAP_ADDRS)?;
+        let decap_stats = take(&mut ebpf, names::DECAP_STATS)?;
+        let config =
+            EdgeConfig { tunnel_source_v4: TUNNEL_V4.octets(), has_v6: 1, tunnel_source_v6: TUNNEL_V6.octets() };
+        edge_config.set(0, config, 0)?;
+        Ok(Object {
+            ebpf,
+            progs,
+            frame,
+            vips,
+            backends,
+            maglev,
+            flows,
+            counter,
+            global,
+            vip_stats,
+            decap_addrs,
+            decap_stats,
+            table_size,
+            ingress: ifindex(EDGE_IF),
+        })
+    }
+
+    fn xdp(&self, name: &str) -> Result<&Xdp> {
+        Ok(self.ebpf.program(name).with_context(|| format!("no program {name}"))?.try_into()?)
+    }
+
+    /// Backends `1..=addrs.len()`, and `vips` (id = index) all using one
+    /// Maglev table over them.
+    fn program_edge(&mut self, vips: &[(IpAddr, u16)], addrs: &[IpAddr]) -> Result<()> {
+        let mut members = Vec::new();
+        for (i, &addr) in addrs.iter().enumerate() {
+            let id = i as u32 + 1;
+            self.backends.set(id, Backend { addr: addr_from_ip(addr), flags: 0, _pad: 0 }, 0)?;
+            members.push(MaglevBackend { id, addr: addr_from_ip(addr), weight: 100 });
+        }
+        let table = build_table(&members, self.table_size);
+        for (vip_id, &(addr, port)) in vips.iter().enumerate() {
+            let vip_id = vip_id as u32;
+            let base = vip_id * TABLE_GENERATIONS * self.table_size;
+            let keys: Vec<u32> = (base..base + self.table_size).collect();
+            update_batch(&self.maglev, &keys, &table)?;
+            let key = VipKey { addr: addr_from_ip(addr), port, proto: TCP, _pad: 0 };
+            self.vips.insert(key, VipValue { vip_id, flags: 0, generation: 0, table_id: vip_id }, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Fills the flow table with `count` random IPv4 flows to the VIPs.
+    fn prefill_flows(&mut self, count: u32, vips: &[(IpAddr, u16)], backends: u32) -> Result<()> {
+        let mut rng = StdRng::seed_from_u64(0x6e5b);
+        let mut keys = Vec::with_capacity(count as usize);
+        let mut values = Vec::with_capacity(count as usize);
+        while keys.len() < count as usize {
+            // 10.0.0.0/8 clients: never the benchmark's own flows.
+            let src = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | rng.gen_range(0..1u32 << 24)));
+            let (dst, dst_port) = vips[rng.gen_range(0..vips.len())];
+            keys.push(FlowKey {
+                src: addr_from_ip(src),
+                dst: addr_from_ip(dst),
+                src_port: rng.gen(),
+                dst_port,
+                proto: TCP,
+                _pad: [0; 3],
+            });
+            values.push(FlowValue { backend_id: rng.gen_range(1..=backends), _pad: 0 });
+        }
+        update_batch(&self.flows, &keys, &values)?;
+        Ok(())
+    }
+
+    /// Removes the flows `bench_restore` made fresh with counter values
+    /// `from..to` (IPv4 frames varying the source address).
+    fn delete_fresh_flows(&self, frame: &[u8], from: u64, to: u64) -> Result<()> {
+        let base = u32::from_be_bytes(frame[26..30].try_into()?);
+        let dst = addr_from_ip(IpAddr::V4(Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33])));
+        let keys: Vec<FlowKey> = (from..to)
+            .map(|n| FlowKey {
+                src: addr_from_ip(IpAddr::V4(Ipv4Addr::from(base.wrapping_add(n as u32)))),
+                dst,
+                src_port: u16::from_be_bytes([frame[34], frame[35]]),
+                dst_port: u16::from_be_bytes([frame[36], frame[37]]),
+                proto: frame[23],
+                _pad: [0; 3],
+            })
+            .collect();
+        delete_batch(&self.flows, &keys).context("removing the benchmark's new flows")
+    }
+
+    fn counter(&self) -> Result<u64> {
+        Ok(self.counter.get(&0, 0)?)
+    }
+
+    fn counters(&self, vip_id: u32) -> Result<Counters> {
+        Ok(Counters {
+            global: sum(&self.global)?,
+            vip: sum_at(&self.vip_stats, vip_id)?,
+            decap: sum(&self.decap_stats)?,
+        })
+    }
+
+    /// Sets what `bench_restore` restores and which program it calls.
+    fn arm(&mut self, frame: &[u8], vary_offset: u32, target: &str) -> Result<()> {
+        ensure!(
+            (16..=128).contains(&frame.len()) && frame.len().is_multiple_of(8),
+            "bench_restore takes 16 to 128 bytes, a multiple of 8, not {}",
+            frame.len()
+        );
+        let mut words = [0u64; 16];
+        for (i, chunk) in frame.chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            words[i] = u64::from_le_bytes(w);
+        }
+        let vary_base = if vary_offset != 0 {
+            let at = vary_offset as usize;
+            u32::from_be_bytes(frame[at..at + 4].try_into()?)
+        } else {
+            0
+        };
+        self.frame.set(0, BenchFrame { len: frame.len() as u32, vary_offset, vary_base, _pad: 0, words }, 0)?;
+        let fd = self.xdp(target)?.fd()?.try_clone()?;
+        self.progs.set(0, &fd, 0)?;
+        Ok(())
+    }
+
+    /// One BPF_PROG_TEST_RUN of `prog`: (ns per repetition, action, output
+    /// frame).
+    fn test_run(&self, prog: &str, frame: &[u8], repeat: u32) -> Result<(f64, u32, Vec<u8>)> {
+        let ctx: Vec<u8> =
+            [0, frame.len() as u32, 0, self.ingress, 0, 0].iter().flat_map(|w: &u32| w.to_ne_bytes()).collect();
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        opts.repeat = repeat;
+        let result = self.xdp(prog)?.test_run(opts).with_context(|| format!("BPF_PROG_TEST_RUN of {prog}"))?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.duration.as_nanos() as f64, result.return_value, out))
+    }
+}
+
+/// A case: which program runs on which frame, what each repetition must do.
+struct Case<'a> {
+    name: String,
+    /// Program run by the test loop (`bench_restore` or a program directly).
+    prog: &'a str,
+    frame: &'a [u8],
+    action: u32,
+    expect: Expect,
+    vip_id: u32,
+    /// Output frame length minus input (tunnel header added or removed).
+    grow: isize,
+    /// Remove the flows each run adds, so every run starts from the
+    /// same flow table.
+    clear_new_flows: bool,
+}
+
+/// Runs a case `plan.runs` times after one warm-up repetition; fails if
+/// any run's counters or action disagree. Returns the samples and the
+/// check line.
+fn sample(obj: &Object, case: &Case, plan: Plan) -> Result<(Vec<f64>, String)> {
+    let c0 = obj.counter()?;
+    obj.test_run(case.prog, case.frame, 1)?;
+    if case.clear_new_flows {
+        obj.delete_fresh_flows(case.frame, c0, obj.counter()?)?;
+    }
+    let mut samples = Vec::new();
+    let n = plan.repeat as u64;
+    let mut checked = 0u64;
+    for _ in 0..plan.runs {
+        let before = obj.counters(case.vip_id)?;
+        let c0 = obj.counter()?;
+        let (ns, action, out) = obj.test_run(case.prog, case.frame, plan.repeat)?;
+        let after = obj.counters(case.vip_id)?;
+        if case.clear_new_flows {
+            obj.delete_fresh_flows(case.frame, c0, obj.counter()?)?;
+        }
+        ensure!(action == case.action, "{}: action {action}, want {}", case.name, case.action);
+        ensure!(
+            out.len() as isize == case.frame.len() as isize + case.grow,
+            "{}: output frame of {} bytes from {}",
+            case.name,
+            out.len(),
+            case.frame.len()
+        );
+        let (g, v, d) = (after.global, after.vip, after.decap);
+        let (g0, v0, d0) = (before.global, before.vip, before.decap);
+        let got = match case.expect {
+            Expect::Passed => [g.received - g0.received, g.passed - g0.passed],
+            Expect::ForwardedHit => [g.forwarded - g0.forwarded, v.flow_hits - v0.flow_hits],
+            Expect::ForwardedNew => [g.forwarded - g0.forwarded, v.new_flows - v0.new_flows],
+            Expect::Decapsulated => [d.received - d0.received, d.decapsulated - d0.decapsulated],
+            Expect::Nothing => [n, n],
+        };
+        ensure!(got == [n, n], "{}: counters {got:?} after {n} repetitions ({:?} -> {:?})", case.name, before, after);
+        checked += n;
+        samples.push(ns);
+    }
+    let check = match case.expect {
+        Expect::Passed => format!("passed {checked} of {checked}"),
+        Expect::ForwardedHit => format!("forwarded {checked} of {checked}, flow-table hits {checked}"),
+        Expect::ForwardedNew => format!("forwarded {checked} of {checked}, new flows {checked}"),
+        Expect::Decapsulated => format!("decapsulated {checked} of {checked}"),
+        Expect::Nothing => format!("action {} on all {checked}", action_name(case.action)),
+    };
+    Ok((samples, check))
+}
+
+fn action_name(a: u32) -> &'static str {
+    ["ABORTED", "DROP", "PASS", "TX", "REDIRECT"].get(a as usize).copied().unwrap_or("?")
+}
+
+fn measurement(name: &str, samples: Vec<f64>, baseline: bool, target: Option<String>, check: String) -> Measurement {
+    Measurement {
+        group: GROUP.into(),
+        name: name.into(),
+        value: median(&samples),
+        unit: UNIT.into(),
+        baseline: baseline.then(|| FLOOR.to_string()),
+        samples,
+        target,
+        check: Some(check),
+    }
+}
+
+/// Measures a program behind `bench_restore`, and the wrapper alone on the
+/// same frame; pushes the wrapper, raw and net figures.
+struct Runner<'a> {
+    plan: Plan,
+    floor: f64,
+    out: &'a mut Vec<Measurement>,
+}
+
+/// A program under test behind the wrapper.
+struct Wrapped<'a> {
+    name: String,
+    target: &'a str,
+    frame: Vec<u8>,
+    vary: bool,
+    action: u32,
+    expect: Expect,
+    vip_id: u32,
+    grow: isize,
+    /// Allowed ns above the floor.
+    budget: Option<f64>,
+    clear_new_flows: bool,
+}
+
+impl Runner<'_> {
+    fn wrapped(&mut self, obj: &mut Object, w: Wrapped) -> Result<()> {
+        let vary_offset = if w.vary { V4_SRC_OFFSET } else { 0 };
+        // The wrapper's own cost: restore the same frame, tail-call a
+        // program that drops.
+        obj.arm(&w.frame, vary_offset, "bench_drop")?;
+        let alone = Case {
+            name: format!("restore wrapper alone ({})", w.name),
+            prog: "bench_restore",
+            frame: &w.frame,
+            action: XDP_DROP,
+            expect: Expect::Nothing,
+            vip_id: w.vip_id,
+            grow: 0,
+            clear_new_flows: false,
+        };
+        let (wrapper, wrapper_check) = sample(obj, &alone, self.plan)?;
+        let overhead = median(&wrapper) - self.floor;
+
+        obj.arm(&w.frame, vary_offset, w.target)?;
+        let case = Case {
+            name: w.name.clone(),
+            prog: "bench_restore",
+            frame: &w.frame,
+            action: w.action,
+            expect: w.expect,
+            vip_id: w.vip_id,
+            grow: w.grow,
+            clear_new_flows: w.clear_new_flows,
+        };
+        let (raw, check) = sample(obj, &case, self.plan)?;
+        let net: Vec<f64> = raw.iter().map(|r| r - overhead).collect();
+
+        let frame_desc =
+            format!("{}-byte frame{}", w.frame.len(), if w.vary { ", fresh source per packet" } else { "" });
+        self.out.push(measurement(
+            &format!("restore wrapper alone ({frame_desc}; tail call to XDP_DROP)"),
+            wrapper,
+            true,
+            None,
+            wrapper_check,
+        ));
+        self.out.push(measurement(
+            &format!("{} [raw, incl. restore wrapper]", w.name),
+            raw,
+            false,
+            None,
+            check.clone(),
+        ));
+        let target = w.budget.map(|b| format!("<= floor + {b} ns (<= {:.0} ns in this run)", self.floor + b));
+        self.out.push(measurement(
+            &format!("{} [net: raw - (wrapper - floor)]", w.name),
+            net,
+            true,
+            target,
+            format!("{check}; wrapper overhead {overhead:.0} ns subtracted"),
+        ));
+        Ok(())
+    }
+
+    fn direct(
+        &mut self,
+        obj: &Object,
+        name: &str,
+        prog: &str,
+        frame: &[u8],
+        action: u32,
+        expect: Expect,
+    ) -> Result<f64> {
+        let case = Case { name: name.into(), prog, frame, action, expect, vip_id: 0, grow: 0, clear_new_flows: false };
+        let (samples, check) = sample(obj, &case, self.plan)?;
+        let value = median(&samples);
+        let baseline = prog != "bench_pass";
+        let target =
+            (prog == "steer").then(|| format!("<= floor + 10 ns (<= {:.0} ns in this run)", self.floor + 10.0));
+        self.out.push(measurement(name, samples, baseline, target, check));
+        Ok(value)
+    }
+}
+
+/// Pins the calling thread to one CPU, so every repetition runs there.
+fn pin_to_last_cpu() {
+    // SAFETY: a zeroed cpu_set_t is valid; affects this thread only.
+    unsafe {
+        let n = libc::sysconf(libc::_SC_NPROCESSORS_ONLN).max(1) as usize;
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(n - 1, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// A TCP frame padded to a multiple of 8 bytes, as `bench_restore` wants:
+/// 64 bytes over IPv4, 80 over IPv6.
+fn tcp_frame(src: IpAddr, dst: IpAddr, src_port: u16, dst_port: u16) -> Vec<u8> {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let seg = l4(TCP, src_port, dst_port, &[0; 10]);
+            ethernet(&[], &V4::new(&s.to_string(), &d.to_string(), TCP).packet(&seg))
+        }
+        _ => {
+            ethernet(&[], &ipv6(&src.to_string(), &dst.to_string(), TCP, &[], &l4(TCP, src_port, dst_port, &[0; 6]), 0))
+        }
+    }
+}
+
+fn v4(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Runs every case; call inside `in_scratch_netns`.
+fn measure(plan: Plan) -> Result<Vec<Measurement>> {
+    pin_to_last_cpu();
+    // 1,000 backends do not fit the test edge's /24: route a /16 too.
+    sh("ip route add 198.18.0.0/16 via 10.200.0.254");
+    let mut out = Vec::new();
+    let client = v4("100.64.1.1");
+    let vip = v4("203.0.113.10");
+    let established = tcp_frame(client, vip, 40_000, 80);
+
+    // Small configuration: 1 VIP, 8 backends, empty flow table.
+    let small_flows = 1 << 20;
+    let mut small = Object::load(1, 16, small_flows, DEFAULT_TABLE_SIZE)?;
+    let small_backends: Vec<IpAddr> = (1..=8).map(|i| v4(&format!("198.51.100.{i}"))).collect();
+    small.program_edge(&[(vip, 80)], &small_backends)?;
+
+    let mut r = Runner { plan, floor: 0.0, out: &mut out };
+    // Baselines.
+    r.floor = r.direct(&small, FLOOR, "bench_pass", &established, XDP_PASS, Expect::Nothing)?;
+    r.direct(&small, "MAC swap + XDP_TX", "bench_reflect", &established, XDP_TX, Expect::Nothing)?;
+
+    let cfg = "1 VIP, 8 backends, empty flow table";
+    let no_vip = tcp_frame(client, v4("192.0.2.99"), 40_000, 80);
+    // steer leaves a non-VIP packet as it is: measurable directly too.
+    r.direct(
+        &small,
+        &format!("steer: no VIP, {cfg} [direct, no wrapper]"),
+        "steer",
+        &no_vip,
+        XDP_PASS,
+        Expect::Passed,
+    )?;
+    let steer = |name: String, frame: Vec<u8>, vary: bool, expect: Expect, grow: isize, budget: f64| Wrapped {
+        name,
+        target: "steer",
+        frame,
+        vary,
+        action: if expect == Expect::Passed { XDP_PASS } else { XDP_TX },
+        expect,
+        vip_id: 0,
+        grow,
+        budget: Some(budget),
+        clear_new_flows: false,
+    };
+    r.wrapped(&mut small, steer(format!("steer: no VIP, {cfg}"), no_vip.clone(), false, Expect::Passed, 0, 10.0))?;
+    r.wrapped(
+        &mut small,
+        steer(
+            format!("steer: established TCP flow, {cfg}"),
+            established.clone(),
+            false,
+            Expect::ForwardedHit,
+            20,
+            50.0,
+        ),
+    )?;
+    r.wrapped(
+        &mut small,
+        Wrapped {
+            clear_new_flows: true,
+            ..steer(
+                format!("steer: new TCP flow each packet (lookup + insert), {cfg} at the start of every run"),
+                established.clone(),
+                true,
+                Expect::ForwardedNew,
+                20,
+                120.0,
+            )
+        },
+    )?;
+    drop(small);
+
+    // IPv6: 1 VIP, 8 IPv6 backends, empty flow table, IPv6 tunnel.
+    let mut small6 = Object::load(1, 16, small_flows, DEFAULT_TABLE_SIZE)?;
+    let vip6: IpAddr = "2001:db8:f::10".parse()?;
+    let backends6: Vec<IpAddr> =
+        (1..=8u16).map(|i| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, i))).collect();
+    small6.program_edge(&[(vip6, 443)], &backends6)?;
+    let frame6 = tcp_frame("2001:db8:c::1".parse()?, vip6, 40_000, 443);
+    r.wrapped(
+        &mut small6,
+        steer(format!("steer: established IPv6 TCP flow, {cfg}"), frame6, false, Expect::ForwardedHit, 40, 50.0),
+    )?;
+    drop(small6);
+
+    // Large configuration: 512 VIPs, 1,000 backends, flow table 90% full.
+    let mut big = Object::load(512, 1024, plan.big_flows, plan.big_table)?;
+    let vips: Vec<(IpAddr, u16)> = (0..512u32).map(|i| (IpAddr::V4(Ipv4Addr::from(0xcb00_7100 + i)), 80)).collect(); // 203.0.113.0 on
+    let big_backends: Vec<IpAddr> = (1..=1000u32).map(|i| IpAddr::V4(Ipv4Addr::from(0xc612_0000 + i))).collect();
+    big.program_edge(&vips, &big_backends)?;
+    let fill = (plan.big_flows as u64 * 9 / 10) as u32;
+    big.prefill_flows(fill, &vips, 1000)?;
+    let big_cfg = format!(
+        "512 VIPs, 1,000 backends, flow table {} entries 90% full ({fill} random flows), Maglev table {}",
+        plan.big_flows, plan.big_table
+    );
+    // The benchmark's VIP: 203.0.113.10 is VIP id 10 here.
+    let big_steer = |w: Wrapped<'static>| Wrapped { vip_id: 10, ..w };
+    r.wrapped(
+        &mut big,
+        big_steer(steer(
+            format!("steer: established TCP flow, {big_cfg}"),
+            established.clone(),
+            false,
+            Expect::ForwardedHit,
+            20,
+            50.0,
+        )),
+    )?;
+    r.wrapped(
+        &mut big,
+        big_steer(steer(
+            format!("steer: new TCP flow each packet (lookup + insert; table fills, then LRU evicts), {big_cfg}"),
+            established.clone(),
+            true,
+            Expect::ForwardedNew,
+            20,
+            120.0,
+        )),
+    )?;
+    drop(big);
+
+    // decap: an IPv4-in-IPv4 tunnel packet for this backend.
+    let mut backend = Object::load(1, 2, 1, 2)?;
+    let tunnel_dst = v4("198.51.100.1");
+    backend.decap_addrs.insert(addr_from_ip(tunnel_dst), 1, 0)?;
+    // 14 + 20 + 20 + 20 + 6 = 80 bytes.
+    let inner = V4::new("100.64.1.1", "203.0.113.10", TCP).packet(&l4(TCP, 40_000, 80, &[0; 6]));
+    let tunnel = ethernet(&[], &V4::new(&TUNNEL_V4.to_string(), &tunnel_dst.to_string(), 4).packet(&inner));
+    r.wrapped(
+        &mut backend,
+        Wrapped {
+            name: "decap: IPv4-in-IPv4 tunnel packet".into(),
+            target: "decap",
+            frame: tunnel,
+            vary: false,
+            action: XDP_PASS,
+            expect: Expect::Decapsulated,
+            vip_id: 0,
+            grow: -20,
+            budget: None,
+            clear_new_flows: false,
+        },
+    )?;
+    drop(backend);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every program runs behind the wrapper and does its real work on every
+    /// repetition (the counters are checked inside `measure`).
+    #[test]
+    fn every_case_does_its_work() {
+        let plan = Plan { runs: 1, repeat: 1_000, big_flows: 4_096, big_table: 1_031 };
+        let results = in_scratch_netns(move || measure(plan)).expect("per-packet benchmark");
+        for m in &results {
+            assert!(m.value > 0.0 || m.name.contains("[net"), "{m:?}");
+            assert!(m.check.is_some(), "{m:?}");
+        }
+        assert!(results.iter().any(|m| m.name.starts_with("decap")));
+    }
+}
+
+#[cfg(test)]
+mod full {
+    /// The whole per-packet group, printed (`GSLB_BENCH_QUICK=1` for quick):
+    /// `cargo test --release -p gslb-bench packet::full -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "takes about a minute; run by hand"]
+    fn per_packet() {
+        let quick = std::env::var_os("GSLB_BENCH_QUICK").is_some();
+        for m in super::run(quick).expect("per-packet benchmark") {
+            let samples: Vec<String> = m.samples.iter().map(|s| format!("{s:.1}")).collect();
+            println!(
+                "{:>7.1} {}  {}\n        samples [{}]  target {}  check {}",
+                m.value,
+                m.unit,
+                m.name,
+                samples.join(", "),
+                m.target.as_deref().unwrap_or("-"),
+                m.check.as_deref().unwrap_or("-")
+            );
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Bench-only XDP programs for `gslb-bench`'s per-packet benchmark. The
+//! agent never loads them.
+//!
+//! BPF_PROG_TEST_RUN with `repeat` does not restore the packet between
+//! repetitions, so a program that adds or strips headers would see its own
+//! output from the second repetition on. `bench_restore` puts the original
+//! frame back (length and bytes, from `BENCH_FRAME`), optionally gives it a
+//! fresh flow key, and tail-calls the program under test in `BENCH_PROGS`
+//! slot 0. `bench_drop` in that slot measures the wrapper's own cost.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_xdp_adjust_head,
+    macros::{map, xdp},
+    maps::{Array, ProgramArray},
+    programs::XdpContext,
+    EbpfContext,
+};
+
+use crate::parse::ptr_at;
+
+/// Longest frame `bench_restore` restores.
+const MAX_FRAME: usize = 128;
+const WORDS: usize = MAX_FRAME / 8;
+
+/// The input frame, written by userspace. Same layout as `BenchFrame` in
+/// `bench/src/packet.rs`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BenchFrame {
+    /// Frame length in bytes: 16 to `MAX_FRAME`, a multiple of 8.
+    pub len: u32,
+    /// Offset of a 4-byte big-endian field set to `vary_base + counter`
+    /// each repetition (a fresh flow key per packet); 0 = leave alone.
+    pub vary_offset: u32,
+    pub vary_base: u32,
+    pub _pad: u32,
+    /// The frame bytes, in memory order.
+    pub words: [u64; WORDS],
+}
+
+#[map]
+static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
+/// Repetitions that varied the flow key (shared by all CPUs: one test run
+/// at a time, so a plain increment is enough).
+#[map]
+static BENCH_COUNTER: Array<u64> = Array::with_max_entries(1, 0);
+/// Slot 0: the program under test.
+#[map]
+static BENCH_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Restores the input frame, then runs the program in `BENCH_PROGS` slot 0.
+#[xdp]
+pub fn bench_restore(ctx: XdpContext) -> u32 {
+    if restore(&ctx).is_none() {
+        return xdp_action::XDP_ABORTED;
+    }
+    unsafe { BENCH_PROGS.tail_call(&ctx, 0) };
+    // Empty slot.
+    xdp_action::XDP_ABORTED
+}
+
+#[inline(always)]
+fn restore(ctx: &XdpContext) -> Option<()> {
+    let frame = BENCH_FRAME.get(0)?;
+    let want = frame.len as usize;
+    if !(14..=MAX_FRAME).contains(&want) || want % 8 != 0 {
+        return None;
+    }
+    // Back to the original length, moving the start: the programs under
+    // test add or strip headers at the front.
+    let have = ctx.data_end() - ctx.data();
+    let delta = have as i64 - want as i64;
+    if delta != 0 && unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, delta as i32) } != 0 {
+        return None;
+    }
+    // Whole words only (userspace pads frames to a multiple of 8 bytes):
+    // constant offsets the verifier can check.
+    let words = want / 8;
+    for i in 0..WORDS {
+        if i >= words {
+            break;
+        }
+        let p = ptr_at::<u64>(ctx, i * 8)?;
+        // The start is back where the kernel put it, 8-byte aligned.
+        unsafe { *p = frame.words[i] };
+    }
+    let vary = frame.vary_offset as usize;
+    if vary != 0 {
+        if vary + 4 > MAX_FRAME {
+            return None;
+        }
+        let counter = BENCH_COUNTER.get_ptr_mut(0)?;
+        let n = unsafe { *counter };
+        unsafe { *counter = n + 1 };
+        let p = ptr_at::<[u8; 4]>(ctx, vary)?;
+        unsafe { *p = frame.vary_base.wrapping_add(n as u32).to_be_bytes() };
+    }
+    Some(())
+}
+
+/// The floor: the kernel's test loop and nothing else.
+#[xdp]
+pub fn bench_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Tail-call target that does nothing: the wrapper's own cost.
+#[xdp]
+pub fn bench_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
+/// Swaps the Ethernet addresses and sends the frame back.
+#[xdp]
+pub fn bench_reflect(ctx: XdpContext) -> u32 {
+    let Some(eth) = ptr_at::<[u8; 12]>(&ctx, 0) else {
+        return xdp_action::XDP_DROP;
+    };
+    let eth = unsafe { &mut *eth };
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&eth[6..]);
+    macs[6..].copy_from_slice(&eth[..6]);
+    *eth = macs;
+    xdp_action::XDP_TX
+}
