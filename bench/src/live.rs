@@ -89,7 +89,6 @@ pub fn run(quick: bool) -> Result<Vec<Measurement>> {
     } else {
         (5, Duration::from_millis(300), Duration::from_secs(3))
     };
-    ensure_nftables();
     let lab = Lab::new()?;
     let mut bench = Bench::new(&lab)?;
     let mut out = Vec::new();
@@ -395,31 +394,6 @@ fn frame() -> Vec<u8> {
     f.extend_from_slice(&[0, 0]);
     f.resize(FRAME_LEN, 0x5a);
     f
-}
-
-/// Installs Debian's nftables when `nft` is missing.
-fn ensure_nftables() {
-    let installed = Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", "nftables"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        .unwrap_or(false);
-    if installed {
-        return;
-    }
-    let ok = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "nftables"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
-        let _ = Command::new("apt-get")
-            .args(["install", "-y", "-qq", "nftables"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
-    }
 }
 
 fn sh(cmd: &str) -> Result<String> {

@@ -7,8 +7,9 @@ use anyhow::{bail, Context, Result};
 
 const LLVM_CONFIG: &str = "llvm-config-22";
 const BPF_LINKER_VERSION: &str = "0.13";
-/// Debian packages: LLVM for bpf-linker, `ip` and `ethtool` for the tests.
-const DEBIAN_PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "ethtool"];
+/// Debian packages: LLVM for bpf-linker, `ip` and `ethtool` for the tests,
+/// `nft` for the benchmarks' kernel-path baseline.
+const DEBIAN_PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "ethtool", "nftables"];
 
 pub fn ensure() -> Result<()> {
     if effective_uid() != 0 {
