@@ -76,12 +76,14 @@ fn table_builds(reps: usize) -> Vec<Measurement> {
             let (counts, empty) = shares(&table);
             let (least, most) =
                 (counts.values().min().copied().unwrap_or(0), counts.values().max().copied().unwrap_or(0));
-            measure(format!("Maglev table build, M = 65,537, {n} backends"), samples)
-                .baseline("Maglev table build, M = 65,537, 8 backends")
-                .check(format!(
-                    "{} backends fill all {M} slots ({empty} empty); {least}..{most} slots each",
-                    counts.len()
-                ))
+            let built = measure(format!("Maglev table build, M = 65,537, {n} backends"), samples)
+                .baseline("Maglev table build, M = 65,537, 8 backends");
+            // The target is for 1,000 backends.
+            let built = if n == 1000 { built.at_most(1.0) } else { built };
+            built.check(format!(
+                "{} backends fill all {M} slots ({empty} empty); {least}..{most} slots each",
+                counts.len()
+            ))
         })
         .collect()
 }
@@ -177,6 +179,7 @@ fn health_decision(reps: usize) -> Result<Measurement> {
     }
     let plan_median = crate::report::median(&plan_ms);
     Ok(measure("health decision to live table, 1 of 100 backends down, M = 65,537".into(), samples)
+        .at_most(5.0)
         .check(format!("plan {plan_median:.2} ms of it; {evidence}")))
 }
 

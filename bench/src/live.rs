@@ -103,7 +103,7 @@ pub fn run(quick: bool) -> Result<Vec<Measurement>> {
     out.push(steer.measurement(
         steer_name,
         Some(REFLECTOR),
-        Some(format!(">= 90% of reflector (got {:.0}%)", 100.0 * steer_mpps / reflector_mpps)),
+        Some(ratio_verdict(">= 90% of reflector", steer_mpps / reflector_mpps, 0.9, "%")),
     ));
 
     let nft_name = format!("nftables: DNAT jhash over {BACKENDS} backends, conntrack, {FLOWS} flows");
@@ -113,7 +113,7 @@ pub fn run(quick: bool) -> Result<Vec<Measurement>> {
             out.push(nft.measurement(
                 nft_name,
                 Some(REFLECTOR),
-                Some(format!("steer >= 5x nftables (got {:.1}x)", steer_mpps / nft_mpps)),
+                Some(ratio_verdict("steer >= 5x nftables", steer_mpps / nft_mpps, 5.0, "x")),
             ));
         }
         Err(e) => {
@@ -394,6 +394,17 @@ fn frame() -> Vec<u8> {
     f.extend_from_slice(&[0, 0]);
     f.resize(FRAME_LEN, 0x5a);
     f
+}
+
+/// A "at least `want`" target and whether `got` met it, or by how much it
+/// missed.
+fn ratio_verdict(target: &str, got: f64, want: f64, unit: &str) -> String {
+    let show = |v: f64| if unit == "%" { format!("{:.0}%", v * 100.0) } else { format!("{v:.1}x") };
+    if got >= want {
+        format!("{target} (got {}): met", show(got))
+    } else {
+        format!("{target} (got {}): MISSED by {}", show(got), show(want - got))
+    }
 }
 
 fn sh(cmd: &str) -> Result<String> {

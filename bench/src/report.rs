@@ -51,6 +51,18 @@ impl Measurement {
         self
     }
 
+    /// Sets an upper-bound target and says whether the value met it, or by
+    /// how much it missed.
+    pub fn at_most(self, limit: f64) -> Measurement {
+        let verdict = if self.value <= limit {
+            "met".to_string()
+        } else {
+            format!("MISSED by {:.2} {}", self.value - limit, self.unit)
+        };
+        let target = format!("<= {limit} {}: {verdict}", self.unit);
+        self.target(target)
+    }
+
     pub fn check(mut self, check: impl Into<String>) -> Measurement {
         self.check = Some(check.into());
         self

@@ -293,7 +293,7 @@ fn flow_label(flow: &Flow) -> u32 {
 /// Routes the tunnel packet: XDP_TX out of the ingress interface, redirect
 /// to another one, or hand it to the kernel while the neighbour resolves.
 #[inline(never)]
-fn forward(ctx: &XdpContext, outer_v6: bool) -> u32 {
+pub(crate) fn forward(ctx: &XdpContext, outer_v6: bool) -> u32 {
     let ingress = ctx.ingress_ifindex() as u32;
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.ifindex = ingress;
