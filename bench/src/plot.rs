@@ -17,6 +17,9 @@ pub fn write_all(measurements: &[Measurement], dir: &Path) -> Result<Vec<PathBuf
         let bars: Vec<(&str, f64)> = measurements
             .iter()
             .filter(|m| m.group == group && m.unit == unit)
+            // One bar per path: the net figure, not the raw one and the
+            // wrapper it was corrected by (both stay in the report).
+            .filter(|m| !m.name.contains("[raw") && !m.name.starts_with("restore wrapper alone"))
             .map(|m| (m.name.as_str(), m.value))
             .collect();
         if bars.is_empty() {
@@ -32,7 +35,7 @@ pub fn write_all(measurements: &[Measurement], dir: &Path) -> Result<Vec<PathBuf
 /// A horizontal bar chart, one bar per (label, value), labelled with its value.
 pub fn bar_chart(path: &Path, title: &str, unit: &str, bars: &[(&str, f64)]) -> Result<()> {
     let longest = bars.iter().map(|(l, _)| l.chars().count()).max().unwrap_or(10) as u32;
-    let label_width = (longest * 7 + 20).clamp(120, 700);
+    let label_width = (longest * 11 / 2 + 20).clamp(120, 1200);
     let height = 90 + 34 * bars.len() as u32;
     let root = SVGBackend::new(path, (label_width + 560, height)).into_drawing_area();
     let draw = |e: DrawingAreaErrorKind<_>| anyhow!("plotting {}: {e:?}", path.display());
