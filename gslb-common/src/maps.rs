@@ -153,6 +153,7 @@ pub struct EdgeConfig {
 /// Per-CPU global counters of `steer` (`GLOBAL_STATS`, one entry).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct GlobalStats {
     pub received: u64,
     /// Every packet handed to the kernel (non-VIP, unparseable, no neighbour).

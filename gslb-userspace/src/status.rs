@@ -71,17 +71,8 @@ pub struct Limits {
     pub table_size: u32,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Counters {
-    pub received: u64,
-    pub passed: u64,
-    pub parse_failures: u64,
-    pub fragments: u64,
-    pub fib_failures: u64,
-    pub neighbour_pending: u64,
-    pub forwarded: u64,
-    pub dropped: u64,
-}
+/// The data plane's global counters, as `steer` keeps them.
+pub type Counters = gslb_common::GlobalStats;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VipStatus {
@@ -272,17 +263,7 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 impl Status {
     pub fn of(agent: &Agent) -> Result<Status> {
         let steer = &agent.steer;
-        let g = steer.global_stats()?;
-        let counters = Counters {
-            received: g.received,
-            passed: g.passed,
-            parse_failures: g.parse_failures,
-            fragments: g.fragments,
-            fib_failures: g.fib_failures,
-            neighbour_pending: g.neighbour_pending,
-            forwarded: g.forwarded,
-            dropped: g.dropped,
-        };
+        let counters = steer.global_stats()?;
         let mut vips = Vec::new();
         for vip in &agent.config.vips {
             let Some((matcher, planned)) = agent.plan.vips.iter().find(|(_, p)| p.name == vip.name) else { continue };
