@@ -107,6 +107,8 @@ impl Agent {
         let plan =
             plan(&config, &installed.backend_ids, steer.limits.max_backends, steer.limits.table_size, &conditions)?;
         let changes = installed.apply(&mut steer, &plan, &vip_names(&plan))?;
+        let mut plan = plan;
+        plan.forget_tables();
         info!(?changes, "programmed the data plane");
 
         let mut agent = Agent {
@@ -225,6 +227,7 @@ impl Agent {
             "replanned"
         );
         self.plan = plan;
+        self.plan.forget_tables();
         self.warn_capacity();
         Ok(changes)
     }

@@ -88,6 +88,20 @@ pub struct PlannedTable {
     pub table: Vec<u32>,
 }
 
+impl Plan {
+    /// Drops the tables once they are installed: the installed state holds
+    /// them (live and idle), and the plan is kept only for its weights,
+    /// pools and flags.
+    pub fn forget_tables(&mut self) {
+        for vip in self.vips.values_mut() {
+            vip.default.table = Vec::new();
+            for table in vip.steer.values_mut() {
+                table.table = Vec::new();
+            }
+        }
+    }
+}
+
 /// Plans `config` for tables of `table_size` slots and ids below
 /// `max_backends`, keeping the ids of backends already `installed`.
 pub fn plan(
