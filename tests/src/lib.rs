@@ -11,5 +11,6 @@ pub mod netns;
 pub mod packet;
 pub mod reference;
 pub mod run;
+pub mod scale;
 pub mod server;
 pub mod traffic;

@@ -23,6 +23,10 @@ enum Task {
     /// Install prerequisites, build, and run every test (needs root). Tests
     /// run for the default members: gslb-ebpf only builds for BPF.
     Test {
+        /// Full-size fuzzing and floods (GSLB_FULL=1 for the tests): the
+        /// sizes the hostile-input issue asks for, slower than the default.
+        #[arg(long)]
+        full: bool,
         /// Passed to `cargo test` after `--` (a test name filter, ...).
         #[arg(last = true)]
         args: Vec<String>,
@@ -50,9 +54,9 @@ enum Task {
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => prerequisites::ensure(),
-        Task::Test { args } => {
+        Task::Test { full, args } => {
             prerequisites::ensure()?;
-            test(&args)
+            test(full, &args)
         }
         Task::Run { args } => {
             prerequisites::ensure()?;
@@ -99,9 +103,12 @@ fn cargo(args: &[&str], extra: &[String]) -> Result<()> {
 
 /// Runs `cargo test` for the default members, echoing its output, and ends
 /// with one line that adds up every test binary's result.
-fn test(extra: &[String]) -> Result<()> {
+fn test(full: bool, extra: &[String]) -> Result<()> {
     let mut cmd = cargo_command();
     cmd.arg("test");
+    if full {
+        cmd.env("GSLB_FULL", "1");
+    }
     if !extra.is_empty() {
         cmd.arg("--").args(extra);
     }
