@@ -1,6 +1,8 @@
 //! Compiles the XDP programs (gslb-ebpf) for the BPF target with the nightly
 //! toolchain; the object is embedded into this crate.
 fn main() -> anyhow::Result<()> {
+    // aya-build watches gslb-ebpf only; the shared types change the object too.
+    println!("cargo:rerun-if-changed=../gslb-common");
     aya_build::build_ebpf(
         [aya_build::Package { name: "gslb-ebpf", root_dir: "../gslb-ebpf", ..Default::default() }],
         aya_build::Toolchain::default(),

@@ -25,10 +25,12 @@ pub mod names {
 
 /// IP protocol numbers the data plane cares about.
 pub mod proto {
+    pub const ICMP: u8 = 1;
     pub const IPIP: u8 = 4;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
     pub const IPV6: u8 = 41;
+    pub const ICMPV6: u8 = 58;
 }
 
 /// The default Maglev table size: a prime, as Maglev requires.
@@ -168,8 +170,18 @@ pub struct GlobalStats {
     pub neighbour_pending: u64,
     /// Sent to a backend with `XDP_TX` or `bpf_redirect`.
     pub forwarded: u64,
-    /// VIP packets dropped: empty table slot, no tunnel source, no headroom.
+    /// VIP packets dropped: empty table slot, no tunnel source, no headroom,
+    /// too big for the tunnel (see `too_big_dropped`).
     pub dropped: u64,
+    /// ICMP errors about a VIP flow (sent to the VIP by a router on the way
+    /// to the client) steered to that flow's backend.
+    pub icmp_errors: u64,
+    /// VIP packets too big for the tunnel, answered with ICMP "fragmentation
+    /// needed" or ICMPv6 "packet too big".
+    pub too_big_answered: u64,
+    /// VIP packets too big for the tunnel that may not be answered: IPv4
+    /// without DF, ICMP errors. Also counted in `dropped`.
+    pub too_big_dropped: u64,
 }
 
 /// Per-CPU counters of one VIP (`VIP_STATS`, indexed by vip id).
@@ -222,7 +234,10 @@ sum_fields!(GlobalStats {
     fib_failures,
     neighbour_pending,
     forwarded,
-    dropped
+    dropped,
+    icmp_errors,
+    too_big_answered,
+    too_big_dropped
 });
 sum_fields!(VipStats { packets, bytes, new_flows, flow_hits, flow_misses });
 sum_fields!(BackendStats { packets, bytes });

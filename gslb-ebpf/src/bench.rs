@@ -9,7 +9,7 @@
 //! slot 0. `bench_drop` in that slot measures the wrapper's own cost.
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{bpf_fib_lookup as FibParams, xdp_action},
     helpers::bpf_xdp_adjust_head,
     macros::{map, xdp},
     maps::{Array, ProgramArray},
@@ -17,7 +17,13 @@ use aya_ebpf::{
     EbpfContext,
 };
 
-use crate::parse::ptr_at;
+use gslb_common::addr_from_v4;
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+use crate::{
+    parse::ptr_at,
+    steer::{forward, route, Tunnel},
+};
 
 /// Longest frame `bench_restore` restores.
 const MAX_FRAME: usize = 128;
@@ -130,5 +136,17 @@ pub fn bench_reflect(ctx: XdpContext) -> u32 {
 /// lookup it makes for every packet.
 #[xdp]
 pub fn bench_forward(ctx: XdpContext) -> u32 {
-    crate::steer::forward(&ctx, false)
+    let Some(ip) = ptr_at::<Ipv4Hdr>(&ctx, EthHdr::LEN) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let ip = unsafe { &*ip };
+    let packet = Tunnel {
+        v6: false,
+        src: addr_from_v4(ip.src_addr),
+        dst: addr_from_v4(ip.dst_addr),
+        len: ip.tot_len() as usize,
+    };
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let route = route(&ctx, &packet, &mut fib);
+    forward(&ctx, &fib, route)
 }

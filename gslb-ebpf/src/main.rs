@@ -5,10 +5,12 @@
 mod bench;
 mod bench_live;
 mod decap;
+mod icmp;
 mod parse;
 mod steer;
 
 use aya_ebpf::{
+    bindings::bpf_fib_lookup as FibParams,
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     programs::XdpContext,
@@ -46,6 +48,10 @@ static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(1024
 /// Outer source addresses (one entry).
 #[map]
 static EDGE_CONFIG: Array<EdgeConfig> = Array::with_max_entries(1, 0);
+/// Per-CPU scratch space for `steer`'s route lookup: the BPF stack (512
+/// bytes for the whole call chain) is too small to hold it as well.
+#[map]
+static FIB_SCRATCH: PerCpuArray<FibParams> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static GLOBAL_STATS: PerCpuArray<GlobalStats> = PerCpuArray::with_max_entries(1, 0);
 #[map]

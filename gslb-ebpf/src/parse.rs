@@ -73,7 +73,8 @@ pub fn parse_l2(ctx: &XdpContext) -> Result<L2, Skip> {
     Ok(L2 { len, ether_type })
 }
 
-/// A complete TCP or UDP packet (or fragment of one), as `steer` sees it.
+/// A complete TCP or UDP packet (or fragment of one), as `steer` sees it;
+/// or an ICMP error about such a packet, seen as the flow it is about.
 #[derive(Clone, Copy)]
 pub struct Flow {
     pub l2: L2,
@@ -89,6 +90,10 @@ pub struct Flow {
     pub src_port: u16,
     pub dst_port: u16,
     pub fragment: bool,
+    /// An ICMP error about a packet a backend sent from a VIP: addresses and
+    /// ports are the embedded header's, reversed, so the error follows the
+    /// flow it is about. `ip_len` and the rest describe the ICMP packet.
+    pub icmp_error: bool,
     /// IPv4 TOS or IPv6 traffic class, copied to the outer header.
     pub tos: u8,
     /// IPv4 only: the inner DF bit and identification, copied outward.
@@ -96,13 +101,16 @@ pub struct Flow {
     pub ip_id: u16,
 }
 
-/// Parses Ethernet, IP and the TCP/UDP ports.
+/// Parses Ethernet, IP and the TCP/UDP ports, or the flow an ICMP error is
+/// about.
 #[inline(always)]
 pub fn parse_flow(ctx: &XdpContext) -> Result<Flow, Skip> {
     let l2 = parse_l2(ctx)?;
     let mut flow = if l2.ether_type == ETH_P_IPV4 { parse_ipv4(ctx, l2)? } else { parse_ipv6(ctx, l2)? };
-    if !flow.fragment {
-        parse_ports(ctx, &mut flow)?;
+    match flow.proto {
+        _ if flow.fragment => {}
+        proto::TCP | proto::UDP => parse_ports(ctx, &mut flow)?,
+        _ => parse_icmp_error(ctx, &mut flow)?,
     }
     Ok(flow)
 }
@@ -120,10 +128,12 @@ fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Flow, Skip> {
     if ctx.data() + l2.len + ip_len > ctx.data_end() {
         return Err(Skip::Malformed);
     }
-    if ip.proto != proto::TCP && ip.proto != proto::UDP {
+    let frags = u16::from_be_bytes(ip.frags);
+    let fragment = frags & (IPV4_MF | IPV4_OFFSET_MASK) != 0;
+    // ICMP fragments are left to the kernel: only a whole error is steered.
+    if ip.proto != proto::TCP && ip.proto != proto::UDP && (ip.proto != proto::ICMP || fragment) {
         return Err(Skip::NotOurs);
     }
-    let frags = u16::from_be_bytes(ip.frags);
     Ok(Flow {
         l2,
         is_v6: false,
@@ -134,7 +144,8 @@ fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Flow, Skip> {
         proto: ip.proto,
         src_port: 0,
         dst_port: 0,
-        fragment: frags & (IPV4_MF | IPV4_OFFSET_MASK) != 0,
+        fragment,
+        icmp_error: false,
         tos: ip.tos,
         df: frags & IPV4_DF != 0,
         ip_id: ip.id(),
@@ -188,7 +199,7 @@ fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Flow, Skip> {
             break;
         }
     }
-    if next != proto::TCP && next != proto::UDP {
+    if next != proto::TCP && next != proto::UDP && (next != proto::ICMPV6 || fragment) {
         // Too many extension headers counts as malformed; anything else is
         // simply another protocol.
         return match next {
@@ -210,10 +221,68 @@ fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Flow, Skip> {
         src_port: 0,
         dst_port: 0,
         fragment,
+        icmp_error: false,
         tos: (vcf[0] << 4) | (vcf[1] >> 4),
         df: false,
         ip_id: 0,
     })
+}
+
+/// ICMP error types that quote the packet they are about.
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+const ICMPV6_TIME_EXCEEDED: u8 = 3;
+const ICMPV6_PARAMETER_PROBLEM: u8 = 4;
+pub const ICMP_HEADER_LEN: usize = 8;
+
+/// An ICMP error is steered only if it quotes a TCP or UDP packet sent
+/// *from* the address it is sent to: a reply from a VIP, which `classify`
+/// then checks. The flow is that packet's, reversed. Anything else (echo,
+/// errors about other hosts' packets, quoted IPv6 extension headers) is the
+/// kernel's.
+#[inline(always)]
+fn parse_icmp_error(ctx: &XdpContext, flow: &mut Flow) -> Result<(), Skip> {
+    let end = flow.l2.len + flow.ip_len;
+    let icmp = ptr_at::<[u8; ICMP_HEADER_LEN]>(ctx, flow.l4_offset).ok_or(Skip::NotOurs)?;
+    let kind = unsafe { (*icmp)[0] };
+    let is_error = if flow.is_v6 {
+        matches!(kind, ICMPV6_DEST_UNREACH | ICMPV6_PACKET_TOO_BIG | ICMPV6_TIME_EXCEEDED | ICMPV6_PARAMETER_PROBLEM)
+    } else {
+        matches!(kind, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM)
+    };
+    if !is_error {
+        return Err(Skip::NotOurs);
+    }
+    let quoted = flow.l4_offset + ICMP_HEADER_LEN;
+    let (src, dst, proto, ports_at) = if flow.is_v6 {
+        let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, quoted).ok_or(Skip::NotOurs)? };
+        if ip.version() != 6 {
+            return Err(Skip::NotOurs);
+        }
+        (ip.src_addr, ip.dst_addr, ip.next_hdr, quoted + Ipv6Hdr::LEN)
+    } else {
+        let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, quoted).ok_or(Skip::NotOurs)? };
+        let header_len = ip.ihl() as usize;
+        // A quoted fragment other than the first carries no ports.
+        let offset = u16::from_be_bytes(ip.frags) & IPV4_OFFSET_MASK;
+        if ip.version() != 4 || header_len < Ipv4Hdr::LEN || offset != 0 {
+            return Err(Skip::NotOurs);
+        }
+        (addr_from_v4(ip.src_addr), addr_from_v4(ip.dst_addr), ip.proto, quoted + header_len)
+    };
+    if (proto != proto::TCP && proto != proto::UDP) || src != flow.dst || ports_at + 4 > end {
+        return Err(Skip::NotOurs);
+    }
+    let ports = unsafe { *ptr_at::<[u8; 4]>(ctx, ports_at).ok_or(Skip::NotOurs)? };
+    flow.src = dst;
+    flow.proto = proto;
+    flow.src_port = u16::from_be_bytes([ports[2], ports[3]]);
+    flow.dst_port = u16::from_be_bytes([ports[0], ports[1]]);
+    flow.icmp_error = true;
+    Ok(())
 }
 
 /// Reads the ports; the whole fixed TCP or UDP header must be inside the IP

@@ -3,15 +3,19 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{
+        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS,
+    },
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
     maps::lpm_trie::Key as LpmKey,
     programs::XdpContext,
     EbpfContext,
 };
 use gslb_common::{
-    addr_as_v4, flow_hash, maglev_index, proto, Backend, FlowKey, FlowValue, FragmentVipKey, GlobalStats, SteerPrefix,
-    VipKey, VipValue, BACKEND_DEAD, NO_BACKEND, OUTER_TTL, STEER_VIP_BITS, VIP_CLIENT_STEERING, VIP_SOURCE_IP_AFFINITY,
+    addr_as_v4, addr_from_v4, flow_hash, maglev_index, proto, Addr16, Backend, FlowKey, FlowValue, FragmentVipKey,
+    GlobalStats, SteerPrefix, VipKey, VipValue, BACKEND_DEAD, NO_BACKEND, OUTER_TTL, STEER_VIP_BITS,
+    VIP_CLIENT_STEERING, VIP_SOURCE_IP_AFFINITY,
 };
 use network_types::{
     eth::EthHdr,
@@ -19,17 +23,17 @@ use network_types::{
 };
 
 use crate::{
-    count,
+    count, icmp,
     parse::{parse_flow, ptr_at, Flow, Skip, ETH_P_IPV4, ETH_P_IPV6, IPV4_DF},
-    BACKENDS, BACKEND_STATS, EDGE_CONFIG, FLOWS, FRAGMENT_VIPS, GLOBAL_STATS, MAGLEV, STEER_PREFIXES, TABLE_SIZE, VIPS,
-    VIP_STATS,
+    BACKENDS, BACKEND_STATS, EDGE_CONFIG, FIB_SCRATCH, FLOWS, FRAGMENT_VIPS, GLOBAL_STATS, MAGLEV, STEER_PREFIXES,
+    TABLE_SIZE, VIPS, VIP_STATS,
 };
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
 #[inline(always)]
-fn global(f: impl FnOnce(&mut GlobalStats)) {
+pub(crate) fn global(f: impl FnOnce(&mut GlobalStats)) {
     count(&GLOBAL_STATS, 0, f);
 }
 
@@ -43,7 +47,7 @@ fn pass(f: impl FnOnce(&mut GlobalStats)) -> u32 {
 }
 
 #[inline(always)]
-fn drop() -> u32 {
+pub(crate) fn drop() -> u32 {
     global(|s| s.dropped += 1);
     xdp_action::XDP_DROP
 }
@@ -71,10 +75,32 @@ pub fn run(ctx: &XdpContext) -> u32 {
         return drop();
     };
 
-    // Encapsulate.
-    let Some(outer_v6) = encapsulate(ctx, &flow, backend) else {
+    // Route: the tunnel's next hop, and whether the packet fits its MTU.
+    let Some(mut tunnel) = tunnel_to(&flow, backend) else {
         return drop();
     };
+    let Some(fib) = FIB_SCRATCH.get_ptr_mut(0) else {
+        return drop();
+    };
+    let fib = unsafe { &mut *fib };
+    *fib = unsafe { core::mem::zeroed() };
+    let route = route(ctx, &tunnel, fib);
+    match route {
+        Route::Next | Route::Neighbour => {}
+        Route::TooBig(mtu) => {
+            let inner_mtu = mtu.saturating_sub(tunnel.overhead() as u16);
+            return icmp::too_big(ctx, &flow, inner_mtu, &mut tunnel, fib);
+        }
+        Route::Unroutable => {
+            global(|s| s.fib_failures += 1);
+            return drop();
+        }
+    }
+
+    // Encapsulate.
+    if encapsulate(ctx, &flow, &tunnel).is_none() {
+        return drop();
+    }
     count(&VIP_STATS, vip.vip_id, |s| {
         s.packets += 1;
         s.bytes += flow.ip_len as u64;
@@ -83,9 +109,15 @@ pub fn run(ctx: &XdpContext) -> u32 {
         s.packets += 1;
         s.bytes += flow.ip_len as u64;
     });
+    global(|s| {
+        s.forwarded += (route == Route::Next) as u64;
+        s.neighbour_pending += (route == Route::Neighbour) as u64;
+        s.passed += (route == Route::Neighbour) as u64;
+        s.icmp_errors += flow.icmp_error as u64;
+    });
 
     // Forward.
-    forward(ctx, outer_v6)
+    forward(ctx, fib, route)
 }
 
 /// Finds the VIP a packet is addressed to: exact port first, then the
@@ -160,31 +192,63 @@ fn select(flow: &Flow, vip: &VipValue) -> Option<(u32, &'static Backend)> {
     }
     let backend = BACKENDS.get(id)?;
     let value = FlowValue { backend_id: id, _pad: 0 };
-    if FLOWS.insert(&key, &value, 0).is_ok() {
+    // An ICMP error follows its flow but never creates one: spoofed errors
+    // must not fill the flow table.
+    if !flow.icmp_error && FLOWS.insert(&key, &value, 0).is_ok() {
         count(&VIP_STATS, vip.vip_id, |s| s.new_flows += 1);
     }
     Some((id, backend))
 }
 
-/// Puts a fresh Ethernet header and an outer IP header in front of the
-/// inner IP packet, which stays byte-for-byte as it was. VLAN tags are
-/// dropped: the route lookup picks the egress interface. Returns whether
-/// the outer header is IPv6.
-#[inline(never)]
-fn encapsulate(ctx: &XdpContext, flow: &Flow, backend: &Backend) -> Option<bool> {
+/// The outer header a packet to a backend gets.
+pub(crate) struct Tunnel {
+    pub v6: bool,
+    pub src: Addr16,
+    pub dst: Addr16,
+    /// The whole tunnel packet, outer header included.
+    pub len: usize,
+}
+
+impl Tunnel {
+    #[inline(always)]
+    pub fn overhead(&self) -> usize {
+        if self.v6 {
+            Ipv6Hdr::LEN
+        } else {
+            Ipv4Hdr::LEN
+        }
+    }
+}
+
+/// The tunnel to `backend`: IPv6 inner packets need an IPv6 tunnel; IPv4
+/// may ride either.
+#[inline(always)]
+fn tunnel_to(flow: &Flow, backend: &Backend) -> Option<Tunnel> {
     let config = EDGE_CONFIG.get(0)?;
-    let outer_v4 = addr_as_v4(&backend.addr);
-    // IPv6 inner packets need an IPv6 tunnel; IPv4 may ride either.
-    if (outer_v4.is_some() && flow.is_v6) || (outer_v4.is_none() && config.has_v6 == 0) {
+    let to_v4 = addr_as_v4(&backend.addr).is_some();
+    if (to_v4 && flow.is_v6) || (!to_v4 && config.has_v6 == 0) {
         return None;
     }
-    let header_len = if outer_v4.is_some() { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
-    let total = flow.ip_len + header_len;
-    if total > u16::MAX as usize {
+    let (src, header_len) = if to_v4 {
+        (addr_from_v4(config.tunnel_source_v4), Ipv4Hdr::LEN)
+    } else {
+        (config.tunnel_source_v6, Ipv6Hdr::LEN)
+    };
+    let len = flow.ip_len + header_len;
+    if len > u16::MAX as usize {
         return None;
     }
-    // The original MACs stay until the route lookup replaces them, so a
-    // packet handed to the kernel still carries this host's MAC.
+    Some(Tunnel { v6: !to_v4, src, dst: backend.addr, len })
+}
+
+/// Puts a fresh Ethernet header and the outer IP header in front of the
+/// inner IP packet, which stays byte-for-byte as it was. VLAN tags are
+/// dropped: the route lookup picked the egress interface.
+#[inline(never)]
+fn encapsulate(ctx: &XdpContext, flow: &Flow, tunnel: &Tunnel) -> Option<()> {
+    let header_len = tunnel.overhead();
+    // The original MACs stay until `forward` replaces them, so a packet
+    // handed to the kernel still carries this host's MAC.
     let macs = *unsafe { &*ptr_at::<[u8; 12]>(ctx, 0)? };
 
     // Ethernet padding after the IP packet is not part of it: cut it, so
@@ -204,20 +268,17 @@ fn encapsulate(ctx: &XdpContext, flow: &Flow, backend: &Backend) -> Option<bool>
         (*eth).dst_addr.copy_from_slice(&macs[..6]);
         (*eth).src_addr.copy_from_slice(&macs[6..]);
     }
-    match outer_v4 {
-        Some(dst) => {
-            unsafe { (*eth).ether_type = ETH_P_IPV4.to_be() };
-            let ip = ptr_at::<[u8; Ipv4Hdr::LEN]>(ctx, EthHdr::LEN)?;
-            write_ipv4_header(unsafe { &mut *ip }, flow, config.tunnel_source_v4, dst, total as u16);
-            Some(false)
-        }
-        None => {
-            unsafe { (*eth).ether_type = ETH_P_IPV6.to_be() };
-            let ip = ptr_at::<[u8; Ipv6Hdr::LEN]>(ctx, EthHdr::LEN)?;
-            write_ipv6_header(unsafe { &mut *ip }, flow, &config.tunnel_source_v6, &backend.addr);
-            Some(true)
-        }
+    if tunnel.v6 {
+        unsafe { (*eth).ether_type = ETH_P_IPV6.to_be() };
+        let ip = ptr_at::<[u8; Ipv6Hdr::LEN]>(ctx, EthHdr::LEN)?;
+        write_ipv6_header(unsafe { &mut *ip }, flow, &tunnel.src, &tunnel.dst);
+    } else {
+        unsafe { (*eth).ether_type = ETH_P_IPV4.to_be() };
+        let ip = ptr_at::<[u8; Ipv4Hdr::LEN]>(ctx, EthHdr::LEN)?;
+        let (src, dst) = (addr_as_v4(&tunnel.src)?, addr_as_v4(&tunnel.dst)?);
+        write_ipv4_header(unsafe { &mut *ip }, flow, src, dst, tunnel.len as u16);
     }
+    Some(())
 }
 
 /// IPv4 outer header: TTL 64, protocol IPIP, TOS, DF and identification
@@ -255,7 +316,7 @@ fn write_ipv4_header(h: &mut [u8; Ipv4Hdr::LEN], flow: &Flow, src: [u8; 4], dst:
 }
 
 #[inline(always)]
-fn ipv4_checksum(h: &[u8; Ipv4Hdr::LEN]) -> u16 {
+pub(crate) fn ipv4_checksum(h: &[u8; Ipv4Hdr::LEN]) -> u16 {
     let mut sum = 0u32;
     for i in 0..Ipv4Hdr::LEN / 2 {
         sum += u16::from_be_bytes([h[2 * i], h[2 * i + 1]]) as u32;
@@ -290,39 +351,52 @@ fn flow_label(flow: &Flow) -> u32 {
     flow_hash(&key, false) & 0x000f_ffff
 }
 
-/// Routes the tunnel packet: XDP_TX out of the ingress interface, redirect
-/// to another one, or hand it to the kernel while the neighbour resolves.
+/// What the kernel's routing table says about a packet about to be sent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// A next hop with a known MAC, in the lookup's result.
+    Next,
+    /// A next hop whose MAC the kernel still has to resolve.
+    Neighbour,
+    /// Larger than the egress MTU, which it carries.
+    TooBig(u16),
+    Unroutable,
+}
+
+/// Looks up the route for `tunnel` (from this interface), checking its
+/// length against the egress MTU.
 #[inline(never)]
-pub(crate) fn forward(ctx: &XdpContext, outer_v6: bool) -> u32 {
-    let ingress = ctx.ingress_ifindex() as u32;
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    fib.ifindex = ingress;
-    if outer_v6 {
-        let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, EthHdr::LEN) else { return drop() };
-        let ip = unsafe { &*ip };
+pub(crate) fn route(ctx: &XdpContext, tunnel: &Tunnel, fib: &mut FibParams) -> Route {
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.__bindgen_anon_1.tot_len = tunnel.len as u16;
+    if tunnel.v6 {
         fib.family = AF_INET6;
-        fib.l4_protocol = ip.next_hdr;
-        fib.__bindgen_anon_1.tot_len = Ipv6Hdr::LEN as u16 + ip.payload_len();
-        fib.__bindgen_anon_3.ipv6_src = words(&ip.src_addr);
-        fib.__bindgen_anon_4.ipv6_dst = words(&ip.dst_addr);
+        fib.__bindgen_anon_3.ipv6_src = words(&tunnel.src);
+        fib.__bindgen_anon_4.ipv6_dst = words(&tunnel.dst);
     } else {
-        let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else { return drop() };
-        let ip = unsafe { &*ip };
         fib.family = AF_INET;
-        fib.l4_protocol = proto::IPIP;
-        fib.__bindgen_anon_1.tot_len = ip.tot_len();
-        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src_addr);
-        fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst_addr);
+        fib.__bindgen_anon_3.ipv4_src =
+            u32::from_ne_bytes([tunnel.src[12], tunnel.src[13], tunnel.src[14], tunnel.src[15]]);
+        fib.__bindgen_anon_4.ipv4_dst =
+            u32::from_ne_bytes([tunnel.dst[12], tunnel.dst[13], tunnel.dst[14], tunnel.dst[15]]);
     }
-    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut fib, size_of::<FibParams>() as i32, 0) } as u32;
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), fib, size_of::<FibParams>() as i32, 0) } as u32;
     match rc {
-        BPF_FIB_LKUP_RET_SUCCESS => {}
-        // The kernel resolves the neighbour and forwards the tunnel packet.
-        BPF_FIB_LKUP_RET_NO_NEIGH => return pass(|s| s.neighbour_pending += 1),
-        _ => {
-            global(|s| s.fib_failures += 1);
-            return drop();
-        }
+        BPF_FIB_LKUP_RET_SUCCESS => Route::Next,
+        BPF_FIB_LKUP_RET_NO_NEIGH => Route::Neighbour,
+        // The lookup puts the MTU where the length was.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Route::TooBig(unsafe { fib.__bindgen_anon_1.mtu_result }),
+        _ => Route::Unroutable,
+    }
+}
+
+/// Sends the packet along `route`: XDP_TX out of the ingress interface,
+/// redirect to another one, or hand it to the kernel to resolve the
+/// neighbour (it still carries this host's MAC).
+#[inline(always)]
+pub(crate) fn forward(ctx: &XdpContext, fib: &FibParams, route: Route) -> u32 {
+    if route != Route::Next {
+        return xdp_action::XDP_PASS;
     }
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return drop();
@@ -331,8 +405,7 @@ pub(crate) fn forward(ctx: &XdpContext, outer_v6: bool) -> u32 {
         (*eth).dst_addr = fib.dmac;
         (*eth).src_addr = fib.smac;
     }
-    global(|s| s.forwarded += 1);
-    if fib.ifindex == ingress {
+    if fib.ifindex == ctx.ingress_ifindex() as u32 {
         return xdp_action::XDP_TX;
     }
     match unsafe { bpf_redirect(fib.ifindex, 0) } as u32 {

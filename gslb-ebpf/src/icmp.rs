@@ -1,0 +1,167 @@
+//! Path MTU: a VIP packet too big for the tunnel is answered, like a router
+//! would, with ICMP "fragmentation needed" or ICMPv6 "packet too big", so
+//! the client lowers its packet size by the tunnel's overhead.
+
+use aya_ebpf::{
+    bindings::bpf_fib_lookup as FibParams,
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
+    programs::XdpContext,
+    EbpfContext,
+};
+use gslb_common::proto;
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
+
+use crate::{
+    parse::{ptr_at, Flow, ETH_P_IPV4, ETH_P_IPV6, ICMP_HEADER_LEN},
+    steer::{drop, forward, global, ipv4_checksum, route, Route, Tunnel},
+};
+
+/// Bytes of the refused packet quoted in the answer: its IP header and the
+/// start of its transport header, more than the client needs to find the
+/// connection (a fixed size keeps the checksum loop verifiable).
+const QUOTE: usize = 128;
+const ICMP_FRAG_NEEDED: [u8; 2] = [3, 4];
+const ICMPV6_PACKET_TOO_BIG: [u8; 2] = [2, 0];
+const REPLY_TTL: u8 = 64;
+
+/// Answers `flow`'s packet, which does not fit a tunnel whose inner packets
+/// may be at most `mtu` bytes, from the VIP it was sent to. IPv4 packets
+/// without DF and ICMP errors get no answer (a router would fragment the
+/// former, and nobody answers an error with an error): they are dropped.
+/// `packet` and `fib` are the caller's, reused for the answer (the stack
+/// is small).
+#[inline(never)]
+pub fn too_big(ctx: &XdpContext, flow: &Flow, mtu: u16, packet: &mut Tunnel, fib: &mut FibParams) -> u32 {
+    if flow.icmp_error || (!flow.is_v6 && !flow.df) || flow.ip_len < QUOTE {
+        global(|s| s.too_big_dropped += 1);
+        return drop();
+    }
+    let Some(len) = build(ctx, flow, mtu) else {
+        return drop();
+    };
+    // Back to the client, by the routing table.
+    packet.v6 = flow.is_v6;
+    packet.src = flow.dst;
+    packet.dst = flow.src;
+    packet.len = len;
+    *fib = unsafe { core::mem::zeroed() };
+    match route(ctx, packet, fib) {
+        r @ (Route::Next | Route::Neighbour) => {
+            global(|s| s.too_big_answered += 1);
+            forward(ctx, fib, r)
+        }
+        _ => {
+            global(|s| s.fib_failures += 1);
+            drop()
+        }
+    }
+}
+
+/// Rewrites the frame in place into the answer: Ethernet, IP, ICMP, then
+/// the first `QUOTE` bytes of the refused packet. Returns the IP length.
+#[inline(always)]
+fn build(ctx: &XdpContext, flow: &Flow, mtu: u16) -> Option<usize> {
+    let ip_header = if flow.is_v6 { Ipv6Hdr::LEN } else { Ipv4Hdr::LEN };
+    let quote_at = EthHdr::LEN + ip_header + ICMP_HEADER_LEN;
+    let ip_len = ip_header + ICMP_HEADER_LEN + QUOTE;
+    let macs = *unsafe { &*ptr_at::<[u8; 12]>(ctx, 0)? };
+
+    // Keep the quote, then make room for the new headers in front of it
+    // (VLAN tags go: the route lookup picks the egress).
+    let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.as_ptr() as *mut _) } as usize;
+    let cut = frame_len.checked_sub(flow.l2.len + QUOTE)?;
+    if cut > 0 && unsafe { bpf_xdp_adjust_tail(ctx.as_ptr() as *mut _, -(cut as i32)) } != 0 {
+        return None;
+    }
+    let grow = quote_at as i32 - flow.l2.len as i32;
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, -grow) } != 0 {
+        return None;
+    }
+
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    unsafe {
+        (*eth).dst_addr.copy_from_slice(&macs[..6]);
+        (*eth).src_addr.copy_from_slice(&macs[6..]);
+        (*eth).ether_type = if flow.is_v6 { ETH_P_IPV6 } else { ETH_P_IPV4 }.to_be();
+    }
+    let icmp = unsafe { &mut *ptr_at::<[u8; ICMP_HEADER_LEN + QUOTE]>(ctx, EthHdr::LEN + ip_header)? };
+    let mut sum = 0u32;
+    if flow.is_v6 {
+        let ip = unsafe { &mut *ptr_at::<[u8; Ipv6Hdr::LEN]>(ctx, EthHdr::LEN)? };
+        let payload = ((ICMP_HEADER_LEN + QUOTE) as u16).to_be_bytes();
+        *ip = [0; Ipv6Hdr::LEN];
+        ip[0] = 0x60;
+        ip[4] = payload[0];
+        ip[5] = payload[1];
+        ip[6] = proto::ICMPV6;
+        ip[7] = REPLY_TTL;
+        ip[8..24].copy_from_slice(&flow.dst);
+        ip[24..40].copy_from_slice(&flow.src);
+        // The pseudo-header: addresses, upper-layer length, next header.
+        sum = add_words(sum, &ip[8..40]);
+        sum += (ICMP_HEADER_LEN + QUOTE) as u32 + proto::ICMPV6 as u32;
+        let m = (mtu as u32).to_be_bytes();
+        icmp[..ICMP_HEADER_LEN].copy_from_slice(&[
+            ICMPV6_PACKET_TOO_BIG[0],
+            ICMPV6_PACKET_TOO_BIG[1],
+            0,
+            0,
+            m[0],
+            m[1],
+            m[2],
+            m[3],
+        ]);
+    } else {
+        let ip = unsafe { &mut *ptr_at::<[u8; Ipv4Hdr::LEN]>(ctx, EthHdr::LEN)? };
+        let len = (ip_len as u16).to_be_bytes();
+        let (s, d) = (&flow.dst[12..], &flow.src[12..]);
+        *ip = [
+            0x45,
+            0,
+            len[0],
+            len[1],
+            0,
+            0,
+            0,
+            0,
+            REPLY_TTL,
+            proto::ICMP,
+            0,
+            0,
+            s[0],
+            s[1],
+            s[2],
+            s[3],
+            d[0],
+            d[1],
+            d[2],
+            d[3],
+        ];
+        let check = ipv4_checksum(ip).to_be_bytes();
+        ip[10] = check[0];
+        ip[11] = check[1];
+        let m = mtu.to_be_bytes();
+        icmp[..ICMP_HEADER_LEN].copy_from_slice(&[ICMP_FRAG_NEEDED[0], ICMP_FRAG_NEEDED[1], 0, 0, 0, 0, m[0], m[1]]);
+    }
+    sum = add_words(sum, &icmp[..]);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    let check = (!(sum as u16)).to_be_bytes();
+    icmp[2] = check[0];
+    icmp[3] = check[1];
+    Some(ip_len)
+}
+
+/// Adds big-endian 16-bit words (an even number of bytes) to a checksum.
+#[inline(always)]
+fn add_words(mut sum: u32, bytes: &[u8]) -> u32 {
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        sum += u16::from_be_bytes([bytes[i], bytes[i + 1]]) as u32;
+        i += 2;
+    }
+    sum
+}
