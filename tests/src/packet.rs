@@ -144,3 +144,58 @@ pub fn flow_frame(src: IpAddr, dst: IpAddr, proto: u8, src_port: u16, dst_port: 
         _ => panic!("mixed address families"),
     }
 }
+
+pub const ICMPV6: u8 = 58;
+
+/// An ICMP error (IPv4) from `from` to `to` quoting `quoted` (an IP packet,
+/// cut to what routers quote); `rest` is the second header word (the MTU
+/// for "fragmentation needed").
+pub fn icmp4_error(from: &str, to: &str, kind: u8, code: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend(rest);
+    icmp.extend(quoted);
+    let check = internet_checksum(&icmp);
+    icmp[2..4].copy_from_slice(&check.to_be_bytes());
+    V4::new(from, to, ICMP).packet(&icmp)
+}
+
+/// An ICMPv6 error from `from` to `to` quoting `quoted`, with the
+/// pseudo-header checksum.
+pub fn icmp6_error(from: &str, to: &str, kind: u8, code: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend(rest);
+    icmp.extend(quoted);
+    let (s, d): (Ipv6Addr, Ipv6Addr) = (from.parse().unwrap(), to.parse().unwrap());
+    let check = icmp6_checksum(&s, &d, &icmp);
+    icmp[2..4].copy_from_slice(&check.to_be_bytes());
+    ipv6(from, to, ICMPV6, &[], &icmp, 0)
+}
+
+/// The ICMPv6 checksum of `icmp` (its checksum field zero or filled: a
+/// filled one gives 0 when correct).
+pub fn icmp6_checksum(src: &Ipv6Addr, dst: &Ipv6Addr, icmp: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    pseudo.extend(src.octets());
+    pseudo.extend(dst.octets());
+    pseudo.extend((icmp.len() as u32).to_be_bytes());
+    pseudo.extend([0, 0, 0, ICMPV6]);
+    pseudo.extend(icmp);
+    internet_checksum(&pseudo)
+}
+
+/// A TCP/UDP packet of exactly `len` IP bytes between two addresses of one
+/// family (IPv4 with DF as given).
+pub fn sized_packet(src: &str, dst: &str, proto: u8, ports: (u16, u16), len: usize, df: bool) -> Vec<u8> {
+    let v6 = src.contains(':');
+    let header = if v6 { 40 } else { 20 };
+    let l4_header = if proto == TCP { 20 } else { 8 };
+    let payload = vec![0x5a; len - header - l4_header];
+    let seg = l4(proto, ports.0, ports.1, &payload);
+    if v6 {
+        ipv6(src, dst, proto, &[], &seg, 0)
+    } else {
+        let mut h = V4::new(src, dst, proto);
+        h.df = df;
+        h.packet(&seg)
+    }
+}

@@ -174,3 +174,156 @@ pub fn parse_tunnel(frame: &[u8]) -> Result<Tunnel, String> {
         t => Err(format!("outer ethertype {t:#x}")),
     }
 }
+
+/// The IP packet in `frame` after the link layer, its version, and the
+/// upper-layer protocol and where its header starts (IPv6 extension
+/// headers walked); `None` unless complete and unfragmented.
+fn whole_ip(frame: &[u8]) -> Option<(&[u8], u8, u8, usize)> {
+    ip_packet(frame, false)
+}
+
+/// As `whole_ip`, fragments allowed if `fragments` (the walk stops at an
+/// IPv6 fragment header).
+fn ip_packet(frame: &[u8], fragments: bool) -> Option<(&[u8], u8, u8, usize)> {
+    let (l3, ether_type) = l2(frame)?;
+    let ip = frame.get(l3..)?;
+    match ether_type {
+        0x0800 => {
+            let ihl = (*ip.first()? & 0x0f) as usize * 4;
+            let total = be16(ip, 2)? as usize;
+            let fragment = be16(ip, 6)? & 0x3fff != 0;
+            if ip[0] >> 4 != 4 || ihl < 20 || total < ihl || total > ip.len() || (fragment && !fragments) {
+                return None;
+            }
+            Some((&ip[..total], 4, ip[9], ihl))
+        }
+        0x86dd => {
+            if ip.len() < 40 || ip[0] >> 4 != 6 {
+                return None;
+            }
+            let total = 40 + be16(ip, 4)? as usize;
+            if total > ip.len() {
+                return None;
+            }
+            let (mut next, mut at) = (ip[6], 40);
+            while matches!(next, 0 | 43 | 44 | 51 | 60) {
+                let h = ip.get(at..at + 8)?;
+                if next == 44 && be16(h, 2)? & 0xfff9 != 0 {
+                    if !fragments {
+                        return None;
+                    }
+                    next = h[0];
+                    at += 8;
+                    break;
+                }
+                at += match next {
+                    44 => 8,
+                    51 => (h[1] as usize + 2) * 4,
+                    _ => (h[1] as usize + 1) * 8,
+                };
+                next = h[0];
+            }
+            (at <= total).then_some((&ip[..total], 6, next, at))
+        }
+        _ => None,
+    }
+}
+
+fn addr_at(ip: &[u8], version: u8, src: bool) -> Option<IpAddr> {
+    Some(if version == 4 {
+        let at = if src { 12 } else { 16 };
+        IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(ip.get(at..at + 4)?).ok()?))
+    } else {
+        let at = if src { 8 } else { 24 };
+        IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(ip.get(at..at + 16)?).ok()?))
+    })
+}
+
+/// If `frame` is an ICMP error sent to a VIP about a TCP/UDP packet that
+/// VIP sent (RFC 792 / RFC 4443 error types), the ICMP packet: the data
+/// plane must take it to the backend of the flow it quotes.
+pub fn vip_icmp_error(frame: &[u8], vips: &[RefVip]) -> Option<Vec<u8>> {
+    let (ip, version, proto, icmp_at) = whole_ip(frame)?;
+    let errors: &[u8] = match (version, proto) {
+        (4, 1) => &[3, 11, 12],
+        (6, 58) => &[1, 2, 3, 4],
+        _ => return None,
+    };
+    if !errors.contains(ip.get(icmp_at)?) {
+        return None;
+    }
+    let quoted = ip.get(icmp_at + 8..)?;
+    let (q_proto, ports_at) = if version == 4 {
+        let ihl = (*quoted.first()? & 0x0f) as usize * 4;
+        if quoted[0] >> 4 != 4 || ihl < 20 || be16(quoted, 6)? & 0x1fff != 0 {
+            return None;
+        }
+        (*quoted.get(9)?, ihl)
+    } else {
+        if quoted.first()? >> 4 != 6 {
+            return None;
+        }
+        (*quoted.get(6)?, 40)
+    };
+    if (q_proto != TCP && q_proto != UDP) || quoted.len() < ports_at + 4 {
+        return None;
+    }
+    let sender = addr_at(quoted, version, true)?;
+    if Some(sender) != addr_at(ip, version, false) {
+        return None;
+    }
+    let port = be16(quoted, ports_at)?;
+    vips.iter().any(|v| v.addr == sender && v.proto == q_proto && (v.port == 0 || v.port == port)).then(|| ip.to_vec())
+}
+
+/// Checks that `answer` is the ICMP "fragmentation needed" (IPv4) or
+/// "packet too big" (IPv6) for `input` (a packet or fragment), from the VIP
+/// to the client, advertising `mtu` and quoting the start of the refused
+/// packet.
+pub fn check_too_big(input: &[u8], answer: &[u8], mtu: u32) -> Result<(), String> {
+    let (refused, version, _, _) = ip_packet(input, true).ok_or("the input is not an IP packet")?;
+    let (ip, a_version, proto, icmp_at) = whole_ip(answer).ok_or("the answer is not a whole IP packet")?;
+    if a_version != version {
+        return Err(format!("answer is IPv{a_version} for an IPv{version} packet"));
+    }
+    if addr_at(ip, version, true) != addr_at(refused, version, false)
+        || addr_at(ip, version, false) != addr_at(refused, version, true)
+    {
+        return Err("answer is not from the VIP to the client".into());
+    }
+    let icmp = &ip[icmp_at..];
+    if icmp.len() < 8 + 28 {
+        return Err(format!("answer quotes only {} bytes", icmp.len() - 8));
+    }
+    let quote = &icmp[8..];
+    if quote != &refused[..quote.len()] {
+        return Err("the quote is not the start of the refused packet".into());
+    }
+    if version == 4 {
+        if proto != 1 || icmp[0..2] != [3, 4] {
+            return Err(format!("protocol {proto}, type/code {:?}", &icmp[0..2]));
+        }
+        if internet_checksum(&ip[..icmp_at]) != 0 || internet_checksum(icmp) != 0 {
+            return Err("IPv4 or ICMP checksum wrong".into());
+        }
+        let got = be16(icmp, 6).unwrap() as u32;
+        if got != mtu {
+            return Err(format!("advertised MTU {got}, want {mtu}"));
+        }
+    } else {
+        if proto != 58 || icmp[0..2] != [2, 0] {
+            return Err(format!("next header {proto}, type/code {:?}", &icmp[0..2]));
+        }
+        let (IpAddr::V6(s), IpAddr::V6(d)) = (addr_at(ip, 6, true).unwrap(), addr_at(ip, 6, false).unwrap()) else {
+            unreachable!()
+        };
+        if crate::packet::icmp6_checksum(&s, &d, icmp) != 0 {
+            return Err("ICMPv6 checksum wrong".into());
+        }
+        let got = u32::from_be_bytes(icmp[4..8].try_into().unwrap());
+        if got != mtu {
+            return Err(format!("advertised MTU {got}, want {mtu}"));
+        }
+    }
+    Ok(())
+}
