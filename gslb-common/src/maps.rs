@@ -156,6 +156,8 @@ pub struct EdgeConfig {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+// Counters a status document lacks (an older agent's) read as zero.
+#[cfg_attr(feature = "user", serde(default))]
 pub struct GlobalStats {
     pub received: u64,
     /// Every packet handed to the kernel (non-VIP, unparseable, no neighbour).

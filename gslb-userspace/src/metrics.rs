@@ -128,6 +128,9 @@ pub fn render(status: &Status) -> String {
         ("fib_failure", c.fib_failures),
         ("neighbour_pending", c.neighbour_pending),
         ("fragment", c.fragments),
+        ("too_big_answered", c.too_big_answered),
+        ("too_big_dropped", c.too_big_dropped),
+        ("icmp_error_steered", c.icmp_errors),
     ] {
         set_counter(&packets, vec![("result", result.to_string())], value);
     }

@@ -416,6 +416,11 @@ impl Status {
             "packets: received {}  forwarded {}  passed {}  dropped {}  malformed {}  fib failures {}",
             c.received, c.forwarded, c.passed, c.dropped, c.parse_failures, c.fib_failures
         );
+        let _ = writeln!(
+            out,
+            "path MTU: too big answered {}  too big dropped {}  ICMP errors steered to their flow {}",
+            c.too_big_answered, c.too_big_dropped, c.icmp_errors
+        );
         if let Some(r) = &self.last_reload {
             let _ = writeln!(
                 out,
