@@ -260,7 +260,9 @@ async fn accept_loop(listener: TcpListener, name: &'static str) {
     }
 }
 
-/// Answers every request line with the backend's name until EOF.
+/// Answers every request line with the backend's name until EOF; a line
+/// `bulk N` gets N dots before the name (a large answer, for path-MTU
+/// tests).
 async fn answer_lines(stream: TcpStream, name: &'static str) {
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
@@ -272,7 +274,12 @@ async fn answer_lines(stream: TcpStream, name: &'static str) {
         match read.read_until(b'\n', &mut line).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {
-                if write.write_all(reply.as_bytes()).await.is_err() {
+                let bulk = std::str::from_utf8(&line)
+                    .ok()
+                    .and_then(|l| l.trim().strip_prefix("bulk ")?.parse::<usize>().ok())
+                    .unwrap_or(0);
+                let filler = vec![b'.'; bulk];
+                if write.write_all(&filler).await.is_err() || write.write_all(reply.as_bytes()).await.is_err() {
                     return;
                 }
             }

@@ -306,6 +306,34 @@ async fn one_short_connection(target: SocketAddr) -> Result<String> {
     // The stream drops here: the client closes first (FIN).
 }
 
+/// One TCP connection from `client` to `target` that sends `request` (which
+/// should end in a newline) and returns the answer line, without its
+/// newline, if it arrives within `within`.
+pub fn one_request(
+    lab: &Lab,
+    client: ClientNode,
+    target: SocketAddr,
+    request: Vec<u8>,
+    within: Duration,
+) -> Result<Vec<u8>> {
+    let thread = lab.in_ns(client, move || {
+        runtime().block_on(async move {
+            let mut stream = connect(target).await?;
+            let exchange = async {
+                stream.write_all(&request).await.map_err(|e| anyhow!("write: {e}"))?;
+                let mut line = Vec::new();
+                BufReader::new(&mut stream).read_until(b'\n', &mut line).await.map_err(|e| anyhow!("read: {e}"))?;
+                if line.pop() != Some(b'\n') {
+                    bail!("EOF after {} bytes", line.len());
+                }
+                Ok(line)
+            };
+            timeout(within, exchange).await.map_err(|_| anyhow!("no complete answer within {within:?}"))?
+        })
+    });
+    thread.join().map_err(|_| anyhow!("request thread panicked"))?
+}
+
 /// Runs `flows` UDP flows from `client` to `target` at once, each from its
 /// own socket (source port), sending `datagrams_per_flow` datagrams
 /// `interval` apart. Blocks until all are done.
