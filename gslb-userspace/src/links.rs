@@ -140,7 +140,12 @@ fn watch_one(name: &str, interface: &mut Interface, program: &mut Xdp, mode: Xdp
                 interface.reattaches += 1;
                 interface.mode = Some(attached);
                 let detail = format!("ifindex {before} -> {ifindex}, mode {}", attached.word());
-                warn!(interface = name, ifindex, mode = attached.word(), "interface reappeared; steer attached again");
+                let why = if interface.ifindex == Some(ifindex) {
+                    "the pinned XDP link was gone"
+                } else {
+                    "the interface reappeared"
+                };
+                warn!(interface = name, ifindex, mode = attached.word(), "{why}; steer attached again");
                 interface.record(EventKind::Reattached, detail);
             }
             Err(error) => {
