@@ -65,6 +65,8 @@ pub struct Interface {
     /// Times the watcher attached `steer` again.
     pub reattaches: u64,
     pub last_event: Option<Event>,
+    /// The ifindex `steer` was last attached to.
+    attached_to: Option<u32>,
 }
 
 impl Interface {
@@ -98,7 +100,7 @@ impl Links {
         let attached = attach::ensure_attached(program, name, mode, pin_dir)?;
         let ifindex = attach::find_ifindex(name);
         let up = ifindex.is_some() && is_up(name);
-        let interface = Interface { ifindex, up, mode: Some(attached), ..Interface::default() };
+        let interface = Interface { ifindex, up, mode: Some(attached), attached_to: ifindex, ..Interface::default() };
         self.interfaces.insert(name.to_string(), interface);
         Ok(())
     }
@@ -134,17 +136,15 @@ fn watch_one(name: &str, interface: &mut Interface, program: &mut Xdp, mode: Xdp
     // recreated interface has a new one, and its old link is defunct.
     let pin = attach::link_pin(pin_dir, name);
     if attach::pinned_link_ifindex(&pin) != Some(ifindex) {
-        let before = interface.ifindex.map_or("none".to_string(), |i| i.to_string());
+        let before = interface.attached_to.map_or("none".to_string(), |i| i.to_string());
         match attach::ensure_attached(program, name, mode, pin_dir) {
             Ok(attached) => {
                 interface.reattaches += 1;
                 interface.mode = Some(attached);
+                let recreated = interface.attached_to != Some(ifindex);
+                interface.attached_to = Some(ifindex);
                 let detail = format!("ifindex {before} -> {ifindex}, mode {}", attached.word());
-                let why = if interface.ifindex == Some(ifindex) {
-                    "the pinned XDP link was gone"
-                } else {
-                    "the interface reappeared"
-                };
+                let why = if recreated { "the interface reappeared" } else { "the pinned XDP link was gone" };
                 warn!(interface = name, ifindex, mode = attached.word(), "{why}; steer attached again");
                 interface.record(EventKind::Reattached, detail);
             }
