@@ -78,10 +78,23 @@ pub fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
 /// Binds the admin socket: its directory is created 0700 if missing, the
 /// socket itself is 0600, and a stale socket from a dead agent is replaced.
 pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener> {
+    const ADVICE: &str = "choose another edge.admin_socket, or create its directory on a writable filesystem";
+    let shown = path.display();
     if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        match std::fs::metadata(dir) {
+            Ok(meta) if !meta.is_dir() => {
+                bail!("edge.admin_socket {shown}: {} is not a directory; {ADVICE}", dir.display())
+            }
+            Ok(_) => {}
+            Err(_) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    anyhow::anyhow!(
+                        "edge.admin_socket {shown}: cannot create its directory {} ({e}); {ADVICE}",
+                        dir.display()
+                    )
+                })?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            }
         }
     }
     if path.exists() {
@@ -91,7 +104,7 @@ pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener> {
         std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
     }
     let listener = std::os::unix::net::UnixListener::bind(path)
-        .with_context(|| format!("binding the admin socket {} (is its directory writable?)", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("edge.admin_socket {shown}: cannot create the socket ({e}); {ADVICE}"))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     listener.set_nonblocking(true)?;
     Ok(listener)

@@ -7,12 +7,13 @@ use std::time::SystemTime;
 use anyhow::{bail, Context, Result};
 use tracing::{info, warn};
 
-use crate::attach::{self, AttachedMode};
+use crate::attach;
 use crate::config::{self, Config};
 use crate::control::{conditions_of, Drain, Failovers, LatencySteps};
 use crate::dataplane::{Steer, VipMatch};
 use crate::health::{HealthEvent, HealthTable, Monitors};
 use crate::install::{Changes, Installed};
+use crate::links::Links;
 use crate::plan::{plan, Conditions, Plan};
 
 pub struct Agent {
@@ -21,7 +22,8 @@ pub struct Agent {
     pub steer: Steer,
     pub installed: Installed,
     pub plan: Plan,
-    pub interfaces: BTreeMap<String, AttachedMode>,
+    /// The configured interfaces: state, attachment, re-attaches.
+    pub links: Links,
     /// Whether this agent adopted state pinned by an earlier one.
     pub adopted: bool,
     pub started: SystemTime,
@@ -57,7 +59,12 @@ impl Agent {
         let pin_dir = config.edge.bpffs_pin.clone();
         check_bpffs(&pin_dir)?;
         for interface in &config.edge.interfaces {
-            attach::ifindex(interface)?;
+            if attach::find_ifindex(interface).is_none() {
+                bail!(
+                    "edge.interfaces in {} names {interface}, which does not exist in this network namespace; check the name with `ip link show`, then fix the config or create the interface",
+                    config_path.display()
+                );
+            }
         }
 
         let adopted = Steer::is_pinned(&pin_dir);
@@ -117,7 +124,7 @@ impl Agent {
             steer,
             installed,
             plan,
-            interfaces: BTreeMap::new(),
+            links: Links::default(),
             adopted,
             started: SystemTime::now(),
             reloads: 0,
@@ -184,7 +191,9 @@ impl Agent {
                 "map sizes (max_flows, max_vips, max_backends, table_size) cannot change on a reload; they apply when the agent starts without pinned state (see docs/operations.md, \"Starting afresh\")"
             );
         }
-        for interface in &config.edge.interfaces {
+        // A new interface must exist; one already steered may be missing
+        // for now (the watcher re-attaches it when it returns).
+        for interface in config.edge.interfaces.iter().filter(|i| !self.links.contains(i)) {
             attach::ifindex(interface)?;
         }
         let limits = self.steer.limits;
@@ -249,20 +258,28 @@ impl Agent {
     /// configured.
     fn sync_interfaces(&mut self) -> Result<()> {
         let pin_dir = self.config.edge.bpffs_pin.clone();
-        for interface in attach::pinned_interfaces(&pin_dir) {
-            if !self.config.edge.interfaces.contains(&interface) {
-                attach::detach(&interface, &pin_dir)?;
-                self.interfaces.remove(&interface);
-            }
+        let known = self.links.iter().map(|(name, _)| name.clone());
+        let stale: Vec<String> = attach::pinned_interfaces(&pin_dir)
+            .into_iter()
+            .chain(known)
+            .filter(|interface| !self.config.edge.interfaces.contains(interface))
+            .collect();
+        for interface in stale {
+            self.links.detach(&interface, &pin_dir)?;
         }
         for interface in self.config.edge.interfaces.clone() {
-            if !self.interfaces.contains_key(&interface) {
-                let mode =
-                    attach::ensure_attached(self.steer.program(), &interface, self.config.edge.xdp_mode, &pin_dir)?;
-                self.interfaces.insert(interface, mode);
+            if !self.links.contains(&interface) {
+                self.links.attach(self.steer.program(), &interface, self.config.edge.xdp_mode, &pin_dir)?;
             }
         }
         Ok(())
+    }
+
+    /// One look at the interfaces (see `links`): notes up/down changes and
+    /// attaches `steer` again to an interface that came back without it.
+    pub fn watch_interfaces(&mut self) {
+        let pin_dir = self.config.edge.bpffs_pin.clone();
+        self.links.watch(self.steer.program(), self.config.edge.xdp_mode, &pin_dir);
     }
 
     /// Removes the agent's pins: `steer` stops on every interface once this

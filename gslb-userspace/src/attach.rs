@@ -29,6 +29,17 @@ pub enum AttachedMode {
     Adopted,
 }
 
+impl AttachedMode {
+    /// How status and logs spell it.
+    pub fn word(self) -> &'static str {
+        match self {
+            AttachedMode::Native => "native",
+            AttachedMode::Generic => "generic",
+            AttachedMode::Adopted => "adopted",
+        }
+    }
+}
+
 pub fn link_pin(pin_dir: &Path, interface: &str) -> PathBuf {
     pin_dir.join("links").join(interface)
 }
@@ -96,19 +107,26 @@ pub fn pinned_interfaces(pin_dir: &Path) -> Vec<String> {
 }
 
 pub fn ifindex(interface: &str) -> Result<u32> {
-    let name = std::ffi::CString::new(interface).context("interface name contains NUL")?;
+    match find_ifindex(interface) {
+        Some(index) => Ok(index),
+        None => bail!(
+            "interface {interface} does not exist in this network namespace (`ip link show` lists the interfaces)"
+        ),
+    }
+}
+
+/// The interface's index in this thread's network namespace, if it exists.
+pub fn find_ifindex(interface: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(interface).ok()?;
     // SAFETY: `name` is a valid C string for the duration of the call.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        bail!("interface {interface} does not exist in this network namespace");
-    }
-    Ok(index)
+    (index != 0).then_some(index)
 }
 
 /// The interface a pinned XDP link is attached to (0 once its interface is
 /// gone), read with raw bpf(2) calls: aya exposes neither a link's fd nor
-/// this field.
-fn pinned_link_ifindex(pin: &Path) -> Option<u32> {
+/// this field. None when there is no pinned XDP link.
+pub(crate) fn pinned_link_ifindex(pin: &Path) -> Option<u32> {
     use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
     const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;

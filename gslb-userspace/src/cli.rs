@@ -13,6 +13,7 @@ use crate::admin::{self, Request};
 use crate::agent::Agent;
 use crate::config;
 use crate::dataplane::{Decap, Limits, Steer};
+use crate::links;
 use crate::metrics;
 use crate::status::Status;
 
@@ -194,8 +195,15 @@ fn run_agent(config_path: &Path, remove_on_exit: bool) -> Result<()> {
     let edge = config::load(config_path)?.edge;
     let socket = edge.admin_socket;
     let listener = admin::bind(&socket)?;
-    let metrics_listener = metrics::bind(edge.metrics_listen)?;
-    let agent = Agent::start(config_path)?;
+    // A start that fails leaves nothing behind, not even the socket.
+    let started = metrics::bind(edge.metrics_listen).and_then(|m| Ok((m, Agent::start(config_path)?)));
+    let (metrics_listener, agent) = match started {
+        Ok(started) => started,
+        Err(error) => {
+            let _ = std::fs::remove_file(&socket);
+            return Err(error);
+        }
+    };
     let pin_dir = agent.config.edge.bpffs_pin.clone();
     let agent = Arc::new(Mutex::new(agent));
     runtime()?.block_on(async {
@@ -213,6 +221,7 @@ fn run_agent(config_path: &Path, remove_on_exit: bool) -> Result<()> {
             }
         });
         let mut drain_clock = tokio::time::interval(std::time::Duration::from_millis(250));
+        let mut link_clock = tokio::time::interval(links::POLL_INTERVAL);
         let mut hangup = signal(SignalKind::hangup())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
@@ -239,6 +248,12 @@ fn run_agent(config_path: &Path, remove_on_exit: bool) -> Result<()> {
                         if let Err(error) = agent.lock().unwrap_or_else(|p| p.into_inner()).expire_drains() {
                             warn!("ending a drain failed: {error:#}");
                         }
+                    }).await;
+                }
+                _ = link_clock.tick() => {
+                    let agent = agent.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        agent.lock().unwrap_or_else(|p| p.into_inner()).watch_interfaces();
                     }).await;
                 }
                 _ = interrupt.recv() => break,

@@ -9,6 +9,7 @@ pub mod control;
 pub mod dataplane;
 pub mod health;
 pub mod install;
+pub mod links;
 pub mod metrics;
 pub mod plan;
 pub mod status;

@@ -266,6 +266,26 @@ pub fn render(status: &Status) -> String {
         }
     }
 
+    // Edge interfaces.
+    let interface_up = int_gauge_family(
+        r,
+        "gslb_interface_up",
+        "1 when the edge interface is up with a carrier; 0 when down or missing",
+    );
+    let interface_attached =
+        int_gauge_family(r, "gslb_interface_attached", "1 when steer is attached to the edge interface");
+    let interface_reattaches = counter_family(
+        r,
+        "gslb_interface_reattach",
+        "Times the agent attached steer again to an interface that was recreated (or lost its pinned link)",
+    );
+    for link in &status.links {
+        let labels = || vec![("interface", link.name.clone())];
+        set_int(&interface_up, labels(), (link.state == "up").into());
+        set_int(&interface_attached, labels(), link.attached.into());
+        set_counter(&interface_reattaches, labels(), link.reattaches);
+    }
+
     // Config reloads.
     let reloads =
         counter_family(r, "gslb_config_reloads", "Config reloads since the agent started: applied (ok) or refused");
@@ -469,7 +489,15 @@ mod tests {
 
     #[test]
     fn renders_every_metric() {
-        let text = render(&status());
+        let mut status = status();
+        status.links = serde_json::from_value(serde_json::json!([
+            {"name": "eth0", "state": "up", "ifindex": 2, "attached": true, "mode": "native",
+             "reattaches": 0, "last_event": null},
+            {"name": "eth1", "state": "missing", "ifindex": null, "attached": false, "mode": null,
+             "reattaches": 3, "last_event": {"at_unix_ms": 0, "kind": "vanished", "detail": ""}}
+        ]))
+        .expect("the fixture matches InterfaceStatus");
+        let text = render(&status);
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert_lines(
             &text,
@@ -515,6 +543,12 @@ mod tests {
                 "# UNIT gslb_backend_probe_rtt_seconds seconds",
                 r#"gslb_backend_probe_rtt_seconds{pool="a",backend="10.0.0.1",stat="avg"} 0.0125"#,
                 r#"gslb_backend_probe_rtt_seconds{pool="a",backend="10.0.0.1",stat="p99"} 0.04"#,
+                r#"gslb_interface_up{interface="eth0"} 1"#,
+                r#"gslb_interface_up{interface="eth1"} 0"#,
+                r#"gslb_interface_attached{interface="eth0"} 1"#,
+                r#"gslb_interface_attached{interface="eth1"} 0"#,
+                r#"gslb_interface_reattach_total{interface="eth0"} 0"#,
+                r#"gslb_interface_reattach_total{interface="eth1"} 3"#,
                 r#"gslb_config_reloads_total{result="ok"} 3"#,
                 r#"gslb_config_reloads_total{result="refused"} 2"#,
                 "# TYPE gslb_failover_seconds histogram",

@@ -19,7 +19,12 @@ pub struct Status {
     /// Whether this agent adopted a data plane pinned by an earlier one.
     pub adopted: bool,
     pub started_unix: u64,
+    /// Interface -> how `steer` is attached: "native", "generic",
+    /// "adopted", or "detached" (the interface is gone or attaching failed).
     pub interfaces: BTreeMap<String, String>,
+    /// Each configured interface in detail (`links`).
+    #[serde(default)]
+    pub links: Vec<InterfaceStatus>,
     pub limits: Limits,
     pub counters: Counters,
     pub vips: Vec<VipStatus>,
@@ -29,6 +34,78 @@ pub struct Status {
     pub last_reload: Option<LastReload>,
     /// Backends that went down: how long detection and the data plane took.
     pub failovers: Vec<FailoverStatus>,
+}
+
+/// One configured interface: its state and `steer`'s attachment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    /// "up", "down" (admin down or no carrier) or "missing" (no interface
+    /// of this name).
+    pub state: String,
+    pub ifindex: Option<u32>,
+    pub attached: bool,
+    /// "native", "generic" or "adopted" while attached.
+    pub mode: Option<String>,
+    /// Times the agent attached `steer` again after the interface was
+    /// recreated (or its pinned link was lost).
+    pub reattaches: u64,
+    pub last_event: Option<InterfaceEvent>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InterfaceEvent {
+    pub at_unix_ms: u64,
+    /// "down", "up", "vanished", "reattached" or "reattach-failed".
+    pub kind: String,
+    pub detail: String,
+}
+
+impl InterfaceStatus {
+    fn of(name: &str, interface: &crate::links::Interface) -> InterfaceStatus {
+        let state = match (interface.ifindex, interface.up) {
+            (None, _) => "missing",
+            (Some(_), true) => "up",
+            (Some(_), false) => "down",
+        };
+        InterfaceStatus {
+            name: name.to_string(),
+            state: state.to_string(),
+            ifindex: interface.ifindex,
+            attached: interface.mode.is_some(),
+            mode: interface.mode.map(|m| m.word().to_string()),
+            reattaches: interface.reattaches,
+            last_event: interface.last_event.as_ref().map(|e| InterfaceEvent {
+                at_unix_ms: unix_ms(e.at),
+                kind: config_word(e.kind),
+                detail: e.detail.clone(),
+            }),
+        }
+    }
+
+    /// One line of `gslb status`.
+    fn render(&self) -> String {
+        let mut line = format!("  {}: {}", self.name, self.state);
+        match &self.mode {
+            Some(mode) => line += &format!(", steer attached ({mode})"),
+            None => line += ", steer NOT attached",
+        }
+        if let Some(index) = self.ifindex {
+            line += &format!(", ifindex {index}");
+        }
+        if self.reattaches > 0 {
+            let plural = if self.reattaches == 1 { "" } else { "s" };
+            line += &format!(", re-attached {} time{plural}", self.reattaches);
+        }
+        if let Some(event) = &self.last_event {
+            let ago = unix_ms(SystemTime::now()).saturating_sub(event.at_unix_ms) / 1000;
+            line += &format!("; last event {ago}s ago: {}", event.kind);
+            if !event.detail.is_empty() {
+                line += &format!(" ({})", event.detail);
+            }
+        }
+        line
+    }
 }
 
 /// One backend going down, measured.
@@ -378,7 +455,12 @@ impl Status {
             config: agent.config_path().display().to_string(),
             adopted: agent.adopted,
             started_unix: unix(agent.started),
-            interfaces: agent.interfaces.iter().map(|(name, mode)| (name.clone(), config_word(mode))).collect(),
+            interfaces: agent
+                .links
+                .iter()
+                .map(|(name, i)| (name.clone(), i.mode.map_or("detached", |m| m.word()).to_string()))
+                .collect(),
+            links: agent.links.iter().map(|(name, i)| InterfaceStatus::of(name, i)).collect(),
             limits: Limits {
                 max_vips: limits.max_vips,
                 max_backends: limits.max_backends,
@@ -410,6 +492,9 @@ impl Status {
             interfaces.join(", "),
             if self.adopted { "  [adopted pinned state]" } else { "" }
         );
+        for link in &self.links {
+            let _ = writeln!(out, "{}", link.render());
+        }
         let c = &self.counters;
         let _ = writeln!(
             out,

@@ -232,13 +232,25 @@ impl Deployment {
     fn enable_napi_towards(&self, edge: EdgeNode) -> Result<()> {
         let info = self.lab.edge(edge);
         let log = format!("napi-{}", info.router_iface);
+        // The log is appended to when the link is recreated: wait for one
+        // more "attached" line than it has now.
+        let attached_before = self.log(&log).matches("decap attached").count();
         let mut cmd = self.gslb();
         cmd.args(["decap", "--iface", info.router_iface, "--address"])
             .arg(info.gateway_v4.to_string())
             .stdout(Stdio::null())
             .stderr(self.log_file(&log)?);
         self.lab.spawn(crate::lab::Node::Router, cmd)?;
-        self.wait_for_log(&log, "decap attached")
+        self.wait_for_log_count(&log, "decap attached", attached_before + 1)
+    }
+
+    /// Creates the link between `edge` and the router again after
+    /// `Lab::delete_edge_link` (see `Lab::create_edge_link`), and attaches
+    /// the XDP program the router's end needs (it went with the old end).
+    /// The edge's agent must notice on its own.
+    pub fn create_edge_link(&self, edge: EdgeNode) -> Result<()> {
+        self.lab.create_edge_link(edge)?;
+        self.enable_napi_towards(edge)
     }
 
     pub fn write_config(&self, edge: EdgeNode, setup: &Setup) -> Result<()> {
@@ -403,8 +415,13 @@ impl Deployment {
     }
 
     fn wait_for_log(&self, name: &str, needle: &str) -> Result<()> {
+        self.wait_for_log_count(name, needle, 1)
+    }
+
+    /// Waits until the log holds `needle` at least `count` times.
+    fn wait_for_log_count(&self, name: &str, needle: &str, count: usize) -> Result<()> {
         let deadline = Instant::now() + AGENT_READY_TIMEOUT;
-        while !self.log(name).contains(needle) {
+        while self.log(name).matches(needle).count() < count {
             if Instant::now() > deadline {
                 bail!("{name} did not log {needle:?} within {AGENT_READY_TIMEOUT:?}:\n{}", self.log(name));
             }

@@ -494,6 +494,51 @@ impl Lab {
         self.ip_batch(Some(Node::Router), &script)
     }
 
+    /// Sets an edge's link to the router administratively down or up. Down
+    /// makes the kernel drop the link's IPv6 address and every route through
+    /// it; up puts them back, as a host's network configuration would.
+    pub fn set_edge_link(&self, edge: EdgeNode, up: bool) -> Result<()> {
+        let node = Node::Edge(edge);
+        if !up {
+            return self.ip_batch(Some(node), &format!("link set {LEAF_IFACE} down\n"));
+        }
+        let (v4, v6) = (node.v4().expect("leaf"), node.v6().expect("leaf"));
+        let (gw4, gw6) = (node.gateway_v4().expect("leaf"), node.gateway_v6().expect("leaf"));
+        let script = format!(
+            "link set {LEAF_IFACE} up\naddr replace {v4}/24 dev {LEAF_IFACE}\naddr replace {v6}/64 dev {LEAF_IFACE} nodad\nroute replace default via {gw4}\nroute replace ::/0 via {gw6}\n"
+        );
+        self.ip_batch(Some(node), &script)
+    }
+
+    /// Deletes an edge's link to the router (both ends), as pulling a NIC
+    /// would. What was attached to it (XDP programs) goes with it, and so
+    /// do the routes through it, the router's VIP routes included.
+    pub fn delete_edge_link(&self, edge: EdgeNode) -> Result<()> {
+        self.ip_batch(Some(Node::Edge(edge)), &format!("link del {LEAF_IFACE}\n")).context("deleting the edge's link")
+    }
+
+    /// Creates a deleted edge link again with the same names, MTU,
+    /// addresses and routes, as replacing a NIC would. Both ends have new
+    /// ifindexes and MACs. The router's VIP routes are not restored: route
+    /// the VIPs again.
+    pub fn create_edge_link(&self, edge: EdgeNode) -> Result<()> {
+        let leaf = Node::Edge(edge);
+        let mtu = leaf.mtu();
+        let script = format!(
+            "link add {} netns {} mtu {mtu} type veth peer name {LEAF_IFACE} netns {} mtu {mtu}\n",
+            leaf.router_iface().expect("leaf"),
+            self.netns(Node::Router),
+            self.netns(leaf),
+        );
+        self.ip_batch(None, &script).context("creating the edge's link again")?;
+        let router = self.in_ns(Node::Router, move || configure_router_link(leaf));
+        let edge_side = self.in_ns(leaf, move || configure_node(leaf));
+        for (side, thread) in [("router", router), ("edge", edge_side)] {
+            thread.join().map_err(|_| anyhow!("configuring the {side} end panicked"))??;
+        }
+        Ok(())
+    }
+
     /// A command whose child runs in the node's network namespace. It joins
     /// with setns before exec rather than through `ip netns exec`, which
     /// remounts /sys and so hides /sys/fs/bpf.
@@ -753,6 +798,31 @@ fn configure_node(node: Node) -> Result<()> {
     ip.args(["-batch", "-"]);
     run_with_stdin(ip, &script)?;
 
+    offloads_off(&ifaces)
+}
+
+/// Runs on a thread inside the router's namespace: configures its end of
+/// the link to `leaf` as `configure_node` does, for that link alone.
+fn configure_router_link(leaf: Node) -> Result<()> {
+    let dev = leaf.router_iface().expect("leaf");
+    for key in [format!("ipv4/conf/{dev}/rp_filter"), format!("ipv6/conf/{dev}/accept_dad")] {
+        let path = format!("/proc/sys/net/{key}");
+        std::fs::write(&path, "0").with_context(|| format!("writing {path}"))?;
+    }
+    let script = format!(
+        "link set {dev} up\naddr add {}/24 dev {dev}\naddr add {}/64 dev {dev} nodad\n",
+        leaf.gateway_v4().expect("leaf"),
+        leaf.gateway_v6().expect("leaf")
+    );
+    let mut ip = Command::new("ip");
+    ip.args(["-batch", "-"]);
+    run_with_stdin(ip, &script)?;
+    offloads_off(&[dev])
+}
+
+/// Turns checksum, segmentation and receive offloads off on `ifaces` (of
+/// the calling thread's namespace).
+fn offloads_off(ifaces: &[&str]) -> Result<()> {
     // XDP on veth sees partially checksummed packets unless the sender
     // computes checksums and segments itself. GRO stays off everywhere: a
     // router merging tunnelled segments into one GSO packet would hand the
