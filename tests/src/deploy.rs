@@ -70,6 +70,8 @@ pub struct Setup {
     pub web_pools: Option<Vec<Region>>,
     /// Lines added to the `web` VIP's table (and `[[vip.steer]]` tables).
     pub web_extra: String,
+    /// `edge.max_flows` of both edges, if not `LAB_MAX_FLOWS`.
+    pub max_flows: Option<u32>,
 }
 
 impl From<&Weights> for Setup {
@@ -92,7 +94,7 @@ tunnel_source_v4 = "{v4}"
 tunnel_source_v6 = "{v6}"
 admin_socket = "{socket}"
 bpffs_pin = "{pin}"
-max_flows = {LAB_MAX_FLOWS}
+max_flows = {max_flows}
 
 "#,
         edge = edge.name(),
@@ -101,6 +103,7 @@ max_flows = {LAB_MAX_FLOWS}
         v6 = edge.v6(),
         socket = admin_socket(lab, edge).display(),
         pin = lab.bpffs_dir(edge).display(),
+        max_flows = setup.max_flows.unwrap_or(LAB_MAX_FLOWS),
     );
     let v4_pools: Vec<String> = Region::ALL.iter().map(|r| format!("\"{}\"", r.name())).collect();
     let v6_pools: Vec<String> = Region::ALL.iter().map(|r| format!("\"{}-v6\"", r.name())).collect();
