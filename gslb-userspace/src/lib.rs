@@ -12,3 +12,4 @@ pub mod install;
 pub mod metrics;
 pub mod plan;
 pub mod status;
+pub mod tunnel_errors;
