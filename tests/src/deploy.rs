@@ -185,6 +185,8 @@ pub struct Deployment {
     /// The `gslb-lab` binary; `gslb-lab gslb ARGS` runs `gslb ARGS`.
     lab_binary: PathBuf,
     agents: Mutex<BTreeMap<EdgeNode, u32>>,
+    /// `gslb decap` on each backend.
+    decaps: Mutex<BTreeMap<BackendNode, u32>>,
 }
 
 impl Deployment {
@@ -193,8 +195,13 @@ impl Deployment {
     pub fn start(lab_binary: &Path, setup: &Setup) -> Result<Deployment> {
         let lab = Lab::new()?;
         let servers = start_servers(&lab)?;
-        let deployment =
-            Deployment { servers, lab, lab_binary: lab_binary.to_path_buf(), agents: Mutex::new(BTreeMap::new()) };
+        let deployment = Deployment {
+            servers,
+            lab,
+            lab_binary: lab_binary.to_path_buf(),
+            agents: Mutex::new(BTreeMap::new()),
+            decaps: Mutex::new(BTreeMap::new()),
+        };
         for backend in BackendNode::ALL {
             deployment.start_decap(backend)?;
         }
@@ -223,9 +230,17 @@ impl Deployment {
             .arg(backend.v6().to_string())
             .stdout(Stdio::null())
             .stderr(self.log_file(&format!("decap-{}", backend.name()))?);
-        self.lab.spawn(backend, cmd)?;
+        let pid = self.lab.spawn(backend, cmd)?;
+        self.decaps.lock().unwrap().insert(backend, pid);
         // decap is attached once its log says so.
         self.wait_for_log(&format!("decap-{}", backend.name()), "decap attached")
+    }
+
+    /// SIGKILLs `gslb decap` on a backend: its XDP link goes with the
+    /// process, so tunnel packets reach the backend's kernel undecapsulated.
+    pub fn stop_decap(&self, backend: BackendNode) -> Result<()> {
+        let pid = self.decaps.lock().unwrap().remove(&backend).context("no decap running")?;
+        self.lab.kill(pid)
     }
 
     /// A veth drops frames its peer sends with XDP_TX unless it runs NAPI,
