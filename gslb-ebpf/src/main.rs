@@ -5,6 +5,7 @@
 mod bench;
 mod bench_live;
 mod decap;
+mod flood;
 mod icmp;
 mod parse;
 mod steer;

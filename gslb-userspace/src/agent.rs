@@ -15,6 +15,7 @@ use crate::health::{HealthEvent, HealthTable, Monitors};
 use crate::install::{Changes, Installed};
 use crate::links::Links;
 use crate::plan::{plan, Conditions, Plan};
+use crate::tunnel_errors::TunnelErrors;
 
 pub struct Agent {
     config_path: PathBuf,
@@ -38,6 +39,8 @@ pub struct Agent {
     pub(crate) latency_steps: LatencySteps,
     /// VIPs whose N+1 check failed when last planned (warned once).
     n_plus_one_failing: std::collections::BTreeSet<String>,
+    /// ICMP errors about tunnel packets, per backend (reported, never acted on).
+    pub tunnel_errors: std::sync::Arc<TunnelErrors>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -136,7 +139,9 @@ impl Agent {
             failovers: Failovers::default(),
             latency_steps: LatencySteps::new(),
             n_plus_one_failing: Default::default(),
+            tunnel_errors: TunnelErrors::new(),
         };
+        agent.configure_tunnel_errors();
         agent.warn_capacity();
         agent.sync_interfaces()?;
         Ok(agent)
@@ -150,6 +155,17 @@ impl Agent {
         self.health.update(&wanted);
         monitors.update(&wanted);
         self.monitors = Some(monitors);
+        if let Err(error) = crate::tunnel_errors::spawn(self.tunnel_errors.clone()) {
+            warn!("tunnel errors (ICMP from backends about tunnel packets) will not be counted: {error:#}");
+        }
+    }
+
+    /// Tells the tunnel-error counter our tunnel sources and backends.
+    fn configure_tunnel_errors(&self) {
+        let edge = &self.config.edge;
+        let sources = std::iter::once(edge.tunnel_source_v4.into()).chain(edge.tunnel_source_v6.map(Into::into));
+        let backends = self.config.pools.iter().flat_map(|p| p.backends.iter().map(|b| b.address));
+        self.tunnel_errors.configure(sources, backends);
     }
 
     pub fn config_path(&self) -> &Path {
@@ -206,6 +222,7 @@ impl Agent {
         plan(&config, &self.installed.backend_ids, limits.max_backends, limits.table_size, &conditions)?;
         let old_names = vip_names(&self.plan);
         self.config = config;
+        self.configure_tunnel_errors();
         self.forget_removed();
         let wanted = self.config.monitored_backends();
         self.health.update(&wanted);

@@ -13,3 +13,4 @@ pub mod links;
 pub mod metrics;
 pub mod plan;
 pub mod status;
+pub mod tunnel_errors;

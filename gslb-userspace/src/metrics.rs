@@ -286,6 +286,24 @@ pub fn render(status: &Status) -> String {
         set_counter(&interface_reattaches, labels(), link.reattaches);
     }
 
+    // ICMP errors about tunnel packets, per backend (once, whatever its
+    // pools); every kind, zeros included, so rates work from the start.
+    let tunnel_errors = counter_family(
+        r,
+        "gslb_backend_tunnel_errors",
+        "ICMP errors about tunnel packets to the backend, by kind (protocol_unreachable: is decap attached?)",
+    );
+    let mut reported = std::collections::BTreeSet::new();
+    for b in status.pools.iter().flat_map(|p| &p.backends) {
+        if !reported.insert(b.address) {
+            continue;
+        }
+        for kind in crate::tunnel_errors::Kind::ALL {
+            let labels = vec![("backend", b.address.to_string()), ("kind", kind.name().to_string())];
+            set_counter(&tunnel_errors, labels, b.tunnel_errors.get(kind.name()).copied().unwrap_or(0));
+        }
+    }
+
     // Config reloads.
     let reloads =
         counter_family(r, "gslb_config_reloads", "Config reloads since the agent started: applied (ok) or refused");
@@ -453,7 +471,7 @@ mod tests {
                         "address": "10.0.0.1", "weight": 100, "id": 1, "packets": 600, "bytes": 80_000,
                         "health": "up", "reason": null, "rtt_avg_ms": 12.5, "rtt_p99_ms": 40.0,
                         "latency_factor": 1.0, "drained": false, "drain_until_unix": null, "dead": false,
-                        "transitions": []
+                        "transitions": [], "tunnel_errors": {"protocol_unreachable": 7}
                     },
                     {
                         "address": "2001:db8::2", "weight": 100, "id": 2, "packets": 300, "bytes": 43_456,
@@ -549,6 +567,9 @@ mod tests {
                 r#"gslb_interface_attached{interface="eth1"} 0"#,
                 r#"gslb_interface_reattach_total{interface="eth0"} 0"#,
                 r#"gslb_interface_reattach_total{interface="eth1"} 3"#,
+                r#"gslb_backend_tunnel_errors_total{backend="10.0.0.1",kind="protocol_unreachable"} 7"#,
+                r#"gslb_backend_tunnel_errors_total{backend="10.0.0.1",kind="unreachable"} 0"#,
+                r#"gslb_backend_tunnel_errors_total{backend="2001:db8::2",kind="protocol_unreachable"} 0"#,
                 r#"gslb_config_reloads_total{result="ok"} 3"#,
                 r#"gslb_config_reloads_total{result="refused"} 2"#,
                 "# TYPE gslb_failover_seconds histogram",

@@ -219,6 +219,10 @@ pub struct BackendStatus {
     /// Marked dead in the data plane: its recorded flows re-select.
     pub dead: bool,
     pub transitions: Vec<TransitionStatus>,
+    /// ICMP errors about tunnel packets to it, by kind
+    /// (`crate::tunnel_errors::Kind`): reported, never acted on.
+    #[serde(default)]
+    pub tunnel_errors: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -420,6 +424,7 @@ impl Status {
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    tunnel_errors: agent.tunnel_errors.counts(backend.address),
                 });
             }
             pools.push(PoolStatus {
@@ -568,8 +573,8 @@ impl Status {
             let _ = writeln!(out, "\npool {} weight {}{}", pool.name, pool.weight, worst);
             let _ = writeln!(
                 out,
-                "  {:<28} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7} {:>12}  last change",
-                "backend", "weight", "id", "health", "rtt ms", "p99 ms", "factor", "packets"
+                "  {:<28} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7} {:>12} {:>8}  last change",
+                "backend", "weight", "id", "health", "rtt ms", "p99 ms", "factor", "packets", "tun errs"
             );
             for b in &pool.backends {
                 let mut health = b.health.clone();
@@ -586,7 +591,7 @@ impl Status {
                 });
                 let _ = writeln!(
                     out,
-                    "  {:<28} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7.2} {:>12}  {}",
+                    "  {:<28} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7.2} {:>12} {:>8}  {}",
                     b.address.to_string(),
                     b.weight,
                     b.id,
@@ -595,8 +600,13 @@ impl Status {
                     ms(b.rtt_p99_ms),
                     b.latency_factor,
                     b.packets,
+                    b.tunnel_errors.values().sum::<u64>(),
                     last.or(b.reason.clone()).unwrap_or_default()
                 );
+                if !b.tunnel_errors.is_empty() {
+                    let kinds: Vec<String> = b.tunnel_errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                    let _ = writeln!(out, "    tunnel errors (ICMP about tunnel packets): {}", kinds.join(", "));
+                }
             }
         }
         if !self.failovers.is_empty() {

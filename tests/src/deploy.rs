@@ -70,6 +70,8 @@ pub struct Setup {
     pub web_pools: Option<Vec<Region>>,
     /// Lines added to the `web` VIP's table (and `[[vip.steer]]` tables).
     pub web_extra: String,
+    /// `edge.max_flows` of both edges, if not `LAB_MAX_FLOWS`.
+    pub max_flows: Option<u32>,
 }
 
 impl From<&Weights> for Setup {
@@ -92,7 +94,7 @@ tunnel_source_v4 = "{v4}"
 tunnel_source_v6 = "{v6}"
 admin_socket = "{socket}"
 bpffs_pin = "{pin}"
-max_flows = {LAB_MAX_FLOWS}
+max_flows = {max_flows}
 
 "#,
         edge = edge.name(),
@@ -101,6 +103,7 @@ max_flows = {LAB_MAX_FLOWS}
         v6 = edge.v6(),
         socket = admin_socket(lab, edge).display(),
         pin = lab.bpffs_dir(edge).display(),
+        max_flows = setup.max_flows.unwrap_or(LAB_MAX_FLOWS),
     );
     let v4_pools: Vec<String> = Region::ALL.iter().map(|r| format!("\"{}\"", r.name())).collect();
     let v6_pools: Vec<String> = Region::ALL.iter().map(|r| format!("\"{}-v6\"", r.name())).collect();
@@ -182,6 +185,8 @@ pub struct Deployment {
     /// The `gslb-lab` binary; `gslb-lab gslb ARGS` runs `gslb ARGS`.
     lab_binary: PathBuf,
     agents: Mutex<BTreeMap<EdgeNode, u32>>,
+    /// `gslb decap` on each backend.
+    decaps: Mutex<BTreeMap<BackendNode, u32>>,
 }
 
 impl Deployment {
@@ -190,8 +195,13 @@ impl Deployment {
     pub fn start(lab_binary: &Path, setup: &Setup) -> Result<Deployment> {
         let lab = Lab::new()?;
         let servers = start_servers(&lab)?;
-        let deployment =
-            Deployment { servers, lab, lab_binary: lab_binary.to_path_buf(), agents: Mutex::new(BTreeMap::new()) };
+        let deployment = Deployment {
+            servers,
+            lab,
+            lab_binary: lab_binary.to_path_buf(),
+            agents: Mutex::new(BTreeMap::new()),
+            decaps: Mutex::new(BTreeMap::new()),
+        };
         for backend in BackendNode::ALL {
             deployment.start_decap(backend)?;
         }
@@ -220,9 +230,17 @@ impl Deployment {
             .arg(backend.v6().to_string())
             .stdout(Stdio::null())
             .stderr(self.log_file(&format!("decap-{}", backend.name()))?);
-        self.lab.spawn(backend, cmd)?;
+        let pid = self.lab.spawn(backend, cmd)?;
+        self.decaps.lock().unwrap().insert(backend, pid);
         // decap is attached once its log says so.
         self.wait_for_log(&format!("decap-{}", backend.name()), "decap attached")
+    }
+
+    /// SIGKILLs `gslb decap` on a backend: its XDP link goes with the
+    /// process, so tunnel packets reach the backend's kernel undecapsulated.
+    pub fn stop_decap(&self, backend: BackendNode) -> Result<()> {
+        let pid = self.decaps.lock().unwrap().remove(&backend).context("no decap running")?;
+        self.lab.kill(pid)
     }
 
     /// A veth drops frames its peer sends with XDP_TX unless it runs NAPI,

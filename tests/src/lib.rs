@@ -6,6 +6,7 @@ pub mod checks;
 pub mod demo;
 pub mod deploy;
 pub mod edge;
+pub mod flood;
 pub mod lab;
 pub mod netns;
 pub mod packet;

@@ -1,0 +1,125 @@
+//! `flood_syn`: a test-only SYN-flood generator (driven by
+//! `tests/src/flood.rs`). Nothing in the agent loads it.
+//!
+//! Run through BPF_PROG_TEST_RUN with live frames, it writes a whole
+//! Ethernet/IPv4/TCP SYN into every frame (live frames keep what receivers
+//! wrote into them, so nothing of the previous use may survive), gives it
+//! its own source address and port from a sequence number (or one per
+//! `per_flow` frames), computes both checksums, and redirects it into the
+//! configured interface.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_get_smp_processor_id, bpf_redirect},
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+
+const ETH_LEN: usize = 14;
+const IPV4_LEN: usize = 20;
+const TCP_LEN: usize = 20;
+/// Ethernet, IPv4 and TCP headers: the whole SYN (no payload, no options).
+pub const SYN_LEN: usize = ETH_LEN + IPV4_LEN + TCP_LEN;
+
+/// Generator settings, written by the driver before a run.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FloodConfig {
+    /// Where generated frames go.
+    pub ifindex: u32,
+    /// Source addresses come from this /10 (host order; low 22 bits ignored).
+    pub src_net: u32,
+    /// Consecutive frames per flow (at least 1): 2 sends every SYN twice,
+    /// as a retransmitting client would.
+    pub per_flow: u32,
+    /// The SYN every frame starts from: MACs, destination address and port,
+    /// TTL, flags. Source address and port, sequence number, IP id and both
+    /// checksums are filled in per frame.
+    pub header: [u8; 56],
+}
+
+#[map]
+static FLOOD_CONFIG: Array<FloodConfig> = Array::with_max_entries(1, 0);
+/// Frames written and handed to `bpf_redirect`, per CPU (slot 0).
+#[map]
+static FLOOD_SENT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// murmur3's finaliser: a bijection on u32, so distinct sequence numbers
+/// give distinct (address, port) pairs.
+#[inline(always)]
+fn mix(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x85eb_ca6b);
+    x ^= x >> 13;
+    x = x.wrapping_mul(0xc2b2_ae35);
+    x ^ (x >> 16)
+}
+
+/// Adds big-endian 16-bit words to a ones' complement sum.
+#[inline(always)]
+fn add_words(mut sum: u32, bytes: &[u8]) -> u32 {
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        sum += u16::from_be_bytes([bytes[i], bytes[i + 1]]) as u32;
+        i += 2;
+    }
+    sum
+}
+
+#[inline(always)]
+fn fold(mut sum: u32) -> [u8; 2] {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    (!(sum as u16)).to_be_bytes()
+}
+
+#[xdp]
+pub fn flood_syn(ctx: XdpContext) -> u32 {
+    let Some(config) = FLOOD_CONFIG.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let Some(sent) = FLOOD_SENT.get_ptr_mut(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let start = ctx.data();
+    if start + SYN_LEN > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // The flow: the per-CPU count with the CPU in the low bits, unique over
+    // the run even if the driving thread moves between CPUs.
+    let n = unsafe { *sent };
+    let per_flow = if config.per_flow == 0 { 1 } else { config.per_flow as u64 };
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let h = mix((((n / per_flow) as u32) << 6) | (cpu & 0x3f));
+
+    let frame = unsafe { &mut *(start as *mut [u8; SYN_LEN]) };
+    frame.copy_from_slice(&config.header[..SYN_LEN]);
+
+    let ip = unsafe { &mut *((start + ETH_LEN) as *mut [u8; IPV4_LEN]) };
+    // The hash's high 22 bits pick the address in the /10, its low 16 bits
+    // the port (never below 1024): together they keep all 32 bits.
+    let src = (config.src_net & 0xffc0_0000) | (h >> 10);
+    ip[12..16].copy_from_slice(&src.to_be_bytes());
+    ip[4..6].copy_from_slice(&(n as u16).to_be_bytes());
+    ip[10] = 0;
+    ip[11] = 0;
+    let check = fold(add_words(0, ip));
+    ip[10] = check[0];
+    ip[11] = check[1];
+
+    let tcp = unsafe { &mut *((start + ETH_LEN + IPV4_LEN) as *mut [u8; TCP_LEN]) };
+    tcp[0..2].copy_from_slice(&((h as u16) | 0x400).to_be_bytes());
+    tcp[4..8].copy_from_slice(&h.to_be_bytes());
+    tcp[16] = 0;
+    tcp[17] = 0;
+    // Pseudo-header: addresses, protocol, TCP length.
+    let mut sum = add_words(0, &ip[12..20]);
+    sum += 6 + TCP_LEN as u32;
+    let check = fold(add_words(sum, tcp));
+    tcp[16] = check[0];
+    tcp[17] = check[1];
+
+    unsafe { *sent = n + 1 };
+    unsafe { bpf_redirect(config.ifindex, 0) as u32 }
+}
