@@ -8,8 +8,14 @@ use anyhow::{bail, Context, Result};
 const LLVM_CONFIG: &str = "llvm-config-22";
 const BPF_LINKER_VERSION: &str = "0.13";
 /// Debian packages: LLVM for bpf-linker, `ip` and `ethtool` for the tests,
-/// `nft` for the benchmarks' kernel-path baseline.
-const DEBIAN_PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "ethtool", "nftables"];
+/// `nft` for the benchmarks' kernel-path baseline, BIRD 2 and GoBGP (with
+/// its `gobgp` client) for the lab's BGP routing.
+const DEBIAN_PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "ethtool", "nftables", "bird2", "gobgpd"];
+/// Services those packages would start with their stock configs; the lab
+/// starts its own daemons in namespaces.
+const SERVICES: &[(&str, &str)] = &[("bird2", "bird.service"), ("gobgpd", "gobgpd.service")];
+/// Refuses every service start while packages install (see invoke-rc.d(8)).
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 pub fn ensure() -> Result<()> {
     if effective_uid() != 0 {
@@ -59,7 +65,38 @@ fn debian_packages() -> Result<()> {
     run("apt-get", &["update", "-qq"], &[])?;
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
     args.extend(&missing);
-    run("apt-get", &args, &[("DEBIAN_FRONTEND", "noninteractive")])
+    without_service_starts(|| run("apt-get", &args, &[("DEBIAN_FRONTEND", "noninteractive")]))?;
+    keep_services_off(&missing)
+}
+
+/// Runs `install` with service starts refused, so a postinst script neither
+/// waits on a daemon nor leaves a system BIRD or GoBGP running. An existing
+/// policy is the machine's own and stays as it is.
+fn without_service_starts(install: impl FnOnce() -> Result<()>) -> Result<()> {
+    if Path::new(POLICY_RC_D).exists() {
+        return install();
+    }
+    fs::write(POLICY_RC_D, "#!/bin/sh\n# Written by cargo xtask while it installs packages.\nexit 101\n")
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
+    fs::set_permissions(POLICY_RC_D, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let result = install();
+    fs::remove_file(POLICY_RC_D).with_context(|| format!("removing {POLICY_RC_D}"))?;
+    result
+}
+
+/// Disables the services of the daemons just installed, on systemd hosts,
+/// so they stay off after a reboot too. Daemons installed before are left
+/// as the machine's owner set them.
+fn keep_services_off(installed_now: &[&str]) -> Result<()> {
+    if !Path::new("/run/systemd/system").exists() {
+        return Ok(());
+    }
+    for (package, service) in SERVICES {
+        if installed_now.contains(package) {
+            run("systemctl", &["disable", "--now", service], &[])?;
+        }
+    }
+    Ok(())
 }
 
 fn rust_src() -> Result<()> {
