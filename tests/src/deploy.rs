@@ -18,6 +18,7 @@ use gslb_userspace::admin::{self, Request};
 use gslb_userspace::install::Changes;
 use gslb_userspace::status::Status;
 
+use crate::bgp::{Bgp, BgpSetup, EdgeBgp};
 use crate::lab::{BackendNode, EdgeNode, Lab, Region, TCP_PORT, UDP_PORT, VIP_V4, VIP_V6};
 use crate::server::{start_servers, Servers};
 
@@ -72,6 +73,9 @@ pub struct Setup {
     pub web_extra: String,
     /// `edge.max_flows` of both edges, if not `LAB_MAX_FLOWS`.
     pub max_flows: Option<u32>,
+    /// Real routing: BGP daemons on the router and the edges, instead of
+    /// the static route to `edge-a` (see `bgp`).
+    pub bgp: Option<BgpSetup>,
 }
 
 impl From<&Weights> for Setup {
@@ -157,6 +161,9 @@ max_flows = {max_flows}
             toml.push('\n');
         }
     }
+    if let Some(bgp) = setup.bgp.as_ref().filter(|b| b.agent_config) {
+        toml += &EdgeBgp::new(lab, edge, bgp.daemon(edge)).agent_section(bgp);
+    }
     toml
 }
 
@@ -187,20 +194,25 @@ pub struct Deployment {
     agents: Mutex<BTreeMap<EdgeNode, u32>>,
     /// `gslb decap` on each backend.
     decaps: Mutex<BTreeMap<BackendNode, u32>>,
+    /// The BGP daemons, with `Setup::bgp`.
+    pub bgp: Option<Bgp>,
 }
 
 impl Deployment {
     /// Builds the lab, starts decap and servers on every backend, both
-    /// agents with `weights`, and routes the VIPs to `edge-a`.
+    /// agents with `weights`, and routes the VIPs to `edge-a`. With
+    /// `setup.bgp`, starts the BGP daemons (sessions up) before the agents
+    /// instead, and routes nothing: routes come from BGP.
     pub fn start(lab_binary: &Path, setup: &Setup) -> Result<Deployment> {
         let lab = Lab::new()?;
         let servers = start_servers(&lab)?;
-        let deployment = Deployment {
+        let mut deployment = Deployment {
             servers,
             lab,
             lab_binary: lab_binary.to_path_buf(),
             agents: Mutex::new(BTreeMap::new()),
             decaps: Mutex::new(BTreeMap::new()),
+            bgp: None,
         };
         for backend in BackendNode::ALL {
             deployment.start_decap(backend)?;
@@ -208,11 +220,16 @@ impl Deployment {
         for edge in EdgeNode::ALL {
             deployment.enable_napi_towards(edge)?;
         }
+        if let Some(bgp) = &setup.bgp {
+            deployment.bgp = Some(Bgp::start(&deployment.lab, bgp)?);
+        }
         for edge in EdgeNode::ALL {
             deployment.write_config(edge, setup)?;
             deployment.start_agent(edge)?;
         }
-        deployment.lab.route_vips_to(EdgeNode::EdgeA)?;
+        if setup.bgp.is_none() {
+            deployment.lab.route_vips_to(EdgeNode::EdgeA)?;
+        }
         Ok(deployment)
     }
 

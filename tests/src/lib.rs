@@ -2,6 +2,7 @@
 //! XDP programs through BPF_PROG_TEST_RUN, and a reference parser written
 //! independently of the data plane to judge its output.
 
+pub mod bgp;
 pub mod checks;
 pub mod demo;
 pub mod deploy;
