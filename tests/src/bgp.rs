@@ -86,13 +86,58 @@ pub struct BgpSetup {
     /// Write `[bgp]` into the agents' configs (off: the daemons run, the
     /// agents don't know them, tests announce by hand).
     pub agent_config: bool,
-    /// The `[bgp] drain` method: prepend, med or graceful-shutdown.
-    pub drain: &'static str,
+    /// The `[bgp] drain` method.
+    pub drain: Drain,
 }
 
 impl Default for BgpSetup {
     fn default() -> Self {
-        BgpSetup { edge_a: Daemon::Bird, edge_b: Daemon::Bird, agent_config: false, drain: "prepend" }
+        BgpSetup { edge_a: Daemon::Bird, edge_b: Daemon::Bird, agent_config: false, drain: Drain::Prepend }
+    }
+}
+
+/// How an edge makes its routes less preferred before it withdraws them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Drain {
+    /// A longer AS path (the edge's AS twice more).
+    #[default]
+    Prepend,
+    /// A higher MED than the other edges' (none, i.e. 0).
+    Med,
+    /// The GRACEFUL_SHUTDOWN community (65535:0, RFC 8326); the router
+    /// sets such routes' local preference to 0.
+    GracefulShutdown,
+}
+
+impl Drain {
+    pub const ALL: [Drain; 3] = [Drain::Prepend, Drain::Med, Drain::GracefulShutdown];
+
+    /// The name the agent's `[bgp] drain` key uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Drain::Prepend => "prepend",
+            Drain::Med => "med",
+            Drain::GracefulShutdown => "graceful-shutdown",
+        }
+    }
+
+    /// BIRD filter statements that mark a static route.
+    fn bird_statements(self) -> String {
+        match self {
+            Drain::Prepend => format!("bgp_path.prepend({EDGE_AS}); bgp_path.prepend({EDGE_AS});"),
+            Drain::Med => "bgp_med = 100;".to_string(),
+            Drain::GracefulShutdown => "bgp_community.add((65535, 0));".to_string(),
+        }
+    }
+
+    /// `gobgp global rib add` arguments that mark a route.
+    fn gobgp_args(self) -> Vec<String> {
+        match self {
+            // GoBGP prepends its own AS once more towards an eBGP peer.
+            Drain::Prepend => vec!["aspath".into(), format!("{EDGE_AS},{EDGE_AS}")],
+            Drain::Med => vec!["med".into(), "100".into()],
+            Drain::GracefulShutdown => vec!["community".into(), "65535:0".into()],
+        }
     }
 }
 
@@ -156,26 +201,38 @@ impl EdgeBgp {
         let _ = write!(
             toml,
             "announce_after_ms = {LAB_ANNOUNCE_AFTER_MS}\nwithdraw_after_ms = {LAB_WITHDRAW_AFTER_MS}\ndrain = \"{}\"\ndrain_wait_ms = {LAB_DRAIN_WAIT_MS}\n\n",
-            setup.drain
+            setup.drain.name()
         );
         toml
     }
 
     /// Announces exactly `vips` (host routes) from this edge, by hand, as
-    /// the agent would: BIRD gets a new include file and `configure`,
-    /// GoBGP gets the difference added to and deleted from its RIB.
+    /// the agent would: BIRD gets a new include file and `configure`;
+    /// GoBGP gets `vips` added (again) and other routes deleted.
     pub fn set_announced(&self, lab: &Lab, vips: &[IpAddr]) -> Result<()> {
+        self.set_announced_as(lab, vips, None)
+    }
+
+    /// `set_announced`, with every route marked as `drain` makes it less
+    /// preferred (None: plain). Routes already announced get the new mark.
+    pub fn set_announced_as(&self, lab: &Lab, vips: &[IpAddr], drain: Option<Drain>) -> Result<()> {
         match self.daemon {
             Daemon::Bird => {
-                std::fs::write(&self.bird_include, bird_static_routes(vips))
+                let text = bird_static_routes_with(vips, &drain.map(Drain::bird_statements).unwrap_or_default());
+                std::fs::write(&self.bird_include, text)
                     .with_context(|| format!("writing {}", self.bird_include.display()))?;
                 self.birdc(&["configure"]).map(|_| ())
             }
             Daemon::Gobgp => {
                 let wanted: BTreeSet<IpAddr> = vips.iter().copied().collect();
                 let current = self.gobgp_routes(lab)?;
-                for vip in wanted.difference(&current) {
-                    self.gobgp(lab, &["global", "rib", "add", "-a", family(*vip), &host_prefix(*vip)])?;
+                let marks = drain.map(Drain::gobgp_args).unwrap_or_default();
+                // Adding a route again replaces its attributes (a mark).
+                for &vip in &wanted {
+                    let prefix = host_prefix(vip);
+                    let mut args = vec!["global", "rib", "add", "-a", family(vip), &prefix];
+                    args.extend(marks.iter().map(String::as_str));
+                    self.gobgp(lab, &args)?;
                 }
                 for vip in current.difference(&wanted) {
                     self.gobgp(lab, &["global", "rib", "del", "-a", family(*vip), &host_prefix(*vip)])?;
@@ -242,12 +299,19 @@ impl EdgeBgp {
 /// one `protocol static` per family that has any. An empty list gives an
 /// empty file (nothing announced).
 pub fn bird_static_routes(vips: &[IpAddr]) -> String {
+    bird_static_routes_with(vips, "")
+}
+
+/// `bird_static_routes` with filter `statements` run on every route (to set
+/// BGP attributes: `bgp_med = 100;`).
+pub fn bird_static_routes_with(vips: &[IpAddr], statements: &str) -> String {
+    let block = if statements.is_empty() { String::new() } else { format!(" {{ {statements} }}") };
     let mut text = String::from("# VIP routes this edge announces.\n");
     for (name, channel, v6) in [("gslb_vips4", "ipv4", false), ("gslb_vips6", "ipv6", true)] {
         let routes: Vec<String> = vips
             .iter()
             .filter(|vip| vip.is_ipv6() == v6)
-            .map(|vip| format!("  route {} blackhole;\n", host_prefix(*vip)))
+            .map(|vip| format!("  route {} blackhole{block};\n", host_prefix(*vip)))
             .collect();
         if !routes.is_empty() {
             let _ = write!(text, "protocol static {name} {{\n  {channel};\n{}}}\n", routes.concat());
@@ -273,6 +337,45 @@ impl Session {
     pub fn established(&self) -> bool {
         self.info.starts_with("Established")
     }
+}
+
+/// A route the router learned from an edge, with the attributes that
+/// decide between edges.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouterRoute {
+    pub edge: Option<EdgeNode>,
+    /// BIRD chose it (with `merge paths`, every equal route is in the
+    /// kernel's ECMP route; one of them is marked best).
+    pub best: bool,
+    pub as_path: Vec<u32>,
+    pub med: Option<u32>,
+    pub local_pref: Option<u32>,
+    /// BIRD's text: `(65535,0)`.
+    pub communities: String,
+}
+
+/// Parses `birdc show route PREFIX all`.
+fn parse_routes(out: &str) -> Vec<RouterRoute> {
+    let mut routes: Vec<RouterRoute> = Vec::new();
+    for line in out.lines() {
+        // A route starts with `... unicast [edge_a_v4 05:26:09.412] * (100) ...`.
+        if let Some((_, rest)) = line.split_once('[') {
+            let name = rest.split_whitespace().next().unwrap_or("");
+            if let Some((edge, _)) = session_of(name) {
+                routes.push(RouterRoute { edge: Some(edge), best: line.contains("] * "), ..RouterRoute::default() });
+                continue;
+            }
+        }
+        let (Some(route), Some((key, value))) = (routes.last_mut(), line.trim().split_once(": ")) else { continue };
+        match key {
+            "BGP.as_path" => route.as_path = value.split_whitespace().filter_map(|a| a.parse().ok()).collect(),
+            "BGP.med" => route.med = value.parse().ok(),
+            "BGP.local_pref" => route.local_pref = value.parse().ok(),
+            "BGP.community" => route.communities = value.to_string(),
+            _ => {}
+        }
+    }
+    routes
 }
 
 /// The lab's BGP daemons, started by `Bgp::start`; they die with the lab.
@@ -337,6 +440,16 @@ impl Bgp {
     pub fn sessions(&self) -> Result<Vec<Session>> {
         let out = self.router_birdc(&["show", "protocols"])?;
         Ok(parse_protocols(&out))
+    }
+
+    /// The routes the router's BIRD holds for `vip`'s host route, chosen or
+    /// not: a drained edge's route stays here, not best, until withdrawn.
+    pub fn router_routes(&self, vip: IpAddr) -> Result<Vec<RouterRoute>> {
+        match self.router_birdc(&["show", "route", &host_prefix(vip), "all"]) {
+            Ok(out) => Ok(parse_routes(&out)),
+            Err(e) if format!("{e:#}").contains("Network not found") => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Waits until both sessions (IPv4 and IPv6) of every edge in `edges`
@@ -868,6 +981,26 @@ mod tests {
         assert!(sessions[0].established() && sessions[0].edge == EdgeNode::EdgeA && !sessions[0].v6);
         assert_eq!(sessions[1].info, "Active Socket: Connection refused");
         assert!(!sessions[1].established() && sessions[1].v6);
+    }
+
+    #[test]
+    fn routes_parse() {
+        let out = "BIRD 2.0.12 ready.\nTable master4:\n\
+                   203.0.113.10/32      unicast [edge_a_v4 05:26:09.412] * (100) [AS65100i]\n\
+                   \tvia 10.2.1.2 on ea\n\tType: BGP univ\n\tBGP.origin: IGP\n\tBGP.as_path: 65100\n\
+                   \tBGP.next_hop: 10.2.1.2\n\tBGP.local_pref: 100\n\
+                   \x20                    unicast [edge_b_v4 05:26:18.491] (100) [AS65100i]\n\
+                   \tvia 10.2.2.2 on eb\n\tBGP.as_path: 65100 65100 65100\n\tBGP.med: 100\n\
+                   \tBGP.local_pref: 0\n\tBGP.community: (65535,0)\n";
+        let routes = parse_routes(out);
+        assert_eq!(routes.len(), 2, "{routes:?}");
+        assert_eq!(routes[0].edge, Some(EdgeNode::EdgeA));
+        assert!(routes[0].best && routes[0].med.is_none());
+        assert_eq!((routes[0].as_path.clone(), routes[0].local_pref), (vec![65100], Some(100)));
+        assert_eq!(routes[1].edge, Some(EdgeNode::EdgeB));
+        assert!(!routes[1].best);
+        assert_eq!((routes[1].as_path.len(), routes[1].med, routes[1].local_pref), (3, Some(100), Some(0)));
+        assert_eq!(routes[1].communities, "(65535,0)");
     }
 
     #[test]

@@ -10,10 +10,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use gslb_tests::bgp::{lab_vips, router_next_hops, wait_for_edges, BgpSetup, Daemon, RouteWatch};
+use gslb_tests::bgp::{lab_vips, router_next_hops, wait_for_edges, Bgp, BgpSetup, Daemon, Drain, RouteWatch};
 use gslb_tests::checks::{short_from_both, web_v4, web_v6};
 use gslb_tests::deploy::{Deployment, Setup};
-use gslb_tests::lab::EdgeNode;
+use gslb_tests::lab::{EdgeNode, Lab};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 const LAB_BINARY: &str = env!("CARGO_BIN_EXE_gslb-lab");
@@ -78,8 +78,12 @@ fn time_to_reroute(d: &Deployment, watch: &RouteWatch, remaining: &[EdgeNode], e
 }
 
 fn both_edges(d: &Deployment) {
+    both_edges_in(&d.lab);
+}
+
+fn both_edges_in(lab: &Lab) {
     for vip in lab_vips() {
-        wait_for_edges(&d.lab, vip, &EdgeNode::ALL, ROUTE_TIMEOUT).unwrap();
+        wait_for_edges(lab, vip, &EdgeNode::ALL, ROUTE_TIMEOUT).unwrap();
     }
 }
 
@@ -152,5 +156,43 @@ fn bgp_gives_ecmp_over_both_edges_and_follows_withdrawals_and_dead_daemons() {
     for (what, reroute) in &timings {
         let times: Vec<String> = reroute.changed.iter().map(|(vip, t)| format!("{vip} {}", ms(*t))).collect();
         println!("{what} (ran for {}) -> router kernel table changed: {}", ms(reroute.event), times.join(", "));
+    }
+}
+
+/// What a drain relies on at the router: a route marked by any drain method
+/// loses to the other edge's plain route, yet stays known (traffic can go
+/// back to it at once) until it is withdrawn.
+#[test]
+fn a_drained_route_loses_to_plain_ones_but_stays_until_withdrawn() {
+    let _serial = serial();
+    let lab = Lab::new().unwrap();
+    let bgp_setup = BgpSetup { edge_a: Daemon::Bird, edge_b: Daemon::Gobgp, ..BgpSetup::default() };
+    let bgp = Bgp::start(&lab, &bgp_setup).unwrap();
+    for edge in EdgeNode::ALL {
+        bgp.edge(edge).set_announced(&lab, &lab_vips()).unwrap();
+    }
+    both_edges_in(&lab);
+
+    for edge in EdgeNode::ALL {
+        let daemon = bgp.edge(edge).daemon.name();
+        for drain in Drain::ALL {
+            bgp.edge(edge).set_announced_as(&lab, &lab_vips(), Some(drain)).unwrap();
+            for vip in lab_vips() {
+                wait_for_edges(&lab, vip, &[other(edge)], ROUTE_TIMEOUT)
+                    .unwrap_or_else(|e| panic!("{daemon} on {edge}, drain {}: {e:#}", drain.name()));
+                let routes = bgp.router_routes(vip).unwrap();
+                let drained = routes.iter().find(|r| r.edge == Some(edge));
+                let drained = drained.unwrap_or_else(|| panic!("{edge}'s drained route to {vip} is gone: {routes:?}"));
+                assert!(!drained.best, "{edge}'s drained route to {vip} is still the best: {routes:?}");
+                let marked = match drain {
+                    Drain::Prepend => drained.as_path.len() == 3,
+                    Drain::Med => drained.med == Some(100),
+                    Drain::GracefulShutdown => drained.local_pref == Some(0),
+                };
+                assert!(marked, "{edge}'s route to {vip} lacks the {} mark: {drained:?}", drain.name());
+            }
+            bgp.edge(edge).set_announced(&lab, &lab_vips()).unwrap();
+            both_edges_in(&lab);
+        }
     }
 }
