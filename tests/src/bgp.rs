@@ -341,9 +341,9 @@ impl Session {
 
 /// A route the router learned from an edge, with the attributes that
 /// decide between edges.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouterRoute {
-    pub edge: Option<EdgeNode>,
+    pub edge: EdgeNode,
     /// BIRD chose it (with `merge paths`, every equal route is in the
     /// kernel's ECMP route; one of them is marked best).
     pub best: bool,
@@ -362,7 +362,14 @@ fn parse_routes(out: &str) -> Vec<RouterRoute> {
         if let Some((_, rest)) = line.split_once('[') {
             let name = rest.split_whitespace().next().unwrap_or("");
             if let Some((edge, _)) = session_of(name) {
-                routes.push(RouterRoute { edge: Some(edge), best: line.contains("] * "), ..RouterRoute::default() });
+                routes.push(RouterRoute {
+                    edge,
+                    best: line.contains("] * "),
+                    as_path: Vec::new(),
+                    med: None,
+                    local_pref: None,
+                    communities: String::new(),
+                });
                 continue;
             }
         }
@@ -994,13 +1001,33 @@ mod tests {
                    \tBGP.local_pref: 0\n\tBGP.community: (65535,0)\n";
         let routes = parse_routes(out);
         assert_eq!(routes.len(), 2, "{routes:?}");
-        assert_eq!(routes[0].edge, Some(EdgeNode::EdgeA));
+        assert_eq!(routes[0].edge, EdgeNode::EdgeA);
         assert!(routes[0].best && routes[0].med.is_none());
         assert_eq!((routes[0].as_path.clone(), routes[0].local_pref), (vec![65100], Some(100)));
-        assert_eq!(routes[1].edge, Some(EdgeNode::EdgeB));
+        assert_eq!(routes[1].edge, EdgeNode::EdgeB);
         assert!(!routes[1].best);
         assert_eq!((routes[1].as_path.len(), routes[1].med, routes[1].local_pref), (3, Some(100), Some(0)));
         assert_eq!(routes[1].communities, "(65535,0)");
+    }
+
+    #[test]
+    fn agent_section_names_the_daemons_own_paths() {
+        let edge = |daemon| EdgeBgp {
+            edge: EdgeNode::EdgeA,
+            daemon,
+            bird_socket: "/run/x/bird-edge-a.ctl".into(),
+            bird_include: "/run/x/edge-a-vips.conf".into(),
+            gobgp_api: GOBGP_API.into(),
+            config: "/run/x/c".into(),
+            log: "/run/x/l".into(),
+        };
+        let setup = BgpSetup { drain: Drain::GracefulShutdown, ..BgpSetup::default() };
+        let bird = edge(Daemon::Bird).agent_section(&setup);
+        assert!(bird.starts_with("[bgp]\ndaemon = \"bird\"\nbird_socket = \"/run/x/bird-edge-a.ctl\"\n"), "{bird}");
+        assert!(bird.contains("bird_include = \"/run/x/edge-a-vips.conf\"\n") && !bird.contains("gobgp_api"));
+        assert!(bird.contains("drain = \"graceful-shutdown\"\n") && bird.contains("announce_after_ms = 300\n"));
+        let gobgp = edge(Daemon::Gobgp).agent_section(&setup);
+        assert!(gobgp.contains("daemon = \"gobgp\"\ngobgp_api = \"127.0.0.1:50051\"\n") && !gobgp.contains("bird_"));
     }
 
     #[test]

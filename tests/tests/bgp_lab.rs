@@ -99,6 +99,7 @@ fn bgp_gives_ecmp_over_both_edges_and_follows_withdrawals_and_dead_daemons() {
     // Routes come from BGP only: nothing announced, nothing routed.
     for vip in lab_vips() {
         assert!(router_next_hops(&d.lab, vip).unwrap().is_empty(), "a route to {vip} before any announcement");
+        assert_eq!(bgp.router_routes(vip).unwrap(), vec![], "the router learned {vip} before any announcement");
     }
 
     // Both edges announce: one ECMP route per VIP, through both edges.
@@ -181,7 +182,7 @@ fn a_drained_route_loses_to_plain_ones_but_stays_until_withdrawn() {
                 wait_for_edges(&lab, vip, &[other(edge)], ROUTE_TIMEOUT)
                     .unwrap_or_else(|e| panic!("{daemon} on {edge}, drain {}: {e:#}", drain.name()));
                 let routes = bgp.router_routes(vip).unwrap();
-                let drained = routes.iter().find(|r| r.edge == Some(edge));
+                let drained = routes.iter().find(|r| r.edge == edge);
                 let drained = drained.unwrap_or_else(|| panic!("{edge}'s drained route to {vip} is gone: {routes:?}"));
                 assert!(!drained.best, "{edge}'s drained route to {vip} is still the best: {routes:?}");
                 let marked = match drain {
