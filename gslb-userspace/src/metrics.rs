@@ -330,10 +330,45 @@ pub fn render(status: &Status) -> String {
         failover_apply,
     );
 
+    if let Some(bgp) = &status.bgp {
+        bgp_metrics(r, bgp);
+    }
+
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &registry);
     out
+}
+
+/// BGP announcements (`[bgp]`).
+fn bgp_metrics(r: &mut Registry, bgp: &crate::announce::status::BgpStatus) {
+    let announced = int_gauge_family(r, "gslb_vip_announced", "1 while this edge announces the VIP's address over BGP");
+    for route in &bgp.routes {
+        for vip in &route.vips {
+            let labels = vec![("vip", vip.clone()), ("address", route.address.to_string())];
+            set_int(&announced, labels, route.announced as i64);
+        }
+    }
+    let labels = || vec![("daemon", bgp.daemon.clone())];
+    let up = int_gauge_family(r, "gslb_bgp_daemon_up", "1 while the BGP daemon answers the agent");
+    set_int(&up, labels(), bgp.reachable as i64);
+    let sessions =
+        int_gauge_family(r, "gslb_bgp_sessions_established", "BGP sessions the daemon reports as established");
+    set_int(&sessions, labels(), saturating_i64(bgp.sessions_established));
+    let guard = int_gauge_family(
+        r,
+        "gslb_announce_guard",
+        "1 while every health check fails at once and the agent holds its announcements (the guard)",
+    );
+    set_int(&guard, vec![], bgp.guard as i64);
+    let drained =
+        int_gauge_family(r, "gslb_edge_drained", "Edge drain: 0 none, 1 announced less preferred, 2 withdrawn");
+    let phase = match bgp.edge_drain.as_deref() {
+        Some("draining") => 1,
+        Some(_) => 2,
+        None => 0,
+    };
+    set_int(&drained, vec![], phase);
 }
 
 /// Binds the metrics listener: a std listener, nonblocking, ready for
