@@ -49,7 +49,11 @@ impl Watchdog {
     pub fn spawn(bgp: &Bgp) -> Result<Watchdog> {
         let exe = std::env::current_exe().context("finding the gslb binary for the BGP watchdog")?;
         let mut command = Command::new(exe);
-        command.arg("bgp-watchdog").stdin(Stdio::piped()).stdout(Stdio::null());
+        command
+            .args(invocation_prefix(std::env::args()))
+            .arg("bgp-watchdog")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null());
         // SAFETY: setsid is async-signal-safe and touches only the child.
         unsafe {
             command.pre_exec(|| {
@@ -87,6 +91,13 @@ impl Watchdog {
             self.pipe = None;
         }
     }
+}
+
+/// The arguments between the binary and `run`: none for `gslb run`, but
+/// `gslb` for a binary that embeds the command line (the lab's
+/// `gslb-lab gslb run ...`), so the watchdog starts the same way.
+fn invocation_prefix(args: impl Iterator<Item = String>) -> Vec<String> {
+    args.skip(1).take_while(|a| a != "run").collect()
 }
 
 /// `gslb bgp-watchdog`: reads the agent's messages from stdin until EOF.
@@ -132,4 +143,25 @@ pub fn run() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_starts_like_the_agent() {
+        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>().into_iter();
+        assert!(invocation_prefix(args("/usr/bin/gslb run --config /etc/gslb.toml")).is_empty());
+        assert_eq!(invocation_prefix(args("/x/gslb-lab gslb run --config c")), vec!["gslb"]);
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let routes: BTreeSet<Route> = [Route { address: "203.0.113.10".parse().unwrap(), drain: true }].into();
+        for message in [Message::Config(Box::default()), Message::Routes(routes), Message::Exit] {
+            let line = serde_json::to_string(&message).unwrap();
+            assert_eq!(serde_json::to_string(&serde_json::from_str::<Message>(&line).unwrap()).unwrap(), line);
+        }
+    }
 }
