@@ -129,8 +129,9 @@ impl Announcer {
         }))
     }
 
-    /// Hands `routes` to the worker if they differ from the last ones.
-    fn want(&mut self, routes: BTreeMap<IpAddr, Route>) {
+    /// Hands `routes` to the worker if they differ from the last ones;
+    /// `why` overrides the decision's reasons in the log.
+    fn want(&mut self, routes: BTreeMap<IpAddr, Route>, why: Option<&str>) {
         if routes == self.wanted {
             return;
         }
@@ -143,7 +144,8 @@ impl Announcer {
                     Some(_) => "announce",
                     None => "withdraw",
                 };
-                info!(%address, vips = ?state.vips, reason = state.reason.describe(), "BGP: {what}");
+                let reason = why.map_or_else(|| state.reason.describe(), String::from);
+                info!(%address, vips = ?state.vips, reason, "BGP: {what}");
             }
         }
         self.wanted = routes;
@@ -158,11 +160,11 @@ impl Announcer {
     pub fn shutdown(&mut self, drain: bool) {
         if drain && !self.wanted.is_empty() {
             let marked = self.wanted.iter().map(|(a, r)| (*a, Route { drain: true, ..*r })).collect();
-            self.want(marked);
+            self.want(marked, Some("agent exiting (--drain-on-exit)"));
             info!(wait_ms = self.decision.timers.drain_wait.as_millis() as u64, "draining the edge before exit");
             std::thread::sleep(self.decision.timers.drain_wait);
         }
-        self.want(BTreeMap::new());
+        self.want(BTreeMap::new(), Some("agent exiting"));
         if let Some((commands, thread)) = self.worker.take() {
             commands.send(Command::Stop).ok();
             let _ = thread.join();
@@ -338,7 +340,7 @@ impl Agent {
                 info!("guard over: announcements follow the health checks again");
             }
         }
-        announcer.want(routes);
+        announcer.want(routes, None);
     }
 
     /// `gslb drain --edge`: announce less preferred, then withdraw.
