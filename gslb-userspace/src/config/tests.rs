@@ -1129,3 +1129,29 @@ fn bgp_errors_are_located() {
     refused(&bgp("keep_on_total_failure = \"yes\" # here"), "invalid type");
     refused(&bgp("announce_after = 5 # here"), "unknown field `announce_after`");
 }
+
+#[test]
+fn documented_bgp_example_is_valid() {
+    let doc = include_str!("../../../docs/configuration.md");
+    let start = doc.find("```\n[bgp]\n").expect("the doc has a [bgp] example") + "```\n".len();
+    let end = start + doc[start..].find("```").unwrap();
+    let bgp = parse_str(&format!("{MINIMAL}\n{}", &doc[start..end])).unwrap().bgp;
+    assert_eq!((bgp.daemon, bgp.drain, bgp.local_as), (BgpDaemon::Bird, DrainStyle::Prepend, Some(65001)));
+    // Every key of the section is in the doc's table.
+    for key in [
+        "daemon",
+        "bird_socket",
+        "bird_include",
+        "gobgp_api",
+        "announce_after_ms",
+        "withdraw_after_ms",
+        "drain",
+        "drain_wait_ms",
+        "keep_on_total_failure",
+        "local_as",
+        "prepend_count",
+        "drain_med",
+    ] {
+        assert!(doc.contains(&format!("| `{key}` |")), "docs/configuration.md does not describe bgp.{key}");
+    }
+}
