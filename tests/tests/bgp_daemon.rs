@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use gslb_userspace::announce::bird::{self, Bird};
+use gslb_userspace::announce::gobgp::Gobgp;
 use gslb_userspace::announce::watchdog::Message;
 use gslb_userspace::announce::{Daemon, Route};
 use gslb_userspace::config::{Bgp, BgpDaemon, DrainStyle};
@@ -111,7 +112,11 @@ impl Pair {
 
     /// The router's view of `prefix`: `show route ... all`.
     fn router_route(&self, address: &str) -> String {
-        let reply = bird::command(&self.socket("router"), &format!("show route {address}/32 all")).unwrap();
+        self.router_query(&format!("show route {address}/32 all"))
+    }
+
+    fn router_query(&self, query: &str) -> String {
+        let reply = bird::command(&self.socket("router"), query).unwrap();
         reply.iter().map(|(_, line)| line.as_str()).collect::<Vec<_>>().join("\n")
     }
 
@@ -265,4 +270,95 @@ fn include_is_replaced_atomically() {
     let error = format!("{:#}", bird::write_atomically(Path::new("/nonexistent/dir/vips.conf"), "x").unwrap_err());
     assert!(error.contains("bgp.bird_include /nonexistent/dir/vips.conf"), "{error}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The router peers with a gobgpd in the namespace (BGP on 127.0.0.3:179,
+/// API on 127.0.0.1:50051 there); the agent's `Gobgp` runs `gobgp` from a
+/// thread that entered the namespace.
+#[test]
+fn gobgp_announces_drains_and_withdraws() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if Command::new("gobgpd").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: `gobgpd` is not installed (apt-get install gobgpd)");
+        return;
+    }
+    let Some(pair) = Pair::start("gobgp") else { return };
+    // gobgpd takes port 179 in the namespace.
+    pair.stop_bird("edge");
+    // The router gets a second session, towards gobgpd.
+    let router = std::fs::read_to_string(pair.dir.join("router.conf")).unwrap()
+        + "protocol bgp gobgp {\n  local 127.0.0.2 port 1179 as 65000;\n  neighbor 127.0.0.3 as 65002;\n  multihop;\n\
+           connect delay time 1;\n  connect retry time 1;\n  error wait time 1,5;\n  ipv4 { import all; export none; };\n}\n";
+    std::fs::write(pair.dir.join("router.conf"), router).unwrap();
+    let reply = bird::command(&pair.socket("router"), "configure").unwrap();
+    assert!(reply.last().unwrap().0 < 1000, "{reply:?}");
+    let config = pair.dir.join("gobgpd.toml");
+    std::fs::write(
+        &config,
+        "[global.config]\n  as = 65002\n  router-id = \"10.255.0.3\"\n  local-address-list = [\"127.0.0.3\"]\n\
+         [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"127.0.0.2\"\n    peer-as = 65000\n\
+         [neighbors.transport.config]\n    remote-port = 1179\n    local-address = \"127.0.0.3\"\n\
+         [neighbors.ebgp-multihop.config]\n    enabled = true\n    multihop-ttl = 2\n\
+         [neighbors.timers.config]\n    connect-retry = 1\n",
+    )
+    .unwrap();
+    let mut gobgpd = Command::new("ip")
+        .args(["netns", "exec", &pair.netns, "gobgpd", "-f"])
+        .arg(&config)
+        .args(["--api-hosts", "127.0.0.1:50051", "--log-level", "warn"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let netns = pair.netns.clone();
+    let outcome = std::thread::spawn(move || {
+        enter_netns(&netns);
+        let bgp = Bgp { daemon: BgpDaemon::Gobgp, drain: DrainStyle::GracefulShutdown, ..Bgp::default() };
+        let mut edge = Gobgp::new(&bgp);
+        assert!(
+            wait_for(Duration::from_secs(30), || edge.sessions().is_ok_and(|s| s.iter().any(|s| s.established))),
+            "gobgpd never established its session: {:?}",
+            edge.sessions()
+        );
+        let one: BTreeSet<Route> = [route(VIP_A, false)].into();
+        edge.announce(&one, &BTreeSet::new(), true).unwrap();
+        let drained: BTreeSet<Route> = [route(VIP_A, true)].into();
+        (edge, one, drained)
+    })
+    .join();
+    let (mut edge, one, drained) = match outcome {
+        Ok(v) => v,
+        Err(panic) => {
+            let _ = gobgpd.kill();
+            let _ = gobgpd.wait();
+            std::panic::resume_unwind(panic);
+        }
+    };
+    pair.wait_router("the VIP from gobgpd", |p| has(&p.router_route(VIP_A), VIP_A));
+    let netns = pair.netns.clone();
+    let drain = std::thread::spawn(move || {
+        enter_netns(&netns);
+        edge.announce(&drained, &one, false).map(|()| (edge, drained))
+    });
+    let (edge, drained) = drain.join().unwrap().unwrap();
+    pair.wait_router("the drain community from gobgpd", |p| p.router_route(VIP_A).contains("(65535,0)"));
+    let netns = pair.netns.clone();
+    let mut edge = edge;
+    std::thread::spawn(move || {
+        enter_netns(&netns);
+        edge.announce(&BTreeSet::new(), &drained, false)
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    pair.wait_router("gobgpd's withdrawal", |p| !has(&p.router_route(VIP_A), VIP_A));
+    let _ = gobgpd.kill();
+    let _ = gobgpd.wait();
+}
+
+/// Moves this thread (and what it spawns) into the namespace.
+fn enter_netns(name: &str) {
+    let file = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
+    // SAFETY: setns on an open namespace file; affects this thread only.
+    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
 }

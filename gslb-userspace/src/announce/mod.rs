@@ -305,9 +305,15 @@ impl Agent {
     /// What the decision needs to know now.
     pub fn announce_inputs(&self) -> Inputs {
         let steer_attached = self.links.iter().any(|(_, i)| i.mode.is_some());
-        let down = |a: &IpAddr| self.health.get(a).is_some_and(|s| s.health() == Health::Down);
         let monitored: Vec<IpAddr> =
             self.config.monitored_backends().into_iter().filter(|(_, m)| m.is_enabled()).map(|(a, _)| a).collect();
+        // A monitored backend counts once a probe has succeeded (it has an
+        // RTT): a starting agent takes every backend as up, and must not
+        // announce on that assumption alone.
+        let serves = |a: &IpAddr| match self.health.get(a) {
+            Some(state) if monitored.contains(a) => state.health() != Health::Down && state.rtt_avg_ms().is_some(),
+            _ => true,
+        };
         let all_failing = !monitored.is_empty()
             && monitored.iter().all(|a| self.health.get(a).is_some_and(|s| s.health() != Health::Up));
         let vips = self
@@ -318,7 +324,7 @@ impl Agent {
                 let planned = self.plan.vips.values().find(|p| p.name == vip.name);
                 let serving = planned.is_some_and(|p| {
                     let table = &p.default;
-                    (table.fallback && !table.weights.is_empty()) || table.weights.keys().any(|a| !down(a))
+                    (table.fallback && !table.weights.is_empty()) || table.weights.keys().any(serves)
                 });
                 VipView { name: vip.name.clone(), address: vip.address, serving }
             })
