@@ -44,7 +44,7 @@ impl Daemon for Bird {
         write_atomically(&self.include, &include_file(routes, &self.bgp))?;
         let reply = command(&self.socket, "configure")?;
         // "0003 Reconfigured", "0004 Reconfiguration in progress", "0019 Nothing to do", ...
-        if !reply.last().is_some_and(|(code, _)| *code < 1000) {
+        if reply.last().is_none_or(|(code, _)| *code >= 1000) {
             bail!("BIRD refused `configure`: {}", text(&reply));
         }
         Ok(())

@@ -174,8 +174,9 @@ impl Announcer {
 
 impl Drop for Announcer {
     fn drop(&mut self) {
-        // Dropping without `shutdown` (an error path) leaves the watchdog
-        // to withdraw when its pipe closes.
+        // Dropped without `shutdown` (an error path): the worker sees the
+        // channel close and withdraws; if the process exits first, the
+        // watchdog does.
         if let Some((commands, _)) = self.worker.take() {
             drop(commands);
         }
@@ -322,10 +323,7 @@ impl Agent {
             .iter()
             .map(|vip| {
                 let planned = self.plan.vips.values().find(|p| p.name == vip.name);
-                let serving = planned.is_some_and(|p| {
-                    let table = &p.default;
-                    (table.fallback && !table.weights.is_empty()) || table.weights.keys().any(serves)
-                });
+                let serving = planned.is_some_and(|p| has_serving_pool(&p.default, &serves));
                 VipView { name: vip.name.clone(), address: vip.address, serving }
             })
             .collect();
@@ -371,6 +369,12 @@ impl Agent {
     }
 }
 
+/// Whether a VIP's table has a serving pool: its fallback pool with some
+/// backend in it (used whatever its health), or a backend that `serves`.
+pub fn has_serving_pool(table: &crate::plan::PlannedTable, serves: impl Fn(&IpAddr) -> bool) -> bool {
+    (table.fallback && !table.weights.is_empty()) || table.weights.keys().any(serves)
+}
+
 /// Refuses a reload that changes how the daemon is driven.
 pub fn check_reload(old: &Bgp, new: &Bgp) -> Result<()> {
     let fixed = |b: &Bgp| {
@@ -392,4 +396,39 @@ pub fn check_reload(old: &Bgp, new: &Bgp) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::PlannedTable;
+
+    fn table(backends: &[&str], fallback: bool) -> PlannedTable {
+        PlannedTable {
+            weights: backends.iter().map(|a| (a.parse().unwrap(), 100)).collect(),
+            pools: vec!["p".into()],
+            fallback,
+            table: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_serving_pool_is_a_serving_backend_or_the_fallback() {
+        let up = |a: &IpAddr| *a == "198.51.100.1".parse::<IpAddr>().unwrap();
+        assert!(has_serving_pool(&table(&["198.51.100.1", "198.51.100.2"], false), up));
+        // The planner keeps unhealthy backends when nothing else is left:
+        // that is no serving pool.
+        assert!(!has_serving_pool(&table(&["198.51.100.2"], false), up));
+        assert!(has_serving_pool(&table(&["198.51.100.9"], true), up));
+        assert!(!has_serving_pool(&table(&[], true), up));
+    }
+
+    #[test]
+    fn reload_may_change_timers_only() {
+        let old = Bgp { daemon: BgpDaemon::Bird, bird_include: Some("/etc/bird/v.conf".into()), ..Bgp::default() };
+        let timers = Bgp { announce_after_ms: 10, keep_on_total_failure: false, ..old.clone() };
+        assert!(check_reload(&old, &timers).is_ok());
+        let other = Bgp { daemon: BgpDaemon::Gobgp, ..old.clone() };
+        assert!(format!("{:#}", check_reload(&old, &other).unwrap_err()).contains("restart the agent"));
+    }
 }

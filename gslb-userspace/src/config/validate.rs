@@ -141,7 +141,7 @@ fn check_bgp(src: &Source, raw: &RawBgp, span: Range<usize>) -> Result<Bgp> {
         withdraw_after_ms: ms(&raw.withdraw_after_ms, DEFAULT_WITHDRAW_AFTER_MS, "bgp.withdraw_after_ms")?,
         drain,
         drain_wait_ms: ms(&raw.drain_wait_ms, DEFAULT_DRAIN_WAIT_MS, "bgp.drain_wait_ms")?,
-        keep_on_total_failure: raw.keep_on_total_failure.as_ref().map_or(true, |k| *k.get_ref()),
+        keep_on_total_failure: raw.keep_on_total_failure.as_ref().is_none_or(|k| *k.get_ref()),
         local_as,
         prepend_count,
         drain_med,
