@@ -31,6 +31,12 @@ pub enum Request {
     Undrain {
         target: String,
     },
+    /// Drain the whole edge from BGP: announce less preferred, then
+    /// withdraw; with a duration, undrain when it is over.
+    DrainEdge {
+        duration_ms: Option<u64>,
+    },
+    UndrainEdge,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -72,6 +78,10 @@ pub fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
             Response::from_result(agent.drain(&target, duration), |r, b| r.backends = Some(b))
         }
         Request::Undrain { target } => Response::from_result(agent.undrain(&target), |r, b| r.backends = Some(b)),
+        Request::DrainEdge { duration_ms } => {
+            Response::from_result(agent.drain_edge(duration_ms.map(Duration::from_millis)), |_, ()| ())
+        }
+        Request::UndrainEdge => Response::from_result(agent.undrain_edge(), |_, ()| ()),
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Agent {
     n_plus_one_failing: std::collections::BTreeSet<String>,
     /// ICMP errors about tunnel packets, per backend (reported, never acted on).
     pub tunnel_errors: std::sync::Arc<TunnelErrors>,
+    /// BGP announcements (`[bgp]`), once started.
+    pub announce: Option<crate::announce::Announcer>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -140,6 +142,7 @@ impl Agent {
             latency_steps: LatencySteps::new(),
             n_plus_one_failing: Default::default(),
             tunnel_errors: TunnelErrors::new(),
+            announce: None,
         };
         agent.configure_tunnel_errors();
         agent.warn_capacity();
@@ -212,6 +215,7 @@ impl Agent {
         for interface in config.edge.interfaces.iter().filter(|i| !self.links.contains(i)) {
             attach::ifindex(interface)?;
         }
+        crate::announce::check_reload(&self.config.bgp, &config.bgp)?;
         let limits = self.steer.limits;
         if config.vips.len() > limits.max_vips as usize {
             bail!("{} VIPs do not fit the loaded maps (max_vips {})", config.vips.len(), limits.max_vips);
@@ -222,6 +226,9 @@ impl Agent {
         plan(&config, &self.installed.backend_ids, limits.max_backends, limits.table_size, &conditions)?;
         let old_names = vip_names(&self.plan);
         self.config = config;
+        if let Some(announcer) = &mut self.announce {
+            announcer.decision.timers = crate::announce::timers(&self.config.bgp);
+        }
         self.configure_tunnel_errors();
         self.forget_removed();
         let wanted = self.config.monitored_backends();

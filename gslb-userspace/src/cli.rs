@@ -61,6 +61,10 @@ pub enum Command {
         /// flows are forgotten.
         #[arg(long)]
         remove_on_exit: bool,
+        /// On SIGTERM/SIGINT, announce the VIPs less preferred for
+        /// bgp.drain_wait_ms before withdrawing them ([bgp] only).
+        #[arg(long)]
+        drain_on_exit: bool,
     },
     /// Make the running agent re-read its config file (as SIGHUP does).
     Reload {
@@ -76,9 +80,14 @@ pub enum Command {
     },
     /// Stop new flows to a backend (address) or to every backend of a pool
     /// (name). Recorded flows keep going until they end, or until
-    /// `--for` has passed.
+    /// `--for` has passed. With `--edge`: drain the whole edge from BGP
+    /// (announce less preferred, then withdraw; `--for`: undrain after).
     Drain {
-        target: String,
+        #[arg(required_unless_present = "edge", conflicts_with = "edge")]
+        target: Option<String>,
+        /// Drain this edge's BGP announcements instead of backends.
+        #[arg(long)]
+        edge: bool,
         /// How long recorded flows may run on (e.g. 30s, 5m); unlimited if
         /// not given.
         #[arg(long = "for", value_parser = humantime::parse_duration)]
@@ -86,9 +95,13 @@ pub enum Command {
         #[command(flatten)]
         agent: AgentAddress,
     },
-    /// Put a drained backend or pool back into rotation.
+    /// Put a drained backend or pool back into rotation (`--edge`: announce
+    /// the edge's VIPs again).
     Undrain {
-        target: String,
+        #[arg(required_unless_present = "edge", conflicts_with = "edge")]
+        target: Option<String>,
+        #[arg(long)]
+        edge: bool,
         #[command(flatten)]
         agent: AgentAddress,
     },
@@ -108,6 +121,10 @@ pub enum Command {
     },
     /// Load `steer` and `decap` through the kernel verifier, then exit.
     Verify,
+    /// Internal: started by `gslb run` with [bgp]; withdraws the agent's
+    /// VIPs if the agent dies (see docs/operations.md).
+    #[command(hide = true)]
+    BgpWatchdog,
 }
 
 pub fn main() -> Result<()> {
@@ -117,7 +134,8 @@ pub fn main() -> Result<()> {
 pub fn run(cli: Cli) -> Result<()> {
     init_logging();
     match cli.command {
-        Command::Run { config, remove_on_exit } => run_agent(&config, remove_on_exit),
+        Command::Run { config, remove_on_exit, drain_on_exit } => run_agent(&config, remove_on_exit, drain_on_exit),
+        Command::BgpWatchdog => crate::announce::watchdog::run(),
         Command::Reload { agent } => {
             let response = admin::request(&agent.socket()?, &Request::Reload)?;
             if let Some(error) = response.error {
@@ -138,11 +156,23 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Drain { target, duration, agent } => {
-            let request = Request::Drain { target, duration_ms: duration.map(|d| d.as_millis() as u64) };
+        Command::Drain { target, edge, duration, agent } => {
+            let duration_ms = duration.map(|d| d.as_millis() as u64);
+            let Some(target) = target.filter(|_| !edge) else {
+                let response = admin::request(&agent.socket()?, &Request::DrainEdge { duration_ms })?;
+                return print_edge(
+                    "edge drained: VIPs announced less preferred, withdrawn after bgp.drain_wait_ms",
+                    response,
+                );
+            };
+            let request = Request::Drain { target, duration_ms };
             print_backends("drained", admin::request(&agent.socket()?, &request)?)
         }
-        Command::Undrain { target, agent } => {
+        Command::Undrain { target, edge, agent } => {
+            let Some(target) = target.filter(|_| !edge) else {
+                let response = admin::request(&agent.socket()?, &Request::UndrainEdge)?;
+                return print_edge("edge undrained", response);
+            };
             print_backends("undrained", admin::request(&agent.socket()?, &Request::Undrain { target })?)
         }
         Command::Check { config } => {
@@ -164,6 +194,14 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn print_edge(what: &str, response: admin::Response) -> Result<()> {
+    if let Some(error) = response.error {
+        bail!("{error}");
+    }
+    println!("{what}");
+    Ok(())
 }
 
 fn print_backends(what: &str, response: admin::Response) -> Result<()> {
@@ -189,7 +227,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")
 }
 
-fn run_agent(config_path: &Path, remove_on_exit: bool) -> Result<()> {
+fn run_agent(config_path: &Path, remove_on_exit: bool, drain_on_exit: bool) -> Result<()> {
     // The socket first: a second agent for the same edge stops here, before
     // it touches the data plane.
     let edge = config::load(config_path)?.edge;
@@ -205,6 +243,14 @@ fn run_agent(config_path: &Path, remove_on_exit: bool) -> Result<()> {
         }
     };
     let pin_dir = agent.config.edge.bpffs_pin.clone();
+    let mut agent = agent;
+    match crate::announce::Announcer::start(&agent.config.bgp) {
+        Ok(announcer) => agent.announce = announcer,
+        Err(error) => {
+            let _ = std::fs::remove_file(&socket);
+            return Err(error);
+        }
+    }
     let agent = Arc::new(Mutex::new(agent));
     runtime()?.block_on(async {
         let (events, mut health) = tokio::sync::mpsc::unbounded_channel();
@@ -222,6 +268,9 @@ fn run_agent(config_path: &Path, remove_on_exit: bool) -> Result<()> {
         });
         let mut drain_clock = tokio::time::interval(std::time::Duration::from_millis(250));
         let mut link_clock = tokio::time::interval(links::POLL_INTERVAL);
+        let mut announce_clock = tokio::time::interval(crate::announce::STEP_INTERVAL);
+        announce_clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let has_announcer = agent.lock().unwrap_or_else(|p| p.into_inner()).announce.is_some();
         let mut hangup = signal(SignalKind::hangup())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
@@ -256,6 +305,12 @@ fn run_agent(config_path: &Path, remove_on_exit: bool) -> Result<()> {
                         agent.lock().unwrap_or_else(|p| p.into_inner()).watch_interfaces();
                     }).await;
                 }
+                _ = announce_clock.tick(), if has_announcer => {
+                    let agent = agent.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        agent.lock().unwrap_or_else(|p| p.into_inner()).step_announcements();
+                    }).await;
+                }
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
             }
@@ -265,7 +320,10 @@ fn run_agent(config_path: &Path, remove_on_exit: bool) -> Result<()> {
         anyhow::Ok(())
     })?;
     let _ = std::fs::remove_file(&socket);
-    let agent = agent.lock().unwrap_or_else(|p| p.into_inner());
+    let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(mut announcer) = agent.announce.take() {
+        announcer.shutdown(drain_on_exit);
+    }
     if remove_on_exit {
         agent.remove_pins()?;
         info!("removed the pinned state; steer detaches as this process exits");

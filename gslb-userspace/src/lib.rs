@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod announce;
 pub mod attach;
 pub mod cli;
 pub mod config;

@@ -330,10 +330,45 @@ pub fn render(status: &Status) -> String {
         failover_apply,
     );
 
+    if let Some(bgp) = &status.bgp {
+        bgp_metrics(r, bgp);
+    }
+
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &registry);
     out
+}
+
+/// BGP announcements (`[bgp]`).
+fn bgp_metrics(r: &mut Registry, bgp: &crate::announce::status::BgpStatus) {
+    let announced = int_gauge_family(r, "gslb_vip_announced", "1 while this edge announces the VIP's address over BGP");
+    for route in &bgp.routes {
+        for vip in &route.vips {
+            let labels = vec![("vip", vip.clone()), ("address", route.address.to_string())];
+            set_int(&announced, labels, route.announced as i64);
+        }
+    }
+    let labels = || vec![("daemon", bgp.daemon.clone())];
+    let up = int_gauge_family(r, "gslb_bgp_daemon_up", "1 while the BGP daemon answers the agent");
+    set_int(&up, labels(), bgp.reachable as i64);
+    let sessions =
+        int_gauge_family(r, "gslb_bgp_sessions_established", "BGP sessions the daemon reports as established");
+    set_int(&sessions, labels(), saturating_i64(bgp.sessions_established));
+    let guard = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    guard.set(bgp.guard as i64);
+    r.register(
+        "gslb_announce_guard",
+        "1 while every health check fails at once and the agent holds its announcements (the guard)",
+        guard,
+    );
+    let drained = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    drained.set(match bgp.edge_drain.as_deref() {
+        Some("draining") => 1,
+        Some(_) => 2,
+        None => 0,
+    });
+    r.register("gslb_edge_drained", "Edge drain: 0 none, 1 announced less preferred, 2 withdrawn", drained);
 }
 
 /// Binds the metrics listener: a std listener, nonblocking, ready for
@@ -591,6 +626,36 @@ mod tests {
             let name = line.split(' ').nth(2).unwrap();
             assert!(text.contains(&format!("# HELP {name} ")), "no HELP for {name}");
         }
+    }
+
+    #[test]
+    fn renders_bgp_announcements() {
+        let mut status = status();
+        assert!(!render(&status).contains("gslb_bgp"), "no [bgp], no BGP metrics");
+        status.bgp = Some(
+            serde_json::from_value(serde_json::json!({
+                "daemon": "bird", "reachable": true, "in_sync": true,
+                "sessions": [{"name": "uplink", "state": "Established", "established": true}],
+                "sessions_established": 1, "last_change_unix_ms": 1, "last_error": null, "last_error_unix_ms": null,
+                "guard": true, "edge_drain": "draining", "edge_drain_until_unix_ms": null,
+                "routes": [{
+                    "address": "192.0.2.10", "vips": ["web", "web-udp"], "announced": true, "drain": true,
+                    "reason_code": "edge-draining", "reason": "edge draining", "since_unix_ms": 1
+                }]
+            }))
+            .unwrap(),
+        );
+        assert_lines(
+            &render(&status),
+            &[
+                r#"gslb_vip_announced{vip="web",address="192.0.2.10"} 1"#,
+                r#"gslb_vip_announced{vip="web-udp",address="192.0.2.10"} 1"#,
+                r#"gslb_bgp_daemon_up{daemon="bird"} 1"#,
+                r#"gslb_bgp_sessions_established{daemon="bird"} 1"#,
+                "gslb_announce_guard 1",
+                "gslb_edge_drained 1",
+            ],
+        );
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub struct Status {
     pub last_reload: Option<LastReload>,
     /// Backends that went down: how long detection and the data plane took.
     pub failovers: Vec<FailoverStatus>,
+    /// BGP announcements; absent without `[bgp]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<crate::announce::status::BgpStatus>,
 }
 
 /// One configured interface: its state and `steer`'s attachment.
@@ -478,6 +481,7 @@ impl Status {
             reloads: agent.reloads,
             reloads_failed: agent.reloads_failed,
             failovers,
+            bgp: agent.announce.as_ref().map(|a| a.status()),
             last_reload: agent.last_reload.as_ref().map(|r| LastReload {
                 at_unix: unix(r.at),
                 ok: r.ok,
@@ -608,6 +612,9 @@ impl Status {
                     let _ = writeln!(out, "    tunnel errors (ICMP about tunnel packets): {}", kinds.join(", "));
                 }
             }
+        }
+        if let Some(bgp) = &self.bgp {
+            out.push_str(&bgp.render());
         }
         if !self.failovers.is_empty() {
             let _ = writeln!(out, "\nfailovers (first failed probe -> new tables live):");

@@ -58,6 +58,20 @@ pub const DEFAULT_MAX_UTILIZATION: f64 = 0.75;
 pub const DEFAULT_MIN_HEALTHY: u32 = 1;
 /// Default `vip.max_unhealthy_fraction`.
 pub const DEFAULT_MAX_UNHEALTHY_FRACTION: f64 = 0.5;
+/// Default `bgp.bird_socket`.
+pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
+/// Default `bgp.gobgp_api`.
+pub const DEFAULT_GOBGP_API: &str = "127.0.0.1:50051";
+/// Default `bgp.announce_after_ms`.
+pub const DEFAULT_ANNOUNCE_AFTER_MS: u32 = 2000;
+/// Default `bgp.withdraw_after_ms`.
+pub const DEFAULT_WITHDRAW_AFTER_MS: u32 = 300;
+/// Default `bgp.drain_wait_ms`.
+pub const DEFAULT_DRAIN_WAIT_MS: u32 = 5000;
+/// Default `bgp.prepend_count`.
+pub const DEFAULT_PREPEND_COUNT: u32 = 3;
+/// Default `bgp.drain_med`.
+pub const DEFAULT_DRAIN_MED: u32 = 1000;
 
 /// A validated configuration. VIPs and pools are in file order.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -65,6 +79,73 @@ pub struct Config {
     pub edge: Edge,
     pub vips: Vec<Vip>,
     pub pools: Vec<Pool>,
+    /// `[bgp]`; `daemon = None` when the section is absent.
+    pub bgp: Bgp,
+}
+
+/// `[bgp]`: announcing the VIPs through a local BGP daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bgp {
+    pub daemon: BgpDaemon,
+    /// Absolute.
+    pub bird_socket: PathBuf,
+    /// Absolute; always set when `daemon` is `Bird`.
+    pub bird_include: Option<PathBuf>,
+    pub gobgp_api: SocketAddr,
+    pub announce_after_ms: u32,
+    pub withdraw_after_ms: u32,
+    pub drain: DrainStyle,
+    pub drain_wait_ms: u32,
+    /// The guard: keep announcing when every check fails at once.
+    pub keep_on_total_failure: bool,
+    /// This edge's AS number; always set when `drain` is `Prepend`.
+    pub local_as: Option<u32>,
+    /// 1..=10.
+    pub prepend_count: u32,
+    pub drain_med: u32,
+}
+
+impl Default for Bgp {
+    fn default() -> Bgp {
+        Bgp {
+            daemon: BgpDaemon::None,
+            bird_socket: PathBuf::from(DEFAULT_BIRD_SOCKET),
+            bird_include: None,
+            gobgp_api: DEFAULT_GOBGP_API.parse().expect("the default is a socket address"),
+            announce_after_ms: DEFAULT_ANNOUNCE_AFTER_MS,
+            withdraw_after_ms: DEFAULT_WITHDRAW_AFTER_MS,
+            drain: DrainStyle::default(),
+            drain_wait_ms: DEFAULT_DRAIN_WAIT_MS,
+            keep_on_total_failure: true,
+            local_as: None,
+            prepend_count: DEFAULT_PREPEND_COUNT,
+            drain_med: DEFAULT_DRAIN_MED,
+        }
+    }
+}
+
+/// Which BGP daemon announces the VIPs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BgpDaemon {
+    /// No announcements: the VIPs are routed by other means.
+    #[default]
+    None,
+    Bird,
+    Gobgp,
+}
+
+/// How a draining edge makes its routes less preferred before withdrawing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DrainStyle {
+    /// The GRACEFUL_SHUTDOWN community 65535:0 (RFC 8326).
+    #[default]
+    GracefulShutdown,
+    /// `prepend_count` more copies of `local_as` in the AS path.
+    Prepend,
+    /// MED `drain_med`.
+    Med,
 }
 
 /// `[edge]`: this machine and the sizes of the data plane's maps.

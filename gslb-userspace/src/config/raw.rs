@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Affinity, MonitorProtocol, Policy, Protocol, XdpMode};
+use super::{Affinity, BgpDaemon, DrainStyle, MonitorProtocol, Policy, Protocol, XdpMode};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -22,6 +22,25 @@ pub(super) struct RawConfig {
     pub vip: Vec<Spanned<RawVip>>,
     #[serde(default)]
     pub pool: Vec<Spanned<RawPool>>,
+    pub bgp: Option<Spanned<RawBgp>>,
+}
+
+/// `[bgp]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBgp {
+    pub daemon: Option<Spanned<BgpDaemon>>,
+    pub bird_socket: Option<Spanned<PathBuf>>,
+    pub bird_include: Option<Spanned<PathBuf>>,
+    pub gobgp_api: Option<Spanned<String>>,
+    pub announce_after_ms: Option<Spanned<i64>>,
+    pub withdraw_after_ms: Option<Spanned<i64>>,
+    pub drain: Option<Spanned<DrainStyle>>,
+    pub drain_wait_ms: Option<Spanned<i64>>,
+    pub keep_on_total_failure: Option<Spanned<bool>>,
+    pub local_as: Option<Spanned<i64>>,
+    pub prepend_count: Option<Spanned<i64>>,
+    pub drain_med: Option<Spanned<i64>>,
 }
 
 /// `[edge]`

@@ -296,7 +296,7 @@ fn unknown_keys() {
         "unknown field `wieght`",
     );
     assert_eq!(err.column, 42);
-    refused(&(MINIMAL.to_string() + "[bgp] # here\nasn = 1\n"), "unknown field `bgp`");
+    refused(&(MINIMAL.to_string() + "[bgp]\nasn = 1 # here\n"), "unknown field `asn`");
     refused(&minimal_with(5, "[[vips]] # here"), "unknown field `vips`");
 }
 
@@ -1067,4 +1067,91 @@ fn documented_error_is_real() {
     let err = parse_str(&text).unwrap_err();
     let doc = include_str!("../../../docs/configuration.md");
     assert!(doc.contains(&err.to_string()), "the doc should show: {err}");
+}
+
+#[test]
+fn bgp_is_optional_and_off_by_default() {
+    let config = parse_str(MINIMAL).unwrap();
+    assert_eq!(config.bgp, Bgp::default());
+    assert_eq!(config.bgp.daemon, BgpDaemon::None);
+    assert_eq!(config.bgp.drain, DrainStyle::GracefulShutdown);
+    assert!(config.bgp.keep_on_total_failure);
+}
+
+#[test]
+fn bgp_section_with_every_key() {
+    let text = format!(
+        "{MINIMAL}\n[bgp]\ndaemon = \"bird\"\nbird_socket = \"/run/bird/edge.ctl\"\nbird_include = \"/etc/bird/gslb-vips.conf\"\n\
+         gobgp_api = \"127.0.0.1:50052\"\nannounce_after_ms = 1000\nwithdraw_after_ms = 100\ndrain = \"prepend\"\n\
+         drain_wait_ms = 3000\nkeep_on_total_failure = false\nlocal_as = 65001\nprepend_count = 2\ndrain_med = 50\n"
+    );
+    let bgp = parse_str(&text).unwrap().bgp;
+    assert_eq!(
+        bgp,
+        Bgp {
+            daemon: BgpDaemon::Bird,
+            bird_socket: "/run/bird/edge.ctl".into(),
+            bird_include: Some("/etc/bird/gslb-vips.conf".into()),
+            gobgp_api: "127.0.0.1:50052".parse().unwrap(),
+            announce_after_ms: 1000,
+            withdraw_after_ms: 100,
+            drain: DrainStyle::Prepend,
+            drain_wait_ms: 3000,
+            keep_on_total_failure: false,
+            local_as: Some(65001),
+            prepend_count: 2,
+            drain_med: 50,
+        }
+    );
+    let gobgp = parse_str(&format!("{MINIMAL}\n[bgp]\ndaemon = \"gobgp\"\ndrain = \"med\"\n")).unwrap().bgp;
+    assert_eq!(
+        (gobgp.daemon, gobgp.gobgp_api.to_string(), gobgp.drain),
+        (BgpDaemon::Gobgp, DEFAULT_GOBGP_API.into(), DrainStyle::Med)
+    );
+}
+
+#[test]
+fn bgp_errors_are_located() {
+    let bgp = |body: &str| format!("{MINIMAL}\n[bgp]\n{body}\n");
+    refused(&bgp("daemon = \"quagga\" # here"), "unknown variant `quagga`");
+    let err = parse_str(&bgp("daemon = \"bird\"")).unwrap_err();
+    assert!(err.message.contains("bgp.bird_include is required"), "{err}");
+    assert_eq!(err.line, MINIMAL.lines().count() + 2);
+    refused(&bgp("daemon = \"bird\"\nbird_include = \"gslb.conf\" # here"), "must be an absolute path");
+    refused(&bgp("gobgp_api = \"localhost\" # here"), "is not an address and port");
+    refused(&bgp("gobgp_api = \"127.0.0.1:0\" # here"), "port other than 0");
+    refused(&bgp("announce_after_ms = -1 # here"), "bgp.announce_after_ms must be a non-negative integer");
+    refused(&bgp("withdraw_after_ms = 4000000 # here"), "at most 3600000");
+    refused(&bgp("drain = \"shout\" # here"), "unknown variant `shout`");
+    refused(&bgp("daemon = \"gobgp\"\ndrain = \"prepend\" # here"), "needs bgp.local_as");
+    refused(&bgp("local_as = 0 # here"), "bgp.local_as must be at least 1");
+    refused(&bgp("prepend_count = 11 # here"), "at most 10");
+    refused(&bgp("keep_on_total_failure = \"yes\" # here"), "invalid type");
+    refused(&bgp("announce_after = 5 # here"), "unknown field `announce_after`");
+}
+
+#[test]
+fn documented_bgp_example_is_valid() {
+    let doc = include_str!("../../../docs/configuration.md");
+    let start = doc.find("```\n[bgp]\n").expect("the doc has a [bgp] example") + "```\n".len();
+    let end = start + doc[start..].find("```").unwrap();
+    let bgp = parse_str(&format!("{MINIMAL}\n{}", &doc[start..end])).unwrap().bgp;
+    assert_eq!((bgp.daemon, bgp.drain, bgp.local_as), (BgpDaemon::Bird, DrainStyle::Prepend, Some(65001)));
+    // Every key of the section is in the doc's table.
+    for key in [
+        "daemon",
+        "bird_socket",
+        "bird_include",
+        "gobgp_api",
+        "announce_after_ms",
+        "withdraw_after_ms",
+        "drain",
+        "drain_wait_ms",
+        "keep_on_total_failure",
+        "local_as",
+        "prepend_count",
+        "drain_med",
+    ] {
+        assert!(doc.contains(&format!("| `{key}` |")), "docs/configuration.md does not describe bgp.{key}");
+    }
 }

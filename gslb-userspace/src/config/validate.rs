@@ -13,13 +13,15 @@ use std::path::PathBuf;
 use gslb_common::{maglev::is_prime, TABLE_GENERATIONS};
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawEdge, RawMonitor, RawPool, RawSteer, RawVip};
+use super::raw::{RawBgp, RawConfig, RawEdge, RawMonitor, RawPool, RawSteer, RawVip};
 use super::{
-    effective_weights, BackendConfig, Config, ConfigError, Edge, ExpectedCodes, Monitor, MonitorProtocol, Policy, Pool,
-    Prefix, PrefixError, Source, SteerRule, Vip, DEFAULT_ADMIN_SOCKET, DEFAULT_BPFFS_PIN, DEFAULT_CONSECUTIVE_DOWN,
-    DEFAULT_CONSECUTIVE_UP, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_UNHEALTHY_FRACTION,
-    DEFAULT_MAX_UTILIZATION, DEFAULT_MAX_VIPS, DEFAULT_METRICS_LISTEN, DEFAULT_MIN_HEALTHY,
-    DEFAULT_MONITOR_INTERVAL_MS, DEFAULT_MONITOR_PATH, DEFAULT_MONITOR_TIMEOUT_MS, DEFAULT_TABLE_SIZE, DEFAULT_WEIGHT,
+    effective_weights, BackendConfig, Bgp, BgpDaemon, Config, ConfigError, DrainStyle, Edge, ExpectedCodes, Monitor,
+    MonitorProtocol, Policy, Pool, Prefix, PrefixError, Source, SteerRule, Vip, DEFAULT_ADMIN_SOCKET,
+    DEFAULT_ANNOUNCE_AFTER_MS, DEFAULT_BIRD_SOCKET, DEFAULT_BPFFS_PIN, DEFAULT_CONSECUTIVE_DOWN,
+    DEFAULT_CONSECUTIVE_UP, DEFAULT_DRAIN_MED, DEFAULT_DRAIN_WAIT_MS, DEFAULT_GOBGP_API, DEFAULT_MAX_BACKENDS,
+    DEFAULT_MAX_FLOWS, DEFAULT_MAX_UNHEALTHY_FRACTION, DEFAULT_MAX_UTILIZATION, DEFAULT_MAX_VIPS,
+    DEFAULT_METRICS_LISTEN, DEFAULT_MIN_HEALTHY, DEFAULT_MONITOR_INTERVAL_MS, DEFAULT_MONITOR_PATH,
+    DEFAULT_MONITOR_TIMEOUT_MS, DEFAULT_PREPEND_COUNT, DEFAULT_TABLE_SIZE, DEFAULT_WEIGHT, DEFAULT_WITHDRAW_AFTER_MS,
     MAX_MONITOR_INTERVAL_MS, MAX_WEIGHT,
 };
 
@@ -62,10 +64,87 @@ pub(super) fn validate(src: &Source, raw: RawConfig) -> Result<Config> {
     let vips = check_vips(src, &edge, &raw.vip)?;
     let pools = check_pools(src, &edge, &vips, &raw.pool)?;
     check_vip_pools(src, &edge, &vips, &pools)?;
+    let bgp = match &raw.bgp {
+        None => Bgp::default(),
+        Some(bgp) => check_bgp(src, bgp.get_ref(), bgp.span())?,
+    };
     Ok(Config {
         edge,
         vips: vips.into_iter().map(|v| v.vip).collect(),
         pools: pools.into_iter().map(|p| p.pool).collect(),
+        bgp,
+    })
+}
+
+fn check_bgp(src: &Source, raw: &RawBgp, span: Range<usize>) -> Result<Bgp> {
+    let daemon = raw.daemon.as_ref().map(|d| *d.get_ref()).unwrap_or_default();
+    let bird_socket = absolute_path(src, raw.bird_socket.as_ref(), DEFAULT_BIRD_SOCKET, "bgp.bird_socket")?;
+    let bird_include =
+        match &raw.bird_include {
+            None if daemon == BgpDaemon::Bird => return Err(src.error(
+                span,
+                "bgp.bird_include is required with daemon = \"bird\": give the file the agent writes its routes to \
+                 (e.g. \"/etc/bird/gslb-vips.conf\"), which bird.conf includes",
+            )),
+            None => None,
+            Some(_) => Some(absolute_path(src, raw.bird_include.as_ref(), "", "bgp.bird_include")?),
+        };
+    let gobgp_api = match &raw.gobgp_api {
+        None => DEFAULT_GOBGP_API.parse().expect("the default is a socket address"),
+        Some(value) => {
+            let text = value.get_ref();
+            let address: SocketAddr = text.parse().map_err(|_| {
+                src.error(
+                    value.span(),
+                    format!("bgp.gobgp_api {text:?} is not an address and port: write e.g. \"127.0.0.1:50051\""),
+                )
+            })?;
+            if address.port() == 0 {
+                return Err(src.error(value.span(), "bgp.gobgp_api must give a port other than 0"));
+            }
+            address
+        }
+    };
+    let ms = |value: &Option<Spanned<i64>>, default: u32, key: &str| -> Result<u32> {
+        match value {
+            None => Ok(default),
+            Some(v) => Ok(bounded(src, v, key, 0, 3_600_000)? as u32),
+        }
+    };
+    let drain = raw.drain.as_ref().map(|d| *d.get_ref()).unwrap_or_default();
+    let local_as = match &raw.local_as {
+        None => None,
+        Some(v) => Some(bounded(src, v, "bgp.local_as", 1, u32::MAX as i64)? as u32),
+    };
+    if drain == DrainStyle::Prepend && local_as.is_none() && daemon != BgpDaemon::None {
+        let at = raw.drain.as_ref().map_or(span, |d| d.span());
+        return Err(src.error(
+            at,
+            "bgp.drain = \"prepend\" needs bgp.local_as, this edge's AS number (the one prepended); \
+             add it, or choose drain = \"graceful-shutdown\" or \"med\"",
+        ));
+    }
+    let prepend_count = match &raw.prepend_count {
+        None => DEFAULT_PREPEND_COUNT,
+        Some(v) => bounded(src, v, "bgp.prepend_count", 1, 10)? as u32,
+    };
+    let drain_med = match &raw.drain_med {
+        None => DEFAULT_DRAIN_MED,
+        Some(v) => bounded(src, v, "bgp.drain_med", 1, u32::MAX as i64)? as u32,
+    };
+    Ok(Bgp {
+        daemon,
+        bird_socket,
+        bird_include,
+        gobgp_api,
+        announce_after_ms: ms(&raw.announce_after_ms, DEFAULT_ANNOUNCE_AFTER_MS, "bgp.announce_after_ms")?,
+        withdraw_after_ms: ms(&raw.withdraw_after_ms, DEFAULT_WITHDRAW_AFTER_MS, "bgp.withdraw_after_ms")?,
+        drain,
+        drain_wait_ms: ms(&raw.drain_wait_ms, DEFAULT_DRAIN_WAIT_MS, "bgp.drain_wait_ms")?,
+        keep_on_total_failure: raw.keep_on_total_failure.as_ref().is_none_or(|k| *k.get_ref()),
+        local_as,
+        prepend_count,
+        drain_med,
     })
 }
 
