@@ -200,7 +200,7 @@ impl EdgeBgp {
         }
         let _ = write!(
             toml,
-            "announce_after_ms = {LAB_ANNOUNCE_AFTER_MS}\nwithdraw_after_ms = {LAB_WITHDRAW_AFTER_MS}\ndrain = \"{}\"\ndrain_wait_ms = {LAB_DRAIN_WAIT_MS}\n\n",
+            "announce_after_ms = {LAB_ANNOUNCE_AFTER_MS}\nwithdraw_after_ms = {LAB_WITHDRAW_AFTER_MS}\ndrain = \"{}\"\ndrain_wait_ms = {LAB_DRAIN_WAIT_MS}\nlocal_as = {EDGE_AS}\n\n",
             setup.drain.name()
         );
         toml

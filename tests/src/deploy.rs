@@ -76,6 +76,8 @@ pub struct Setup {
     /// Real routing: BGP daemons on the router and the edges, instead of
     /// the static route to `edge-a` (see `bgp`).
     pub bgp: Option<BgpSetup>,
+    /// Text appended to every edge's config (extra VIPs and pools).
+    pub extra: String,
 }
 
 impl From<&Weights> for Setup {
@@ -164,6 +166,7 @@ max_flows = {max_flows}
     if let Some(bgp) = setup.bgp.as_ref().filter(|b| b.agent_config) {
         toml += &EdgeBgp::new(lab, edge, bgp.daemon(edge)).agent_section(bgp);
     }
+    toml.push_str(&setup.extra);
     toml
 }
 
@@ -325,6 +328,40 @@ impl Deployment {
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the agent of `edge` with SIGTERM (a clean exit) and waits,
+    /// bounded, until it has exited.
+    pub fn stop_agent(&self, edge: EdgeNode) -> Result<()> {
+        let pid = self.agents.lock().unwrap().remove(&edge).context("no agent running")?;
+        // SAFETY: kill(2) with a pid we spawned and still track.
+        if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
+            bail!("SIGTERM to {edge}'s agent: {}", std::io::Error::last_os_error());
+        }
+        let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+        while self.lab.is_running(pid) {
+            if Instant::now() > deadline {
+                bail!("{edge}'s agent did not exit within {AGENT_READY_TIMEOUT:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// Drains the whole edge from BGP (`gslb drain --edge`).
+    pub fn drain_edge(&self, edge: EdgeNode, duration: Option<Duration>) -> Result<()> {
+        let request = Request::DrainEdge { duration_ms: duration.map(|d| d.as_millis() as u64) };
+        match admin::request(&admin_socket(&self.lab, edge), &request)?.error {
+            Some(error) => bail!("edge drain of {edge} refused: {error}"),
+            None => Ok(()),
+        }
+    }
+
+    pub fn undrain_edge(&self, edge: EdgeNode) -> Result<()> {
+        match admin::request(&admin_socket(&self.lab, edge), &Request::UndrainEdge)?.error {
+            Some(error) => bail!("edge undrain of {edge} refused: {error}"),
+            None => Ok(()),
         }
     }
 
