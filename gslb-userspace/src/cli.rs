@@ -244,7 +244,9 @@ fn run_agent(config_path: &Path, remove_on_exit: bool, drain_on_exit: bool) -> R
     };
     let pin_dir = agent.config.edge.bpffs_pin.clone();
     let mut agent = agent;
-    match crate::announce::Announcer::start(&agent.config.bgp) {
+    // Named after the admin socket (one per agent): /run/gslb/gslb.bgp-watchdog.pid.
+    let watchdog_pid = socket.with_extension("bgp-watchdog.pid");
+    match crate::announce::Announcer::start(&agent.config.bgp, &watchdog_pid) {
         Ok(announcer) => agent.announce = announcer,
         Err(error) => {
             let _ = std::fs::remove_file(&socket);

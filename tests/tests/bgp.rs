@@ -235,3 +235,47 @@ fn a_dead_daemon_is_reported_steering_goes_on_and_announcements_resume() {
     wait_for_edges(&d.lab, vip, &BOTH, ROUTE_CHANGE).unwrap();
     println!("daemon down: agent reported {error:?}");
 }
+
+/// Whether `pid` is a running `bgp-watchdog` (zombies and reused pids
+/// excluded).
+fn is_watchdog(pid: i32) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next());
+    cmdline.split(|&b| b == 0).any(|arg| arg == b"bgp-watchdog") && state != Some("Z")
+}
+
+#[test]
+fn a_new_agent_takes_over_from_the_watchdog_of_one_killed_while_its_daemon_was_down() {
+    let _serial = serial();
+    let d = deploy(Daemon::Bird, Daemon::Bird, |_| {});
+    let bgp = d.bgp.as_ref().unwrap();
+    let vip: IpAddr = lab_vips()[0];
+    let pid_file = gslb_tests::deploy::admin_socket(&d.lab, EdgeNode::EdgeA).with_extension("bgp-watchdog.pid");
+
+    // The daemon dies, then the agent: its watchdog cannot withdraw and
+    // keeps retrying.
+    bgp.kill_daemon(&d.lab, EdgeNode::EdgeA).unwrap();
+    wait_until("the agent notices its daemon is gone", || !d.status(EdgeNode::EdgeA).unwrap().bgp.unwrap().reachable);
+    let old: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    d.kill_agent(EdgeNode::EdgeA).unwrap();
+    assert!(is_watchdog(old), "the old watchdog should be retrying its withdrawal");
+
+    // A new agent starts while the daemon is still down: it stops the old
+    // watchdog, whose late withdrawal would otherwise undo its routes once
+    // the daemon is back.
+    d.start_agent(EdgeNode::EdgeA).unwrap();
+    assert!(!is_watchdog(old), "the new agent left the old watchdog running");
+    let new: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    assert!(new != old && is_watchdog(new), "the new agent's watchdog is not recorded");
+    // Each agent has its own: edge-b's watchdog still runs.
+    let other = gslb_tests::deploy::admin_socket(&d.lab, EdgeNode::EdgeB).with_extension("bgp-watchdog.pid");
+    assert!(is_watchdog(std::fs::read_to_string(other).unwrap().trim().parse().unwrap()), "edge-b's watchdog is gone");
+
+    bgp.restart_daemon(&d.lab, EdgeNode::EdgeA).unwrap();
+    wait_for_edges(&d.lab, vip, &BOTH, ROUTE_CHANGE).unwrap();
+    // Longer than two of the old watchdog's retry intervals (500 ms): the
+    // routes stay.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(router_edges_for(&d.lab, vip).unwrap(), BOTH.into_iter().collect(), "edge-a's route was withdrawn");
+}

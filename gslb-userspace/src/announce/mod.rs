@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -105,12 +106,12 @@ enum Command {
 }
 
 impl Announcer {
-    /// Starts the watchdog and the worker for `bgp`; `None` without a
-    /// daemon. The daemon is told to announce nothing until the decision
-    /// says otherwise.
-    pub fn start(bgp: &Bgp) -> Result<Option<Announcer>> {
+    /// Starts the watchdog (its pid recorded in `watchdog_pid_file`) and
+    /// the worker for `bgp`; `None` without a daemon. The daemon is told to
+    /// announce nothing until the decision says otherwise.
+    pub fn start(bgp: &Bgp, watchdog_pid_file: &Path) -> Result<Option<Announcer>> {
         let Some(daemon) = daemon(bgp) else { return Ok(None) };
-        let watchdog = watchdog::Watchdog::spawn(bgp)?;
+        let watchdog = watchdog::Watchdog::spawn(bgp, watchdog_pid_file)?;
         let state = Arc::new(Mutex::new(DaemonState::default()));
         let (commands, receive) = mpsc::channel();
         let worker_state = state.clone();

@@ -13,6 +13,7 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
@@ -43,10 +44,35 @@ pub enum Message {
 pub struct Watchdog {
     child: Child,
     pipe: Option<ChildStdin>,
+    /// Where its pid is recorded for the next agent (see `take_over`).
+    pid_file: PathBuf,
+}
+
+/// Stops the watchdog a previous agent left (its pid in `pid_file`), if it
+/// still runs. It may be retrying a withdrawal (its daemon was down when
+/// that agent died); once this agent starts, that withdrawal is this
+/// agent's to make, and a late one from the old watchdog would undo this
+/// agent's announcements. This agent begins by withdrawing everything, so
+/// nothing the old watchdog was asked to do is lost.
+pub fn take_over(pid_file: &Path) {
+    let Ok(text) = std::fs::read_to_string(pid_file) else { return };
+    let Ok(pid) = text.trim().parse::<i32>() else { return };
+    // Only a process that is still a watchdog: pids are reused.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if !cmdline.split(|&b| b == 0).any(|arg| arg == b"bgp-watchdog") {
+        return;
+    }
+    // SAFETY: kill(2) on a pid that was just checked to be a watchdog.
+    if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+        warn!(pid, "stopped the previous agent's BGP watchdog: this agent takes over its withdrawals");
+    }
 }
 
 impl Watchdog {
-    pub fn spawn(bgp: &Bgp) -> Result<Watchdog> {
+    /// Starts the watchdog, after stopping a previous agent's (whose pid
+    /// `pid_file` holds), and records its pid there.
+    pub fn spawn(bgp: &Bgp, pid_file: &Path) -> Result<Watchdog> {
+        take_over(pid_file);
         let exe = std::env::current_exe().context("finding the gslb binary for the BGP watchdog")?;
         let mut command = Command::new(exe);
         command
@@ -65,7 +91,13 @@ impl Watchdog {
         }
         let mut child = command.spawn().context("starting the BGP watchdog (gslb bgp-watchdog)")?;
         let pipe = child.stdin.take();
-        let mut watchdog = Watchdog { child, pipe };
+        if let Err(error) = std::fs::write(pid_file, format!("{}\n", child.id())) {
+            warn!(
+                "cannot record the BGP watchdog's pid in {} ({error}); a next agent cannot stop it",
+                pid_file.display()
+            );
+        }
+        let mut watchdog = Watchdog { child, pipe, pid_file: pid_file.to_path_buf() };
         watchdog.send(&Message::Config(Box::new(bgp.clone())));
         info!(pid = watchdog.child.id(), "BGP watchdog started: it withdraws the VIPs if this agent dies");
         Ok(watchdog)
@@ -80,6 +112,7 @@ impl Watchdog {
         self.send(&Message::Exit);
         self.pipe = None;
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.pid_file);
     }
 
     fn send(&mut self, message: &Message) {
