@@ -305,8 +305,14 @@ impl Deployment {
     /// Starts the agent of `edge` and waits until it answers on its admin
     /// socket (it attaches before it listens).
     pub fn start_agent(&self, edge: EdgeNode) -> Result<()> {
+        self.start_agent_with(edge, &[])
+    }
+
+    /// As `start_agent`, with more `gslb run` arguments.
+    pub fn start_agent_with(&self, edge: EdgeNode, args: &[&str]) -> Result<()> {
         let mut cmd = self.gslb();
         cmd.arg("run")
+            .args(args)
             .arg("--config")
             .arg(config_path(&self.lab, edge))
             .stdout(Stdio::null())

@@ -279,3 +279,35 @@ fn a_new_agent_takes_over_from_the_watchdog_of_one_killed_while_its_daemon_was_d
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(router_edges_for(&d.lab, vip).unwrap(), BOTH.into_iter().collect(), "edge-a's route was withdrawn");
 }
+
+#[test]
+fn drain_on_exit_goes_less_preferred_before_withdrawing() {
+    let _serial = serial();
+    let d = deploy(Daemon::Bird, Daemon::Bird, |_| {});
+    let bgp = d.bgp.as_ref().unwrap();
+    let vip: IpAddr = lab_vips()[0];
+    d.stop_agent(EdgeNode::EdgeA).unwrap();
+    d.start_agent_with(EdgeNode::EdgeA, &["--drain-on-exit"]).unwrap();
+    wait_for_edges(&d.lab, vip, &BOTH, ROUTE_CHANGE).unwrap();
+    let traffic = LongLived::start(&d.lab, ClientNode::Client1, web_v4(), 60, INTERVAL).unwrap();
+
+    let at = Instant::now();
+    let stopping = std::thread::scope(|s| {
+        let stop = s.spawn(|| d.stop_agent(EdgeNode::EdgeA));
+        // While the agent waits drain_wait_ms, its route is held but not best.
+        wait_until("edge-a's route less preferred during the exit", || {
+            bgp.router_routes(vip).unwrap().iter().any(|r| r.edge == EdgeNode::EdgeA && !r.best && r.as_path.len() > 1)
+        });
+        assert_eq!(router_edges_for(&d.lab, vip).unwrap(), [EdgeNode::EdgeB].into_iter().collect());
+        stop.join().unwrap()
+    });
+    stopping.unwrap();
+    let exited = at.elapsed();
+    assert!(exited >= Duration::from_millis(LAB_DRAIN_WAIT_MS), "exited after {exited:?}, before drain_wait_ms");
+    wait_until("edge-a's route withdrawn at exit", || {
+        !bgp.router_routes(vip).unwrap().iter().any(|r| r.edge == EdgeNode::EdgeA)
+    });
+    println!("--drain-on-exit: the agent exited {:.0} ms after SIGTERM", exited.as_secs_f64() * 1e3);
+    let reports = traffic.stop();
+    assert_untouched(&reports, "edge-a's agent exiting with --drain-on-exit");
+}
