@@ -691,6 +691,11 @@ impl Drop for Lab {
         for child in self.children.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
             kill_and_reap(child);
         }
+        // What those children started in the namespaces (an agent's BGP
+        // watchdog, in a session of its own) goes with the lab too.
+        for node in Node::ALL {
+            kill_processes_in(&self.netns(node));
+        }
         // -force: keep deleting after a failure (e.g. a half-built lab).
         let script: String = Node::ALL.into_iter().map(|n| format!("netns del {}\n", self.netns(n))).collect();
         let mut cmd = Command::new("ip");
@@ -705,6 +710,15 @@ impl Drop for Lab {
                 }
             }
         }
+    }
+}
+
+/// SIGKILLs every process in the named network namespace.
+fn kill_processes_in(netns: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", netns]).output() else { return };
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        // SAFETY: kill(2) on a process inside the lab's own namespace.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
 
@@ -862,6 +876,7 @@ fn remove_stale_labs() {
             let name = line.split_whitespace().next().unwrap_or("");
             if let Some((pid, _seq, _node)) = parse_netns_name(name) {
                 if dead(pid) {
+                    kill_processes_in(name);
                     script += &format!("netns del {name}\n");
                 }
             }
