@@ -2,12 +2,7 @@
 //! would, with ICMP "fragmentation needed" or ICMPv6 "packet too big", so
 //! the client lowers its packet size by the tunnel's overhead.
 
-use aya_ebpf::{
-    bindings::bpf_fib_lookup as FibParams,
-    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
-    programs::XdpContext,
-    EbpfContext,
-};
+use aya_ebpf::{bindings::bpf_fib_lookup as FibParams, programs::XdpContext};
 use gslb_common::proto;
 use network_types::{
     eth::EthHdr,
@@ -16,7 +11,7 @@ use network_types::{
 
 use crate::{
     parse::{ptr_at, Flow, ETH_P_IPV4, ETH_P_IPV6, ICMP_HEADER_LEN},
-    steer::{drop, forward, global, ipv4_checksum, route, Route, Tunnel},
+    steer::{drop, forward, global, ipv4_checksum, reframe, route, Route, Tunnel},
 };
 
 /// Bytes of the refused packet quoted in the answer: its IP header and the
@@ -65,28 +60,11 @@ pub fn too_big(ctx: &XdpContext, flow: &Flow, mtu: u16, packet: &mut Tunnel, fib
 #[inline(always)]
 fn build(ctx: &XdpContext, flow: &Flow, mtu: u16) -> Option<usize> {
     let ip_header = if flow.is_v6 { Ipv6Hdr::LEN } else { Ipv4Hdr::LEN };
-    let quote_at = EthHdr::LEN + ip_header + ICMP_HEADER_LEN;
     let ip_len = ip_header + ICMP_HEADER_LEN + QUOTE;
-    let macs = *unsafe { &*ptr_at::<[u8; 12]>(ctx, 0)? };
-
-    // Keep the quote, then make room for the new headers in front of it
-    // (VLAN tags go: the route lookup picks the egress).
-    let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.as_ptr() as *mut _) } as usize;
-    let cut = frame_len.checked_sub(flow.l2.len + QUOTE)?;
-    if cut > 0 && unsafe { bpf_xdp_adjust_tail(ctx.as_ptr() as *mut _, -(cut as i32)) } != 0 {
-        return None;
-    }
-    let grow = quote_at as i32 - flow.l2.len as i32;
-    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, -grow) } != 0 {
-        return None;
-    }
-
-    let eth = ptr_at::<EthHdr>(ctx, 0)?;
-    unsafe {
-        (*eth).dst_addr.copy_from_slice(&macs[..6]);
-        (*eth).src_addr.copy_from_slice(&macs[6..]);
-        (*eth).ether_type = if flow.is_v6 { ETH_P_IPV6 } else { ETH_P_IPV4 }.to_be();
-    }
+    // Keep the quote, with room for the new headers in front of it (VLAN
+    // tags go: the route lookup picks the egress).
+    let ether_type = if flow.is_v6 { ETH_P_IPV6 } else { ETH_P_IPV4 };
+    reframe(ctx, flow, QUOTE, ip_header + ICMP_HEADER_LEN, ether_type)?;
     let icmp = unsafe { &mut *ptr_at::<[u8; ICMP_HEADER_LEN + QUOTE]>(ctx, EthHdr::LEN + ip_header)? };
     let mut sum = 0u32;
     if flow.is_v6 {

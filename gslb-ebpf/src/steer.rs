@@ -246,20 +246,36 @@ fn tunnel_to(flow: &Flow, backend: &Backend) -> Option<Tunnel> {
 /// dropped: the route lookup picked the egress interface.
 #[inline(never)]
 fn encapsulate(ctx: &XdpContext, flow: &Flow, tunnel: &Tunnel) -> Option<()> {
-    let header_len = tunnel.overhead();
-    // The original MACs stay until `forward` replaces them, so a packet
-    // handed to the kernel still carries this host's MAC.
-    let macs = *unsafe { &*ptr_at::<[u8; 12]>(ctx, 0)? };
+    // Ethernet padding after the IP packet is not part of it: the tunnel
+    // carries exactly the inner packet.
+    let ether_type = if tunnel.v6 { ETH_P_IPV6 } else { ETH_P_IPV4 };
+    reframe(ctx, flow, flow.ip_len, tunnel.overhead(), ether_type)?;
+    if tunnel.v6 {
+        let ip = ptr_at::<[u8; Ipv6Hdr::LEN]>(ctx, EthHdr::LEN)?;
+        write_ipv6_header(unsafe { &mut *ip }, flow, &tunnel.src, &tunnel.dst);
+    } else {
+        let ip = ptr_at::<[u8; Ipv4Hdr::LEN]>(ctx, EthHdr::LEN)?;
+        let (src, dst) = (addr_as_v4(&tunnel.src)?, addr_as_v4(&tunnel.dst)?);
+        write_ipv4_header(unsafe { &mut *ip }, flow, src, dst, tunnel.len as u16);
+    }
+    Some(())
+}
 
-    // Ethernet padding after the IP packet is not part of it: cut it, so
-    // the tunnel carries exactly the inner packet.
+/// Rewrites the frame around the first `keep` bytes of `flow`'s IP packet:
+/// whatever followed them is cut, the link layer (VLAN tags included) is
+/// replaced by an untagged Ethernet header of `ether_type` followed by
+/// `headers` bytes of room for new headers. The original MACs stay until
+/// `forward` replaces them, so a packet handed to the kernel still carries
+/// this host's MAC.
+#[inline(always)]
+pub(crate) fn reframe(ctx: &XdpContext, flow: &Flow, keep: usize, headers: usize, ether_type: u16) -> Option<()> {
+    let macs = *unsafe { &*ptr_at::<[u8; 12]>(ctx, 0)? };
     let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.as_ptr() as *mut _) } as usize;
-    let padding = frame_len.saturating_sub(flow.l2.len + flow.ip_len);
-    if padding > 0 && unsafe { bpf_xdp_adjust_tail(ctx.as_ptr() as *mut _, -(padding as i32)) } != 0 {
+    let cut = frame_len.checked_sub(flow.l2.len + keep)?;
+    if cut > 0 && unsafe { bpf_xdp_adjust_tail(ctx.as_ptr() as *mut _, -(cut as i32)) } != 0 {
         return None;
     }
-
-    let grow = (EthHdr::LEN + header_len) as i32 - flow.l2.len as i32;
+    let grow = (EthHdr::LEN + headers) as i32 - flow.l2.len as i32;
     if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, -grow) } != 0 {
         return None;
     }
@@ -267,16 +283,7 @@ fn encapsulate(ctx: &XdpContext, flow: &Flow, tunnel: &Tunnel) -> Option<()> {
     unsafe {
         (*eth).dst_addr.copy_from_slice(&macs[..6]);
         (*eth).src_addr.copy_from_slice(&macs[6..]);
-    }
-    if tunnel.v6 {
-        unsafe { (*eth).ether_type = ETH_P_IPV6.to_be() };
-        let ip = ptr_at::<[u8; Ipv6Hdr::LEN]>(ctx, EthHdr::LEN)?;
-        write_ipv6_header(unsafe { &mut *ip }, flow, &tunnel.src, &tunnel.dst);
-    } else {
-        unsafe { (*eth).ether_type = ETH_P_IPV4.to_be() };
-        let ip = ptr_at::<[u8; Ipv4Hdr::LEN]>(ctx, EthHdr::LEN)?;
-        let (src, dst) = (addr_as_v4(&tunnel.src)?, addr_as_v4(&tunnel.dst)?);
-        write_ipv4_header(unsafe { &mut *ip }, flow, src, dst, tunnel.len as u16);
+        (*eth).ether_type = ether_type.to_be();
     }
     Some(())
 }
