@@ -83,17 +83,7 @@ pub fn live_gen(ctx: XdpContext) -> u32 {
     let host = (flow >> 12) + 1;
     ip[14] = (host >> 8) as u8;
     ip[15] = host as u8;
-    ip[10] = 0;
-    ip[11] = 0;
-    let mut sum = 0u32;
-    for i in 0..IPV4_LEN / 2 {
-        sum += u16::from_be_bytes([ip[2 * i], ip[2 * i + 1]]) as u32;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    let check = (!(sum as u16)).to_be_bytes();
-    ip[10] = check[0];
-    ip[11] = check[1];
+    crate::checksum::set_ipv4(ip);
     // UDP source port; the UDP checksum stays 0 (none).
     let udp = unsafe { &mut *((start + ETH_LEN + IPV4_LEN) as *mut [u8; UDP_LEN]) };
     let port = (10_000 + (flow & 0xfff)) as u16;

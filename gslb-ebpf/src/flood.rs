@@ -16,6 +16,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
+use crate::checksum::{self, add_words};
+
 const ETH_LEN: usize = 14;
 const IPV4_LEN: usize = 20;
 const TCP_LEN: usize = 20;
@@ -56,24 +58,6 @@ fn mix(mut x: u32) -> u32 {
     x ^ (x >> 16)
 }
 
-/// Adds big-endian 16-bit words to a ones' complement sum.
-#[inline(always)]
-fn add_words(mut sum: u32, bytes: &[u8]) -> u32 {
-    let mut i = 0;
-    while i + 1 < bytes.len() {
-        sum += u16::from_be_bytes([bytes[i], bytes[i + 1]]) as u32;
-        i += 2;
-    }
-    sum
-}
-
-#[inline(always)]
-fn fold(mut sum: u32) -> [u8; 2] {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    (!(sum as u16)).to_be_bytes()
-}
-
 #[xdp]
 pub fn flood_syn(ctx: XdpContext) -> u32 {
     let Some(config) = FLOOD_CONFIG.get(0) else {
@@ -102,11 +86,7 @@ pub fn flood_syn(ctx: XdpContext) -> u32 {
     let src = (config.src_net & 0xffc0_0000) | (h >> 10);
     ip[12..16].copy_from_slice(&src.to_be_bytes());
     ip[4..6].copy_from_slice(&(n as u16).to_be_bytes());
-    ip[10] = 0;
-    ip[11] = 0;
-    let check = fold(add_words(0, ip));
-    ip[10] = check[0];
-    ip[11] = check[1];
+    checksum::set_ipv4(ip);
 
     let tcp = unsafe { &mut *((start + ETH_LEN + IPV4_LEN) as *mut [u8; TCP_LEN]) };
     tcp[0..2].copy_from_slice(&((h as u16) | 0x400).to_be_bytes());
@@ -116,7 +96,7 @@ pub fn flood_syn(ctx: XdpContext) -> u32 {
     // Pseudo-header: addresses, protocol, TCP length.
     let mut sum = add_words(0, &ip[12..20]);
     sum += 6 + TCP_LEN as u32;
-    let check = fold(add_words(sum, tcp));
+    let check = checksum::finish(add_words(sum, tcp));
     tcp[16] = check[0];
     tcp[17] = check[1];
 

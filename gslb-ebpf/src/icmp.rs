@@ -10,8 +10,9 @@ use network_types::{
 };
 
 use crate::{
+    checksum::{self, add_words},
     parse::{ptr_at, Flow, ETH_P_IPV4, ETH_P_IPV6, ICMP_HEADER_LEN},
-    steer::{drop, forward, global, ipv4_checksum, reframe, route, Route, Tunnel},
+    steer::{drop, forward, global, reframe, route, Route, Tunnel},
 };
 
 /// Bytes of the refused packet quoted in the answer: its IP header and the
@@ -118,28 +119,12 @@ fn build(ctx: &XdpContext, flow: &Flow, mtu: u16) -> Option<usize> {
             d[2],
             d[3],
         ];
-        let check = ipv4_checksum(ip).to_be_bytes();
-        ip[10] = check[0];
-        ip[11] = check[1];
+        checksum::set_ipv4(ip);
         let m = mtu.to_be_bytes();
         icmp[..ICMP_HEADER_LEN].copy_from_slice(&[ICMP_FRAG_NEEDED[0], ICMP_FRAG_NEEDED[1], 0, 0, 0, 0, m[0], m[1]]);
     }
-    sum = add_words(sum, &icmp[..]);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    let check = (!(sum as u16)).to_be_bytes();
+    let check = checksum::finish(add_words(sum, &icmp[..]));
     icmp[2] = check[0];
     icmp[3] = check[1];
     Some(ip_len)
-}
-
-/// Adds big-endian 16-bit words (an even number of bytes) to a checksum.
-#[inline(always)]
-fn add_words(mut sum: u32, bytes: &[u8]) -> u32 {
-    let mut i = 0;
-    while i + 1 < bytes.len() {
-        sum += u16::from_be_bytes([bytes[i], bytes[i + 1]]) as u32;
-        i += 2;
-    }
-    sum
 }

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_live;
+mod checksum;
 mod decap;
 mod flood;
 mod icmp;

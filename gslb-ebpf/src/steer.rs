@@ -23,7 +23,7 @@ use network_types::{
 };
 
 use crate::{
-    count, icmp,
+    checksum, count, icmp,
     parse::{parse_flow, ptr_at, Flow, Skip, ETH_P_IPV4, ETH_P_IPV6, IPV4_DF},
     BACKENDS, BACKEND_STATS, EDGE_CONFIG, FIB_SCRATCH, FLOWS, FRAGMENT_VIPS, GLOBAL_STATS, MAGLEV, STEER_PREFIXES,
     TABLE_SIZE, VIPS, VIP_STATS,
@@ -317,20 +317,7 @@ fn write_ipv4_header(h: &mut [u8; Ipv4Hdr::LEN], flow: &Flow, src: [u8; 4], dst:
         dst[2],
         dst[3],
     ];
-    let check = ipv4_checksum(h).to_be_bytes();
-    h[10] = check[0];
-    h[11] = check[1];
-}
-
-#[inline(always)]
-pub(crate) fn ipv4_checksum(h: &[u8; Ipv4Hdr::LEN]) -> u16 {
-    let mut sum = 0u32;
-    for i in 0..Ipv4Hdr::LEN / 2 {
-        sum += u16::from_be_bytes([h[2 * i], h[2 * i + 1]]) as u32;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
+    checksum::set_ipv4(h);
 }
 
 /// IPv6 outer header: hop limit 64, next header IPIP or IPv6, traffic class
