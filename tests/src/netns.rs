@@ -70,3 +70,16 @@ pub fn ifindex(name: &str) -> u32 {
     assert_ne!(index, 0, "no interface {name}");
     index
 }
+
+/// The MTU `narrow_tunnel_path` gives the edge link: inner packets up to
+/// 1380 bytes fit an IPv4 tunnel, 1360 an IPv6 one.
+pub const NARROW_TUNNEL_MTU: usize = 1400;
+
+/// Narrows the scratch edge's link to `NARROW_TUNNEL_MTU` and routes the
+/// test clients (100.64.0.0/16, 2001:db8:c::/48) back through it, so
+/// packets too big for the tunnel get an answer that can be routed.
+pub fn narrow_tunnel_path() {
+    sh(&format!("ip link set {EDGE_IF} mtu {NARROW_TUNNEL_MTU}"));
+    sh("ip route add 100.64.0.0/16 via 10.200.0.254");
+    sh("ip -6 route add 2001:db8:c::/48 via fd00:200::fe");
+}

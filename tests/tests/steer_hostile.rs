@@ -15,7 +15,7 @@ use std::path::Path;
 
 use gslb_tests::{
     edge::{backend_id, ref_vips, test_edge, TUNNEL_V4, TUNNEL_V6},
-    netns::{in_scratch_netns, sh, EDGE_IF},
+    netns::{in_scratch_netns, narrow_tunnel_path, NARROW_TUNNEL_MTU},
     packet::{
         ethernet, flow_frame, icmp4_error, icmp6_error, ipv6, ipv6_fragment_header, ipv6_options_header, l4,
         sized_packet, TCP, UDP, V4,
@@ -29,7 +29,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 const ETH_HLEN: usize = 14;
 /// The scratch edge's MTU toward the backends, so large seeds exercise the
 /// too-big path: inner packets up to 1380 (IPv4 tunnel) or 1360 (IPv6).
-const TUNNEL_MTU: usize = 1400;
+const TUNNEL_MTU: usize = NARROW_TUNNEL_MTU;
 /// Backend 4 sits behind a next hop with no neighbour entry: its tunnel
 /// packets go to the kernel (XDP_PASS, encapsulated) to resolve it.
 const UNRESOLVED_BACKEND: u32 = 4;
@@ -199,9 +199,7 @@ fn random_and_mutated_frames_are_never_misrouted() {
         .unwrap_or_else(|_| rand::random::<u32>() as u64);
     println!("steer fuzz: {runs} frames, seed {seed} (replay with GSLB_FUZZ_SEED={seed})");
     in_scratch_netns(move || {
-        sh(&format!("ip link set {EDGE_IF} mtu {TUNNEL_MTU}"));
-        sh("ip route add 100.64.0.0/16 via 10.200.0.254");
-        sh("ip -6 route add 2001:db8:c::/48 via fd00:200::fe");
+        narrow_tunnel_path();
         let mut edge = test_edge();
         let vips = ref_vips();
         for (name, frame) in regressions() {

@@ -8,26 +8,23 @@ use std::net::IpAddr;
 
 use gslb_tests::{
     edge::{backend_id, ref_vips, table_of, test_edge, TEST_LIMITS, TUNNEL_V4, TUNNEL_V6, VIPS},
-    netns::{in_scratch_netns, sh, EDGE_IF},
+    netns::{in_scratch_netns, narrow_tunnel_path, NARROW_TUNNEL_MTU},
     packet::{ethernet, flow_frame, icmp4_error, icmp6_error, ipv6, l4, sized_packet, ICMP, TCP, UDP, V4},
     reference::{check_too_big, complete_vip_packet, parse_tunnel, vip_icmp_error},
     run::{action_name, run_xdp, Outcome, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 use gslb_userspace::dataplane::Steer;
 
-/// The scratch edge's links, with routes back to the test clients (the
-/// answers to too-big packets are routed like any packet) and a smaller
-/// MTU toward the backends.
-const TUNNEL_MTU: usize = 1400;
+const TUNNEL_MTU: usize = NARROW_TUNNEL_MTU;
 const CLIENT_V4: &str = "100.64.0.1";
 const CLIENT_V6: &str = "2001:db8:c::1";
 const VIP_V4: &str = "203.0.113.10";
 const VIP_V6: &str = "2001:db8:f::10";
 
+/// The test edge behind a narrow tunnel path (answers to too-big packets
+/// are routed like any packet).
 fn edge_with_small_mtu() -> Steer {
-    sh(&format!("ip link set {EDGE_IF} mtu {TUNNEL_MTU}"));
-    sh("ip route add 100.64.0.0/16 via 10.200.0.254");
-    sh("ip -6 route add 2001:db8:c::/48 via fd00:200::fe");
+    narrow_tunnel_path();
     test_edge()
 }
 
