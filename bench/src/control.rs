@@ -10,10 +10,11 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use gslb_common::maglev::{build_table, MaglevBackend};
 use gslb_common::{addr_from_ip, NO_BACKEND};
-use gslb_userspace::config::{self, Config};
-use gslb_userspace::dataplane::{Limits, Steer, VipMatch};
-use gslb_userspace::install::Installed;
-use gslb_userspace::plan::{plan, Condition, Conditions, Plan};
+use gslb_userspace::config::{self, Config, Limits};
+use gslb_userspace::decide::plan::{plan, Condition, Conditions, VipMatch};
+use gslb_userspace::reconcile::{reconcile, Installed};
+use gslb_userspace::sys::maps::MapWrites;
+use gslb_userspace::sys::steer::Steer;
 
 use crate::gen::{self, Shape};
 use crate::report::Measurement;
@@ -129,12 +130,8 @@ fn parse(text: &str) -> Result<Config> {
     config::parse(text, "generated.toml".as_ref()).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn names(plan: &Plan) -> BTreeMap<VipMatch, String> {
-    plan.vips.iter().map(|(m, v)| (*m, v.name.clone())).collect()
-}
-
 /// One VIP over 100 backends (4 pools), live in a loaded `Steer`; one
-/// backend goes down: conditions change, then plan + apply, as
+/// backend goes down: conditions change, then reconcile (plan + apply), as
 /// `Agent::refresh` does on a health transition.
 fn health_decision(reps: usize) -> Result<Measurement> {
     let mut shape = Shape::new(1, 100, M);
@@ -144,38 +141,39 @@ fn health_decision(reps: usize) -> Result<Measurement> {
     let limits = steer.limits;
     let mut installed = Installed::default();
     let healthy = Conditions::new();
-    let initial = plan(&config, &installed.backend_ids, limits.max_backends, limits.table_size, &healthy)?;
-    installed.apply(&mut steer, &initial, &names(&initial))?;
+    let (initial, _) = reconcile(&config, &healthy, &mut installed, &mut steer)?;
     let matcher = *initial.vips.keys().next().context("a VIP")?;
+    let healthy_table = installed.vips[&matcher].default.contents.clone();
     let victim: IpAddr = gen::backend_address(37).parse()?;
+    let mut conditions = Conditions::new();
+    conditions.insert(victim, Condition { down: true, failing: true, ..Condition::default() });
 
     let (mut samples, mut plan_ms) = (Vec::new(), Vec::new());
     let mut evidence = String::new();
     for _ in 0..reps {
+        // The planning share alone, untimed in the total: planning is pure.
         let start = Instant::now();
-        let mut conditions = Conditions::new();
-        conditions.insert(victim, Condition { down: true, failing: true, ..Condition::default() });
-        let down = plan(&config, &installed.backend_ids, limits.max_backends, limits.table_size, &conditions)?;
+        plan(&config, &installed.backend_ids, limits.max_backends, limits.table_size, &conditions)?;
         plan_ms.push(ms(start));
-        let changes = installed.apply(&mut steer, &down, &names(&down))?;
+
+        let start = Instant::now();
+        let (_, changes) = reconcile(&config, &conditions, &mut installed, &mut steer)?;
         samples.push(ms(start));
 
         ensure!(changes.backends_dead == vec![victim], "the victim was not marked dead: {changes:?}");
         let live = steer.vip_table(matcher)?;
         let id = installed.backend_ids[&victim];
         ensure!(!live.contains(&id), "the live table still holds the dead backend");
-        let moved = live.iter().zip(&initial.vips[&matcher].default.table).filter(|(a, b)| a != b).count();
+        let moved = live.iter().zip(&healthy_table).filter(|(a, b)| a != b).count();
         evidence = format!("{moved} slots moved, victim absent from the live table, marked dead");
         // Back up, untimed, and the idle generation made to hold the
         // healthy table again (as after the first install): otherwise the
         // next repetition would find the down table already written there
         // and patch nothing.
-        let up = plan(&config, &installed.backend_ids, limits.max_backends, limits.table_size, &healthy)?;
-        installed.apply(&mut steer, &up, &names(&up))?;
+        reconcile(&config, &healthy, &mut installed, &mut steer)?;
         let table = &mut installed.vips.get_mut(&matcher).context("installed VIP")?.default;
-        let healthy_table = up.vips[&matcher].default.table.clone();
         steer.write_table(table.table_id, table.generation ^ 1, &healthy_table)?;
-        table.idle = Some(healthy_table);
+        table.idle = Some(healthy_table.clone());
     }
     let plan_median = crate::report::median(&plan_ms);
     Ok(measure("health decision to live table, 1 of 100 backends down, M = 65,537".into(), samples)
@@ -190,16 +188,13 @@ fn config_load(reps: usize, table_size: u32) -> Result<Vec<Measurement>> {
     let text = gen::config_text(&shape);
     let changed_text = gen::config_text(&Shape { reweighted: true, ..shape.clone() });
     let mut steer = Steer::load(parse(&text)?.edge.limits())?;
-    let limits = steer.limits;
     let (mut loads, mut reloads) = (Vec::new(), Vec::new());
     let (mut load_check, mut reload_check) = (String::new(), String::new());
     for _ in 0..reps {
         let start = Instant::now();
         let config = parse(&text)?;
         let mut installed = Installed::default();
-        let planned =
-            plan(&config, &installed.backend_ids, limits.max_backends, limits.table_size, &Conditions::new())?;
-        let changes = installed.apply(&mut steer, &planned, &names(&planned))?;
+        let (_, changes) = reconcile(&config, &Conditions::new(), &mut installed, &mut steer)?;
         loads.push(ms(start));
         ensure!(changes.vips_added.len() == 512, "{} VIPs added", changes.vips_added.len());
         load_check = format!(
@@ -208,18 +203,17 @@ fn config_load(reps: usize, table_size: u32) -> Result<Vec<Measurement>> {
             changes.backends_added.len(),
             512 * 2 * table_size as u64
         );
+        let loaded: BTreeMap<VipMatch, Vec<u32>> =
+            installed.vips.iter().map(|(m, v)| (*m, v.default.contents.clone())).collect();
 
         let start = Instant::now();
         let config = parse(&changed_text)?;
-        let replanned =
-            plan(&config, &installed.backend_ids, limits.max_backends, limits.table_size, &Conditions::new())?;
-        let changes = installed.apply(&mut steer, &replanned, &names(&replanned))?;
+        let (_, changes) = reconcile(&config, &Conditions::new(), &mut installed, &mut steer)?;
         reloads.push(ms(start));
         ensure!(changes.vips_changed.len() == 512, "{} VIPs changed", changes.vips_changed.len());
-        let slots: usize = planned
-            .vips
+        let slots: usize = loaded
             .iter()
-            .map(|(m, v)| v.default.table.iter().zip(&replanned.vips[m].default.table).filter(|(a, b)| a != b).count())
+            .map(|(m, table)| table.iter().zip(&installed.vips[m].default.contents).filter(|(a, b)| a != b).count())
             .sum();
         reload_check = format!("{} VIPs changed; {slots} slots patched", changes.vips_changed.len());
     }

@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use gslb_tests::checks::web_v4;
 use gslb_tests::deploy::{Deployment, Setup};
 use gslb_tests::lab::{BackendNode, ClientNode, EdgeNode, Lab};
-use gslb_userspace::status::{unix_ms, FailoverStatus};
+use gslb_userspace::view::{status::FailoverStatus, time::unix_ms};
 
 use crate::report::{max, median, Measurement};
 

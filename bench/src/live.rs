@@ -40,7 +40,7 @@ use gslb_common::{
     addr_from_ip,
     maglev::{build_table, MaglevBackend},
 };
-use gslb_userspace::dataplane::{Limits, Steer, VipMatch, OBJECT};
+use gslb_userspace::{config::Limits, decide::plan::VipMatch, sys::maps::MapWrites, sys::steer::Steer, sys::OBJECT};
 
 use crate::report::{median, Measurement};
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use aya::maps::MapInfo;
 use gslb_common::DEFAULT_TABLE_SIZE;
-use gslb_userspace::admin::{self, Request};
-use gslb_userspace::dataplane::{Limits, Steer};
+use gslb_userspace::view::admin::{self, Request};
+use gslb_userspace::{config::Limits, sys::steer::Steer};
 
 use crate::gen::{self, Shape};
 use crate::report::Measurement;

@@ -39,7 +39,7 @@ use gslb_tests::{
     netns::{ifindex, in_scratch_netns, sh, EDGE_IF},
     packet::{ethernet, ipv6, l4, TCP, V4},
 };
-use gslb_userspace::dataplane::OBJECT;
+use gslb_userspace::sys::OBJECT;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::report::{median, Measurement};

@@ -1,17 +1,26 @@
-//! The gslb agent: config, planning, the data plane, and the command line.
+//! The gslb agent. The tree follows the architecture:
+//!
+//! - `cli` parses the command line and calls `daemon` (the agent's runtime,
+//!   `decap`) or `client` (commands to a running agent).
+//! - `agent` owns the running state and reacts to events; `snapshot` turns
+//!   it into the status contract.
+//! - `config` reads and validates the TOML file; `health` probes backends;
+//!   `announce` drives a BGP daemon.
+//! - `decide` holds the pure decisions (plan, conditions, capacity,
+//!   failover records); `reconcile` writes a plan's difference to the maps.
+//! - `sys` is everything that touches the kernel.
+//! - `view` is the outward contract and its rendering; `serve` runs the
+//!   admin socket and the metrics endpoint.
 
-pub mod admin;
 pub mod agent;
 pub mod announce;
-pub mod attach;
 pub mod cli;
+pub mod client;
 pub mod config;
-pub mod control;
-pub mod dataplane;
+pub mod daemon;
+pub mod decide;
 pub mod health;
-pub mod install;
-pub mod links;
-pub mod metrics;
-pub mod plan;
-pub mod status;
-pub mod tunnel_errors;
+pub mod reconcile;
+pub mod serve;
+pub mod sys;
+pub mod view;

@@ -14,9 +14,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use gslb_userspace::admin::{self, Request};
-use gslb_userspace::install::Changes;
-use gslb_userspace::status::Status;
+use gslb_userspace::reconcile::Changes;
+use gslb_userspace::view::admin::{self, Request};
+use gslb_userspace::view::status::Status;
 
 use crate::bgp::{Bgp, BgpSetup, EdgeBgp};
 use crate::lab::{BackendNode, EdgeNode, Lab, Region, TCP_PORT, UDP_PORT, VIP_V4, VIP_V6};
@@ -379,7 +379,7 @@ impl Deployment {
 
     /// Sends SIGHUP to the agent of `edge` and waits until it has reloaded
     /// (its reload count goes up); returns the outcome it recorded.
-    pub fn signal_reload(&self, edge: EdgeNode) -> Result<gslb_userspace::status::LastReload> {
+    pub fn signal_reload(&self, edge: EdgeNode) -> Result<gslb_userspace::view::status::LastReload> {
         let before = self.status(edge)?.reloads;
         let pid = *self.agents.lock().unwrap().get(&edge).context("no agent running")?;
         // SAFETY: kill(2) with a pid we spawned and still track.

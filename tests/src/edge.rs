@@ -7,7 +7,7 @@ use gslb_common::{
     addr_from_ip,
     maglev::{build_table, MaglevBackend},
 };
-use gslb_userspace::dataplane::{Limits, Steer, VipMatch};
+use gslb_userspace::{config::Limits, decide::plan::VipMatch, sys::maps::MapWrites, sys::steer::Steer};
 
 use crate::packet::{TCP, UDP};
 use crate::reference::RefVip;

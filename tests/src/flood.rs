@@ -18,7 +18,7 @@ use anyhow::{bail, ensure, Context, Result};
 use aya::maps::{Array, MapData, PerCpuArray};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader, Pod};
-use gslb_userspace::dataplane::OBJECT;
+use gslb_userspace::sys::OBJECT;
 
 use crate::lab::{EdgeNode, Lab, Node};
 

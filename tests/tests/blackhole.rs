@@ -13,7 +13,7 @@ use gslb_tests::checks::{web_v4, web_v6};
 use gslb_tests::deploy::{Deployment, Setup};
 use gslb_tests::lab::{BackendNode, ClientNode, EdgeNode};
 use gslb_tests::traffic::short_connections;
-use gslb_userspace::status::{BackendStatus, Status};
+use gslb_userspace::view::status::{BackendStatus, Status};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 const LAB_BINARY: &str = env!("CARGO_BIN_EXE_gslb-lab");

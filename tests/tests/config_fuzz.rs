@@ -10,7 +10,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use gslb_tests::scale::sized;
-use gslb_userspace::{config, plan};
+use gslb_userspace::{config, decide::plan};
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 
 const FILE: &str = "fuzz.toml";

@@ -7,7 +7,7 @@ use gslb_tests::{
     packet::{ethernet, ipv6, l4, TCP, UDP, V4},
     run::{action_name, run_xdp, XDP_PASS, XDP_REDIRECT},
 };
-use gslb_userspace::dataplane::Decap;
+use gslb_userspace::sys::decap::Decap;
 
 const BACKEND_V4: &str = "198.51.100.1";
 const BACKEND_V6: &str = "2001:db8:100::1";

@@ -16,7 +16,7 @@ use gslb_tests::checks::{
 use gslb_tests::deploy::{edge_config, xdp_mode, Deployment, Setup, Weights};
 use gslb_tests::lab::{BackendNode, ClientNode, EdgeNode, Region, TCP_PORT, UDP_PORT, VIP_V4, VIP_V6};
 use gslb_tests::traffic::{short_connections, udp_flows, ConnReport, LongLived, ShortReport};
-use gslb_userspace::dataplane::{Steer, VipMatch};
+use gslb_userspace::{decide::plan::VipMatch, sys::steer::Steer};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 

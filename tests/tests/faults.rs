@@ -20,8 +20,8 @@ use gslb_tests::deploy::{xdp_mode, Deployment, Setup, Weights};
 use gslb_tests::lab::{BackendNode, ClientNode, EdgeNode, Region};
 use gslb_tests::scale;
 use gslb_tests::traffic::{short_connections, LongLived};
-use gslb_userspace::dataplane::Steer;
-use gslb_userspace::status::{InterfaceStatus, Status};
+use gslb_userspace::sys::steer::Steer;
+use gslb_userspace::view::status::{InterfaceStatus, Status};
 use rand::{Rng, SeedableRng};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -179,7 +179,7 @@ fn round_weights(round: u64) -> Weights {
 fn assert_same_state(d: &Deployment, what: &str) {
     let a = Steer::open_pinned(&d.lab.bpffs_dir(EdgeNode::EdgeA)).expect("open edge-a's pins");
     let b = Steer::open_pinned(&d.lab.bpffs_dir(EdgeNode::EdgeB)).expect("open edge-b's pins");
-    let vips = |s: &Steer| s.installed_vips().unwrap().into_iter().map(|(m, _)| m).collect::<BTreeSet<_>>();
+    let vips = |s: &Steer| s.vip_entries().unwrap().into_iter().map(|(m, _)| m).collect::<BTreeSet<_>>();
     let (vips_a, vips_b) = (vips(&a), vips(&b));
     assert_eq!(vips_a, vips_b, "{what}: the edges hold different VIPs");
     assert_eq!(vips_a.len(), 4, "{what}: {vips_a:?}");

@@ -16,7 +16,7 @@ use gslb_tests::flood::{flood_edge, Flood, FLOOD_SOURCE_LEN, FLOOD_SOURCE_NET};
 use gslb_tests::lab::{BackendNode, ClientNode, EdgeNode, Lab, Node, VIP_V4};
 use gslb_tests::scale;
 use gslb_tests::traffic::LongLived;
-use gslb_userspace::dataplane::Steer;
+use gslb_userspace::sys::steer::Steer;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 const LAB_BINARY: &str = env!("CARGO_BIN_EXE_gslb-lab");

@@ -250,7 +250,7 @@ fn check(f: &Fixture, action: &u32, out: &[u8]) -> Result<(), String> {
 }
 
 /// Backend the program picks for a frame (None if not tunnelled).
-fn backend_for(edge: &mut gslb_userspace::dataplane::Steer, frame: &[u8]) -> Option<u32> {
+fn backend_for(edge: &mut gslb_userspace::sys::steer::Steer, frame: &[u8]) -> Option<u32> {
     let out = run_xdp(edge.program(), frame, None);
     parse_tunnel(&out.frame).ok().and_then(|t| backend_id(t.outer_dst)).filter(|_| out.action == XDP_REDIRECT)
 }

@@ -13,7 +13,7 @@ use gslb_tests::{
     reference::{check_too_big, complete_vip_packet, parse_tunnel, vip_icmp_error},
     run::{action_name, run_xdp, Outcome, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
-use gslb_userspace::dataplane::Steer;
+use gslb_userspace::sys::steer::Steer;
 
 const TUNNEL_MTU: usize = NARROW_TUNNEL_MTU;
 const CLIENT_V4: &str = "100.64.0.1";

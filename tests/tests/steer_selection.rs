@@ -12,7 +12,7 @@ use gslb_tests::{
     reference::parse_tunnel,
     run::{run_xdp, XDP_REDIRECT},
 };
-use gslb_userspace::dataplane::Steer;
+use gslb_userspace::sys::{maps::MapWrites, steer::Steer};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn steered_to(edge: &mut Steer, frame: &[u8]) -> u32 {
@@ -119,14 +119,14 @@ fn client_prefixes_pick_their_table_longest_first() {
         edge.set_vip(web.matcher(), web.id, false, &table_of(&[1], &TEST_LIMITS)).unwrap();
         let vip_id = web.id;
         let v4 = |s: &str| -> IpAddr { s.parse().unwrap() };
-        edge.set_steer_prefix(vip_id, (v4("10.0.0.0"), 8), SteerTable { table_id: wide, generation: 0 }).unwrap();
-        edge.set_steer_prefix(vip_id, (v4("10.1.0.0"), 16), SteerTable { table_id: narrow, generation: 0 }).unwrap();
+        edge.set_client_prefix(vip_id, (v4("10.0.0.0"), 8), SteerTable { table_id: wide, generation: 0 }).unwrap();
+        edge.set_client_prefix(vip_id, (v4("10.1.0.0"), 16), SteerTable { table_id: narrow, generation: 0 }).unwrap();
 
         // Without the flag the prefixes are not consulted.
         let frame = |client: &str, port| flow_frame(v4(client), vip_addr, TCP, port, 80);
         assert_eq!(steered_to(&mut edge, &frame("10.1.2.3", 40_000)), 1);
 
-        let mut value = edge.installed_vips().unwrap().into_iter().find(|(m, _)| *m == web.matcher()).unwrap().1.value;
+        let mut value = edge.vip_entries().unwrap().into_iter().find(|(m, _)| *m == web.matcher()).unwrap().1;
         value.flags |= VIP_CLIENT_STEERING;
         edge.set_vip_entry(web.matcher(), value).unwrap();
         for port in 41_000..41_050 {
@@ -134,14 +134,14 @@ fn client_prefixes_pick_their_table_longest_first() {
             assert_eq!(steered_to(&mut edge, &frame("10.9.2.3", port)), 2, "the /8 must match");
             assert_eq!(steered_to(&mut edge, &frame("11.0.0.1", port)), 1, "no prefix: the VIP's own table");
         }
-        let listed = edge.steer_prefixes().unwrap();
+        let listed = edge.client_prefixes().unwrap();
         assert!(listed.contains(&(vip_id, (v4("10.1.0.0"), 16), SteerTable { table_id: narrow, generation: 0 })));
         // Another VIP's clients in the same prefix are not affected.
         let other = vip(4);
         let other_addr: IpAddr = other.addr.parse().unwrap();
         let got = steered_to(&mut edge, &flow_frame(v4("10.1.2.3"), other_addr, TCP, 42_000, 80));
         assert!([1, 2, 5].contains(&got));
-        edge.remove_steer_prefix(vip_id, (v4("10.1.0.0"), 16)).unwrap();
+        edge.remove_client_prefix(vip_id, (v4("10.1.0.0"), 16)).unwrap();
         assert_eq!(steered_to(&mut edge, &frame("10.1.2.3", 43_000)), 2, "after removal the /8 matches");
     });
 }

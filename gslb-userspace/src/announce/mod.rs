@@ -15,12 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Result};
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::agent::Agent;
 use crate::config::{Bgp, BgpDaemon};
-use crate::health::Health;
+pub use crate::view::bgp::Session;
 
 pub mod bird;
 pub mod decision;
@@ -36,16 +34,6 @@ pub const STEP_INTERVAL: Duration = Duration::from_millis(50);
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How soon the worker retries a daemon that failed.
 const RETRY_INTERVAL: Duration = Duration::from_millis(500);
-
-/// One BGP session as the daemon reports it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Session {
-    /// BIRD's protocol name, or GoBGP's neighbor address.
-    pub name: String,
-    /// The daemon's word for it ("Established", "Active", ...).
-    pub state: String,
-    pub established: bool,
-}
 
 /// A BGP daemon the agent drives.
 pub trait Daemon: Send {
@@ -128,6 +116,40 @@ impl Announcer {
             worker: Some((commands, thread)),
             guard_reported: false,
         }))
+    }
+
+    /// Steps the decision with what the agent knows now and hands changed
+    /// routes to the daemon worker.
+    pub fn step(&mut self, inputs: &Inputs) {
+        let routes = self.decision.step(Instant::now(), inputs);
+        let guard = self.decision.guard_active;
+        if guard != self.guard_reported {
+            self.guard_reported = guard;
+            if guard {
+                warn!("GUARD: every health check fails at once (most likely this edge's own network); keeping the announced VIPs announced");
+            } else {
+                info!("guard over: announcements follow the health checks again");
+            }
+        }
+        self.want(routes, None);
+    }
+
+    /// `gslb drain --edge`: announce less preferred, then withdraw (the
+    /// next step hands it to the daemon).
+    pub fn drain_edge(&mut self, duration: Option<Duration>) {
+        self.decision.drain_edge(Instant::now(), duration);
+        info!(?duration, "edge drain: routes less preferred now, withdrawn after drain_wait_ms");
+    }
+
+    /// Ends an edge drain (the next step hands it to the daemon).
+    pub fn undrain_edge(&mut self) {
+        self.decision.undrain_edge();
+        info!("edge undrained: VIPs that can be served are announced again");
+    }
+
+    /// Takes the timers of a reloaded `[bgp]` section.
+    pub fn set_timers(&mut self, bgp: &Bgp) {
+        self.decision.timers = timers(bgp);
     }
 
     /// Hands `routes` to the worker if they differ from the last ones;
@@ -303,76 +325,9 @@ fn report_error(state: &Mutex<DaemonState>, error: &anyhow::Error, doing: &str) 
     }
 }
 
-impl Agent {
-    /// What the decision needs to know now.
-    pub fn announce_inputs(&self) -> Inputs {
-        let steer_attached = self.links.iter().any(|(_, i)| i.mode.is_some());
-        let monitored: Vec<IpAddr> =
-            self.config.monitored_backends().into_iter().filter(|(_, m)| m.is_enabled()).map(|(a, _)| a).collect();
-        // A monitored backend counts once a probe has succeeded (it has an
-        // RTT): a starting agent takes every backend as up, and must not
-        // announce on that assumption alone.
-        let serves = |a: &IpAddr| match self.health.get(a) {
-            Some(state) if monitored.contains(a) => state.health() != Health::Down && state.rtt_avg_ms().is_some(),
-            _ => true,
-        };
-        let all_failing = !monitored.is_empty()
-            && monitored.iter().all(|a| self.health.get(a).is_some_and(|s| s.health() != Health::Up));
-        let vips = self
-            .config
-            .vips
-            .iter()
-            .map(|vip| {
-                let planned = self.plan.vips.values().find(|p| p.name == vip.name);
-                let serving = planned.is_some_and(|p| has_serving_pool(&p.default, &serves));
-                VipView { name: vip.name.clone(), address: vip.address, serving }
-            })
-            .collect();
-        Inputs { steer_attached, all_failing, vips }
-    }
-
-    /// Steps the decision and hands changed routes to the daemon worker.
-    pub fn step_announcements(&mut self) {
-        let inputs = self.announce_inputs();
-        let Some(announcer) = &mut self.announce else { return };
-        let routes = announcer.decision.step(Instant::now(), &inputs);
-        let guard = announcer.decision.guard_active;
-        if guard != announcer.guard_reported {
-            announcer.guard_reported = guard;
-            if guard {
-                warn!("GUARD: every health check fails at once (most likely this edge's own network); keeping the announced VIPs announced");
-            } else {
-                info!("guard over: announcements follow the health checks again");
-            }
-        }
-        announcer.want(routes, None);
-    }
-
-    /// `gslb drain --edge`: announce less preferred, then withdraw.
-    pub fn drain_edge(&mut self, duration: Option<Duration>) -> Result<()> {
-        let Some(announcer) = &mut self.announce else {
-            bail!("this edge announces nothing over BGP ([bgp] daemon is \"none\"); an edge drain needs a daemon");
-        };
-        announcer.decision.drain_edge(Instant::now(), duration);
-        info!(?duration, "edge drain: routes less preferred now, withdrawn after drain_wait_ms");
-        self.step_announcements();
-        Ok(())
-    }
-
-    pub fn undrain_edge(&mut self) -> Result<()> {
-        let Some(announcer) = &mut self.announce else {
-            bail!("this edge announces nothing over BGP ([bgp] daemon is \"none\")");
-        };
-        announcer.decision.undrain_edge();
-        info!("edge undrained: VIPs that can be served are announced again");
-        self.step_announcements();
-        Ok(())
-    }
-}
-
 /// Whether a VIP's table has a serving pool: its fallback pool with some
 /// backend in it (used whatever its health), or a backend that `serves`.
-pub fn has_serving_pool(table: &crate::plan::PlannedTable, serves: impl Fn(&IpAddr) -> bool) -> bool {
+pub fn has_serving_pool(table: &crate::decide::plan::PlannedTable, serves: impl Fn(&IpAddr) -> bool) -> bool {
     (table.fallback && !table.weights.is_empty()) || table.weights.keys().any(serves)
 }
 
@@ -402,7 +357,7 @@ pub fn check_reload(old: &Bgp, new: &Bgp) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::PlannedTable;
+    use crate::decide::plan::PlannedTable;
 
     fn table(backends: &[&str], fallback: bool) -> PlannedTable {
         PlannedTable {

@@ -1,53 +1,10 @@
-//! The BGP part of `gslb status`.
+//! The announcer's part of a status snapshot.
 
-use std::fmt::Write as _;
-use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
-use serde::{Deserialize, Serialize};
-
-use super::{Announcer, Reason, Session};
-use crate::status::unix_ms;
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct BgpStatus {
-    /// "bird" or "gobgp".
-    pub daemon: String,
-    /// The daemon answered its last request.
-    pub reachable: bool,
-    /// The daemon holds the routes the agent wants.
-    pub in_sync: bool,
-    pub sessions: Vec<Session>,
-    pub sessions_established: usize,
-    /// When the announced set last reached the daemon.
-    pub last_change_unix_ms: Option<u64>,
-    pub last_error: Option<String>,
-    pub last_error_unix_ms: Option<u64>,
-    /// The guard holds announcements: every check fails at once.
-    pub guard: bool,
-    /// "draining" (less preferred), "drained" (withdrawn), or null.
-    pub edge_drain: Option<String>,
-    pub edge_drain_until_unix_ms: Option<u64>,
-    pub routes: Vec<RouteStatus>,
-}
-
-/// One VIP address.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RouteStatus {
-    pub address: IpAddr,
-    /// The VIPs on this address.
-    pub vips: Vec<String>,
-    pub announced: bool,
-    /// Announced with the drain attribute.
-    pub drain: bool,
-    /// serving, settling, withdrawing, no-serving-pool, steer-not-attached,
-    /// edge-draining, edge-drained or guard.
-    pub reason_code: String,
-    /// The same in words.
-    pub reason: String,
-    /// Since `announced` last changed.
-    pub since_unix_ms: u64,
-}
+use super::{Announcer, Reason};
+use crate::view::bgp::{BgpStatus, RouteStatus};
+use crate::view::time::unix_ms;
 
 impl Announcer {
     pub fn status(&self) -> BgpStatus {
@@ -98,52 +55,5 @@ fn code(reason: &Reason) -> &'static str {
         Reason::EdgeDraining => "edge-draining",
         Reason::EdgeDrained => "edge-drained",
         Reason::Guard => "guard",
-    }
-}
-
-impl BgpStatus {
-    /// The lines of `gslb status`.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let now = unix_ms(SystemTime::now());
-        let daemon = if self.reachable { "reachable" } else { "UNREACHABLE" };
-        let sessions: Vec<String> = self.sessions.iter().map(|s| format!("{} {}", s.name, s.state)).collect();
-        let _ = writeln!(
-            out,
-            "\nbgp: {} {daemon}, sessions established {}/{} [{}]{}",
-            self.daemon,
-            self.sessions_established,
-            self.sessions.len(),
-            sessions.join(", "),
-            self.last_change_unix_ms
-                .map(|t| format!(", last change {}s ago", now.saturating_sub(t) / 1000))
-                .unwrap_or_default()
-        );
-        if let Some(error) = &self.last_error {
-            let _ = writeln!(out, "  last error: {error}");
-        }
-        if self.guard {
-            let _ = writeln!(
-                out,
-                "  GUARD: every health check fails at once; announcements held (check this edge's network)"
-            );
-        }
-        if let Some(drain) = &self.edge_drain {
-            let until =
-                self.edge_drain_until_unix_ms.map(|u| format!(", undrain in {}s", u.saturating_sub(now) / 1000));
-            let _ = writeln!(out, "  EDGE {}{}", drain.to_uppercase(), until.unwrap_or_default());
-        }
-        for route in &self.routes {
-            let _ = writeln!(
-                out,
-                "  {:<28} {:<10} {} for {}s  (vips {})",
-                route.address.to_string(),
-                if route.announced { "announced" } else { "withdrawn" },
-                route.reason,
-                now.saturating_sub(route.since_unix_ms) / 1000,
-                route.vips.join(",")
-            );
-        }
-        out
     }
 }

@@ -19,14 +19,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::Limits;
-
+mod limits;
 mod monitor;
 mod prefix;
 mod raw;
 #[cfg(test)]
 mod tests;
 mod validate;
+
+pub use limits::Limits;
 
 pub use monitor::{
     ExpectedCodes, Monitor, MonitorProtocol, DEFAULT_CONSECUTIVE_DOWN, DEFAULT_CONSECUTIVE_UP,

@@ -1,60 +1,70 @@
-//! The edge agent: owns the data plane, applies configs, reports status.
+//! The edge agent: the one owner of the running state (config, data plane,
+//! health, drains, announcements). Its reactions live beside it
+//! (`reactions`, `announce`, `requests`); `snapshot` turns the state into
+//! the status contract that views and servers read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 use tracing::{info, warn};
 
-use crate::attach;
+use crate::announce::Announcer;
 use crate::config::{self, Config};
-use crate::control::{conditions_of, Drain, Failovers, LatencySteps};
-use crate::dataplane::{Steer, VipMatch};
+use crate::decide::capacity::capacity;
+use crate::decide::conditions::{conditions_of, Drains, LatencySteps};
+use crate::decide::failover::Failovers;
+use crate::decide::plan::{Conditions, Plan};
 use crate::health::{HealthEvent, HealthTable, Monitors};
-use crate::install::{Changes, Installed};
-use crate::links::Links;
-use crate::plan::{plan, Conditions, Plan};
-use crate::tunnel_errors::TunnelErrors;
+use crate::reconcile::{reconcile, Changes, Installed};
+use crate::sys::interfaces::Interfaces;
+use crate::sys::steer::Steer;
+use crate::sys::tunnel_errors::{self, TunnelErrors};
+use crate::sys::{attach, bpffs};
+
+mod announce;
+mod reactions;
+mod requests;
+mod snapshot;
 
 pub struct Agent {
     config_path: PathBuf,
-    pub config: Config,
-    pub steer: Steer,
-    pub installed: Installed,
-    pub plan: Plan,
+    config: Config,
+    steer: Steer,
+    installed: Installed,
+    /// The last plan applied, without its tables (`installed` holds them).
+    plan: Plan,
     /// The configured interfaces: state, attachment, re-attaches.
-    pub links: Links,
+    interfaces: Interfaces,
     /// Whether this agent adopted state pinned by an earlier one.
-    pub adopted: bool,
-    pub started: SystemTime,
-    pub reloads: u64,
-    pub reloads_failed: u64,
-    pub last_reload: Option<ReloadRecord>,
+    adopted: bool,
+    started: SystemTime,
+    reloads: u64,
+    reloads_failed: u64,
+    last_reload: Option<ReloadRecord>,
     /// Health of monitored backends, fed by `monitors`.
-    pub health: HealthTable,
+    health: HealthTable,
     monitors: Option<Monitors>,
-    pub drains: BTreeMap<std::net::IpAddr, Drain>,
-    pub failovers: Failovers,
-    pub(crate) latency_steps: LatencySteps,
+    drains: Drains,
+    failovers: Failovers,
+    latency_steps: LatencySteps,
     /// VIPs whose N+1 check failed when last planned (warned once).
-    n_plus_one_failing: std::collections::BTreeSet<String>,
+    n_plus_one_failing: BTreeSet<String>,
     /// ICMP errors about tunnel packets, per backend (reported, never acted on).
-    pub tunnel_errors: std::sync::Arc<TunnelErrors>,
+    tunnel_errors: Arc<TunnelErrors>,
     /// BGP announcements (`[bgp]`), once started.
-    pub announce: Option<crate::announce::Announcer>,
+    announcer: Option<Announcer>,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct ReloadRecord {
-    pub at: SystemTime,
-    pub ok: bool,
-    pub error: Option<String>,
-    pub changes: Option<Changes>,
+/// The outcome of the last reload.
+#[derive(Clone, Debug)]
+struct ReloadRecord {
+    at: SystemTime,
+    ok: bool,
+    error: Option<String>,
 }
-
-/// bpffs's magic number in statfs(2).
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 impl Agent {
     /// Loads the config, adopts pinned state or loads `steer` afresh,
@@ -62,7 +72,7 @@ impl Agent {
     pub fn start(config_path: &Path) -> Result<Agent> {
         let config = config::load(config_path)?;
         let pin_dir = config.edge.bpffs_pin.clone();
-        check_bpffs(&pin_dir)?;
+        bpffs::check(&pin_dir)?;
         for interface in &config.edge.interfaces {
             if attach::find_ifindex(interface).is_none() {
                 bail!(
@@ -116,11 +126,7 @@ impl Agent {
             health.assume_down(*address, now, "marked dead by the previous agent");
         }
         let conditions = conditions_of(&config, &health, &BTreeMap::new(), now);
-        let plan =
-            plan(&config, &installed.backend_ids, steer.limits.max_backends, steer.limits.table_size, &conditions)?;
-        let changes = installed.apply(&mut steer, &plan, &vip_names(&plan))?;
-        let mut plan = plan;
-        plan.forget_tables();
+        let (plan, changes) = reconcile(&config, &conditions, &mut installed, &mut steer)?;
         info!(?changes, "programmed the data plane");
 
         let mut agent = Agent {
@@ -129,7 +135,7 @@ impl Agent {
             steer,
             installed,
             plan,
-            links: Links::default(),
+            interfaces: Interfaces::default(),
             adopted,
             started: SystemTime::now(),
             reloads: 0,
@@ -137,12 +143,12 @@ impl Agent {
             last_reload: None,
             health,
             monitors: None,
-            drains: BTreeMap::new(),
+            drains: Drains::new(),
             failovers: Failovers::default(),
             latency_steps: LatencySteps::new(),
-            n_plus_one_failing: Default::default(),
+            n_plus_one_failing: BTreeSet::new(),
             tunnel_errors: TunnelErrors::new(),
-            announce: None,
+            announcer: None,
         };
         agent.configure_tunnel_errors();
         agent.warn_capacity();
@@ -158,9 +164,34 @@ impl Agent {
         self.health.update(&wanted);
         monitors.update(&wanted);
         self.monitors = Some(monitors);
-        if let Err(error) = crate::tunnel_errors::spawn(self.tunnel_errors.clone()) {
+        if let Err(error) = tunnel_errors::spawn(self.tunnel_errors.clone()) {
             warn!("tunnel errors (ICMP from backends about tunnel packets) will not be counted: {error:#}");
         }
+    }
+
+    /// Starts announcing over BGP (`[bgp]`); the watchdog's pid goes to
+    /// `watchdog_pid_file`. Nothing happens without a daemon configured.
+    pub fn start_announcing(&mut self, watchdog_pid_file: &Path) -> Result<()> {
+        self.announcer = Announcer::start(&self.config.bgp, watchdog_pid_file)?;
+        Ok(())
+    }
+
+    /// Whether the agent announces over BGP.
+    pub fn announces(&self) -> bool {
+        self.announcer.is_some()
+    }
+
+    /// Stops announcing: withdraws the VIPs (first announcing them less
+    /// preferred for `bgp.drain_wait_ms` if `drain`).
+    pub fn stop_announcing(&mut self, drain: bool) {
+        if let Some(mut announcer) = self.announcer.take() {
+            announcer.shutdown(drain);
+        }
+    }
+
+    /// Where the agent pins its state.
+    pub fn pin_dir(&self) -> &Path {
+        &self.config.edge.bpffs_pin
     }
 
     /// Tells the tunnel-error counter our tunnel sources and backends.
@@ -169,10 +200,6 @@ impl Agent {
         let sources = std::iter::once(edge.tunnel_source_v4.into()).chain(edge.tunnel_source_v6.map(Into::into));
         let backends = self.config.pools.iter().flat_map(|p| p.backends.iter().map(|b| b.address));
         self.tunnel_errors.configure(sources, backends);
-    }
-
-    pub fn config_path(&self) -> &Path {
-        &self.config_path
     }
 
     /// Re-reads the config file. A config that fails validation, or that
@@ -185,7 +212,6 @@ impl Agent {
             at: SystemTime::now(),
             ok: outcome.is_ok(),
             error: outcome.as_ref().err().map(|e| format!("{e:#}")),
-            changes: outcome.as_ref().ok().cloned(),
         });
         match &outcome {
             Ok(changes) => info!(?changes, "reloaded {}", self.config_path.display()),
@@ -212,7 +238,7 @@ impl Agent {
         }
         // A new interface must exist; one already steered may be missing
         // for now (the watcher re-attaches it when it returns).
-        for interface in config.edge.interfaces.iter().filter(|i| !self.links.contains(i)) {
+        for interface in config.edge.interfaces.iter().filter(|i| !self.interfaces.contains(i)) {
             attach::ifindex(interface)?;
         }
         crate::announce::check_reload(&self.config.bgp, &config.bgp)?;
@@ -223,11 +249,16 @@ impl Agent {
         // Plan before touching anything: a config this data plane cannot
         // hold is refused whole.
         let conditions = self.conditions(SystemTime::now());
-        plan(&config, &self.installed.backend_ids, limits.max_backends, limits.table_size, &conditions)?;
-        let old_names = vip_names(&self.plan);
+        crate::decide::plan::plan(
+            &config,
+            &self.installed.backend_ids,
+            limits.max_backends,
+            limits.table_size,
+            &conditions,
+        )?;
         self.config = config;
-        if let Some(announcer) = &mut self.announce {
-            announcer.decision.timers = crate::announce::timers(&self.config.bgp);
+        if let Some(announcer) = &mut self.announcer {
+            announcer.set_timers(&self.config.bgp);
         }
         self.configure_tunnel_errors();
         self.forget_removed();
@@ -236,31 +267,18 @@ impl Agent {
         if let Some(monitors) = &mut self.monitors {
             monitors.update(&wanted);
         }
-        let changes = self.replan_named(&self.conditions(SystemTime::now()), &old_names)?;
+        let changes = self.replan(&self.conditions(SystemTime::now()))?;
         self.sync_interfaces()?;
         Ok(changes)
     }
 
     /// Plans with `conditions` and applies the difference.
-    pub(crate) fn replan(&mut self, conditions: &Conditions) -> Result<Changes> {
-        let names = vip_names(&self.plan);
-        self.replan_named(conditions, &names)
-    }
-
-    fn replan_named(&mut self, conditions: &Conditions, names: &BTreeMap<VipMatch, String>) -> Result<Changes> {
-        let limits = self.steer.limits;
+    fn replan(&mut self, conditions: &Conditions) -> Result<Changes> {
         let started = std::time::Instant::now();
-        let plan = plan(&self.config, &self.installed.backend_ids, limits.max_backends, limits.table_size, conditions)?;
-        let planned = started.elapsed();
-        let changes = self.installed.apply(&mut self.steer, &plan, names)?;
+        let (plan, changes) = reconcile(&self.config, conditions, &mut self.installed, &mut self.steer)?;
         log_panic_changes(&self.plan, &plan, &self.config);
-        tracing::debug!(
-            plan_ms = planned.as_millis() as u64,
-            apply_ms = (started.elapsed() - planned).as_millis() as u64,
-            "replanned"
-        );
+        tracing::debug!(reconcile_ms = started.elapsed().as_millis() as u64, "replanned");
         self.plan = plan;
-        self.plan.forget_tables();
         self.warn_capacity();
         Ok(changes)
     }
@@ -269,7 +287,7 @@ impl Agent {
     /// when it holds again.
     fn warn_capacity(&mut self) {
         for planned in self.plan.vips.values() {
-            let Some(verdict) = crate::status::capacity(&self.config, &planned.default.weights) else { continue };
+            let Some(verdict) = capacity(&self.config, &planned.default.weights) else { continue };
             if !verdict.ok && self.n_plus_one_failing.insert(planned.name.clone()) {
                 warn!(vip = planned.name, "{}", verdict.message);
             } else if verdict.ok && self.n_plus_one_failing.remove(&planned.name) {
@@ -282,28 +300,29 @@ impl Agent {
     /// configured.
     fn sync_interfaces(&mut self) -> Result<()> {
         let pin_dir = self.config.edge.bpffs_pin.clone();
-        let known = self.links.iter().map(|(name, _)| name.clone());
+        let known = self.interfaces.iter().map(|(name, _)| name.clone());
         let stale: Vec<String> = attach::pinned_interfaces(&pin_dir)
             .into_iter()
             .chain(known)
             .filter(|interface| !self.config.edge.interfaces.contains(interface))
             .collect();
         for interface in stale {
-            self.links.detach(&interface, &pin_dir)?;
+            self.interfaces.detach(&interface, &pin_dir)?;
         }
         for interface in self.config.edge.interfaces.clone() {
-            if !self.links.contains(&interface) {
-                self.links.attach(self.steer.program(), &interface, self.config.edge.xdp_mode, &pin_dir)?;
+            if !self.interfaces.contains(&interface) {
+                self.interfaces.attach(self.steer.program(), &interface, self.config.edge.xdp_mode, &pin_dir)?;
             }
         }
         Ok(())
     }
 
-    /// One look at the interfaces (see `links`): notes up/down changes and
-    /// attaches `steer` again to an interface that came back without it.
+    /// One look at the interfaces (see `sys::interfaces`): notes up/down
+    /// changes and attaches `steer` again to an interface that came back
+    /// without it.
     pub fn watch_interfaces(&mut self) {
         let pin_dir = self.config.edge.bpffs_pin.clone();
-        self.links.watch(self.steer.program(), self.config.edge.xdp_mode, &pin_dir);
+        self.interfaces.watch(self.steer.program(), self.config.edge.xdp_mode, &pin_dir);
     }
 
     /// Removes the agent's pins: `steer` stops on every interface once this
@@ -331,30 +350,4 @@ fn log_panic_changes(old: &Plan, new: &Plan, config: &Config) {
             info!(vip = vip.name, failing = vip.failing, backends = vip.total, "panic over: health checks apply again");
         }
     }
-}
-
-fn vip_names(plan: &Plan) -> BTreeMap<VipMatch, String> {
-    plan.vips.iter().map(|(m, v)| (*m, v.name.clone())).collect()
-}
-
-/// Refuses a pin directory that is not on bpffs, saying how to fix it.
-fn check_bpffs(pin_dir: &Path) -> Result<()> {
-    let mut probe = pin_dir.to_path_buf();
-    while !probe.exists() {
-        if !probe.pop() {
-            break;
-        }
-    }
-    let path = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes()).context("path contains NUL")?;
-    // SAFETY: statfs writes into `stat`, which lives across the call.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statfs(path.as_ptr(), &mut stat) };
-    if rc != 0 || stat.f_type as i64 != BPF_FS_MAGIC {
-        bail!(
-            "edge.bpffs_pin {} is not on a BPF filesystem ({} is not bpffs); mount one with `mount -t bpf bpf /sys/fs/bpf` or choose a path under a bpffs mount",
-            pin_dir.display(),
-            probe.display()
-        );
-    }
-    Ok(())
 }

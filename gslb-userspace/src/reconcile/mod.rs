@@ -1,5 +1,8 @@
-//! Bringing the data plane from what it holds to what a plan wants,
-//! touching only what differs.
+//! Bringing the data plane from what it holds to what the config and the
+//! backends' conditions want: [`reconcile`] plans, then [`Installed::apply`]
+//! writes only what differs, through [`MapWrites`] (the kernel's maps in
+//! the agent, a recording fake in the tests), in an order that is safe for
+//! packets in flight.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -8,8 +11,32 @@ use anyhow::{Context, Result};
 use gslb_common::{SteerTable, VipValue, VIP_CLIENT_STEERING, VIP_SOURCE_IP_AFFINITY};
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::{Steer, VipMatch};
-use crate::plan::{Plan, PlannedTable};
+use crate::config::Config;
+use crate::decide::plan::{plan, Conditions, Plan, PlannedTable, VipMatch};
+use crate::sys::maps::MapWrites;
+use crate::sys::steer::Steer;
+
+#[cfg(test)]
+mod recording;
+#[cfg(test)]
+mod tests;
+
+/// Plans `config` under `conditions`, keeping the backend ids `installed`
+/// holds, and applies the plan. Returns the plan (without its tables, which
+/// `installed` now holds) and what changed. Nothing is written if planning
+/// fails.
+pub fn reconcile(
+    config: &Config,
+    conditions: &Conditions,
+    installed: &mut Installed,
+    maps: &mut impl MapWrites,
+) -> Result<(Plan, Changes)> {
+    let limits = maps.limits();
+    let mut plan = plan(config, &installed.backend_ids, limits.max_backends, limits.table_size, conditions)?;
+    let changes = installed.apply(maps, &plan)?;
+    plan.forget_tables();
+    Ok((plan, changes))
+}
 
 /// What the data plane holds, as far as the agent manages it.
 #[derive(Clone, Debug, Default)]
@@ -22,10 +49,14 @@ pub struct Installed {
 
 #[derive(Clone, Debug)]
 pub struct InstalledVip {
+    /// The VIP's name in the config it was installed from (an adopted VIP
+    /// is named by its address until a plan names it).
+    pub name: String,
     pub vip_id: u32,
     pub flags: u32,
     pub default: InstalledTable,
-    pub steer: BTreeMap<(IpAddr, u8), InstalledTable>,
+    /// Tables of client prefixes, by (network address, length).
+    pub client_tables: BTreeMap<(IpAddr, u8), InstalledTable>,
 }
 
 /// One table in `MAGLEV`: its id, the live generation, and the contents of
@@ -73,10 +104,9 @@ impl Installed {
                 dead.insert(address);
             }
         }
-        let prefixes = steer.steer_prefixes()?;
+        let prefixes = steer.client_prefixes()?;
         let mut vips = BTreeMap::new();
-        for (matcher, vip) in steer.installed_vips()? {
-            let value = vip.value;
+        for (matcher, value) in steer.vip_entries()? {
             let default = InstalledTable {
                 table_id: value.table_id,
                 generation: value.generation,
@@ -92,7 +122,14 @@ impl Installed {
                     rules.insert(*prefix, InstalledTable { table_id, generation, contents, idle });
                 }
             }
-            vips.insert(matcher, InstalledVip { vip_id: value.vip_id, flags: value.flags, default, steer: rules });
+            let vip = InstalledVip {
+                name: describe(&matcher),
+                vip_id: value.vip_id,
+                flags: value.flags,
+                default,
+                client_tables: rules,
+            };
+            vips.insert(matcher, vip);
         }
         let fragment_vips = steer.fragment_vips()?.into_iter().map(|(a, proto, port)| ((a, proto), port)).collect();
         Ok(Installed { backend_ids, dead, vips, fragment_vips })
@@ -102,19 +139,20 @@ impl Installed {
     /// slot without its backend, or a dead backend in a live table: new and
     /// revived backends first, then tables, then dead marks, and removed
     /// backends last.
-    pub fn apply(&mut self, steer: &mut Steer, plan: &Plan, names: &BTreeMap<VipMatch, String>) -> Result<Changes> {
+    pub fn apply(&mut self, maps: &mut impl MapWrites, plan: &Plan) -> Result<Changes> {
         let mut changes = Changes::default();
-        steer.set_tunnel_sources(plan.tunnel_source_v4, plan.tunnel_source_v6)?;
+        let max_vips = maps.limits().max_vips;
+        maps.set_tunnel_sources(plan.tunnel_source_v4, plan.tunnel_source_v6)?;
 
         for (&address, &id) in &plan.backend_ids {
             let is_new = self.backend_ids.get(&address) != Some(&id);
             if is_new {
-                steer.reset_backend_stats(id)?;
+                maps.reset_backend_stats(id)?;
                 changes.backends_added.push(address);
             }
             let revived = !is_new && self.dead.contains(&address) && !plan.dead.contains(&address);
             if is_new || revived {
-                steer.set_backend(id, address, false)?;
+                maps.set_backend(id, address, false)?;
                 self.backend_ids.insert(address, id);
                 if self.dead.remove(&address) && revived {
                     changes.backends_revived.push(address);
@@ -124,50 +162,52 @@ impl Installed {
 
         let removed: Vec<VipMatch> = self.vips.keys().filter(|v| !plan.vips.contains_key(v)).copied().collect();
         for matcher in removed {
-            steer.remove_vip(matcher)?;
+            maps.remove_vip(matcher)?;
             let vip = self.vips.remove(&matcher).expect("listed above");
-            for prefix in vip.steer.keys() {
-                steer.remove_steer_prefix(vip.vip_id, *prefix)?;
+            for prefix in vip.client_tables.keys() {
+                maps.remove_client_prefix(vip.vip_id, *prefix)?;
             }
-            changes.vips_removed.push(names.get(&matcher).cloned().unwrap_or_else(|| describe(&matcher)));
+            changes.vips_removed.push(vip.name);
         }
 
         for (matcher, planned) in &plan.vips {
-            let mut tables = TableIds::of(self, steer.limits.max_vips);
+            let mut tables = TableIds::of(self, max_vips);
             let (mut vip, is_new) = match self.vips.get(matcher) {
                 Some(current) => (current.clone(), false),
                 None => {
-                    let vip_id = self.free_vip_id(steer.limits.max_vips).context("no free VIP slot")?;
-                    steer.reset_vip_stats(vip_id)?;
+                    let vip_id = self.free_vip_id(max_vips).context("no free VIP slot")?;
+                    maps.reset_vip_stats(vip_id)?;
                     let table_id = tables.allocate()?;
                     let default = InstalledTable { table_id, generation: 1, contents: Vec::new(), idle: None };
-                    (InstalledVip { vip_id, flags: 0, default, steer: BTreeMap::new() }, true)
+                    let name = planned.name.clone();
+                    (InstalledVip { name, vip_id, flags: 0, default, client_tables: BTreeMap::new() }, true)
                 }
             };
             let mut changed = false;
+            vip.name.clone_from(&planned.name);
 
             // Client-prefix tables first, so the flag below never points the
             // program at a prefix that is not there yet.
-            for (prefix, table) in &planned.steer {
-                let slot = match vip.steer.get_mut(prefix) {
+            for (prefix, table) in &planned.client_tables {
+                let slot = match vip.client_tables.get_mut(prefix) {
                     Some(slot) => slot,
-                    None => vip.steer.entry(*prefix).or_insert(InstalledTable {
+                    None => vip.client_tables.entry(*prefix).or_insert(InstalledTable {
                         table_id: tables.allocate()?,
                         generation: 1,
                         contents: Vec::new(),
                         idle: None,
                     }),
                 };
-                if write_if_changed(steer, slot, table)? {
+                if write_if_changed(maps, slot, table)? {
                     let live = SteerTable { table_id: slot.table_id, generation: slot.generation };
-                    steer.set_steer_prefix(vip.vip_id, *prefix, live)?;
+                    maps.set_client_prefix(vip.vip_id, *prefix, live)?;
                     changed = true;
                 }
             }
-            changed |= write_if_changed(steer, &mut vip.default, &planned.default)?;
+            changed |= write_if_changed(maps, &mut vip.default, &planned.default)?;
 
             let mut flags = if planned.source_ip_affinity { VIP_SOURCE_IP_AFFINITY } else { 0 };
-            if !planned.steer.is_empty() {
+            if !planned.client_tables.is_empty() {
                 flags |= VIP_CLIENT_STEERING;
             }
             if changed || flags != vip.flags || is_new {
@@ -178,15 +218,15 @@ impl Installed {
                     generation: vip.default.generation,
                     table_id: vip.default.table_id,
                 };
-                steer.set_vip_entry(*matcher, value)?;
+                maps.set_vip_entry(*matcher, value)?;
                 changed = true;
             }
 
             let gone: Vec<(IpAddr, u8)> =
-                vip.steer.keys().filter(|p| !planned.steer.contains_key(p)).copied().collect();
+                vip.client_tables.keys().filter(|p| !planned.client_tables.contains_key(p)).copied().collect();
             for prefix in gone {
-                steer.remove_steer_prefix(vip.vip_id, prefix)?;
-                vip.steer.remove(&prefix);
+                maps.remove_client_prefix(vip.vip_id, prefix)?;
+                vip.client_tables.remove(&prefix);
                 changed = true;
             }
 
@@ -200,20 +240,20 @@ impl Installed {
 
         for (&(address, proto), &port) in &plan.fragment_vips {
             if self.fragment_vips.get(&(address, proto)) != Some(&port) {
-                steer.set_fragment_vip(address, proto, port)?;
+                maps.set_fragment_vip(address, proto, port)?;
                 self.fragment_vips.insert((address, proto), port);
             }
         }
         let stale: Vec<(IpAddr, u8)> =
             self.fragment_vips.keys().filter(|k| !plan.fragment_vips.contains_key(k)).copied().collect();
         for (address, proto) in stale {
-            steer.remove_fragment_vip(address, proto)?;
+            maps.remove_fragment_vip(address, proto)?;
             self.fragment_vips.remove(&(address, proto));
         }
 
         for address in &plan.dead {
             if self.dead.insert(*address) {
-                steer.set_backend(plan.backend_ids[address], *address, true)?;
+                maps.set_backend(plan.backend_ids[address], *address, true)?;
                 changes.backends_dead.push(*address);
             }
         }
@@ -221,7 +261,7 @@ impl Installed {
         let gone: Vec<(IpAddr, u32)> =
             self.backend_ids.iter().filter(|(a, _)| !plan.backend_ids.contains_key(a)).map(|(a, i)| (*a, *i)).collect();
         for (address, id) in gone {
-            steer.clear_backend(id)?;
+            maps.clear_backend(id)?;
             self.backend_ids.remove(&address);
             self.dead.remove(&address);
             changes.backends_removed.push(address);
@@ -238,7 +278,7 @@ impl Installed {
 /// Writes `planned` into the idle generation of `slot` if it differs from
 /// the live contents, and makes that generation the live one (the caller
 /// publishes it). Returns whether it wrote.
-fn write_if_changed(steer: &mut Steer, slot: &mut InstalledTable, planned: &PlannedTable) -> Result<bool> {
+fn write_if_changed(maps: &mut impl MapWrites, slot: &mut InstalledTable, planned: &PlannedTable) -> Result<bool> {
     if slot.contents == planned.table {
         return Ok(false);
     }
@@ -246,16 +286,16 @@ fn write_if_changed(steer: &mut Steer, slot: &mut InstalledTable, planned: &Plan
     if slot.contents.is_empty() && slot.idle.is_none() {
         // A new table: both generations get it, so later changes know what
         // the idle one holds and write only the slots that differ.
-        steer.write_table(slot.table_id, idle, &planned.table)?;
-        steer.write_table(slot.table_id, idle ^ 1, &planned.table)?;
+        maps.write_table(slot.table_id, idle, &planned.table)?;
+        maps.write_table(slot.table_id, idle ^ 1, &planned.table)?;
         slot.generation = idle;
         slot.contents = planned.table.clone();
         slot.idle = Some(planned.table.clone());
         return Ok(true);
     }
     match &slot.idle {
-        Some(old) if old.len() == planned.table.len() => steer.patch_table(slot.table_id, idle, old, &planned.table)?,
-        _ => steer.write_table(slot.table_id, idle, &planned.table)?,
+        Some(old) if old.len() == planned.table.len() => maps.patch_table(slot.table_id, idle, old, &planned.table)?,
+        _ => maps.write_table(slot.table_id, idle, &planned.table)?,
     }
     slot.generation = idle;
     slot.idle = Some(std::mem::replace(&mut slot.contents, planned.table.clone()));
@@ -272,7 +312,7 @@ impl TableIds {
         let used: BTreeSet<u32> = installed
             .vips
             .values()
-            .flat_map(|v| std::iter::once(v.default.table_id).chain(v.steer.values().map(|t| t.table_id)))
+            .flat_map(|v| std::iter::once(v.default.table_id).chain(v.client_tables.values().map(|t| t.table_id)))
             .collect();
         TableIds { free: (0..max_tables).rev().filter(|id| !used.contains(id)).collect() }
     }

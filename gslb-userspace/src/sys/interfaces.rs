@@ -22,8 +22,8 @@ use aya::programs::Xdp;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::attach::{self, AttachedMode};
 use crate::config::XdpMode;
+use crate::sys::attach::{self, AttachedMode};
 
 /// How often the watcher looks at the interfaces.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -77,11 +77,11 @@ impl Interface {
 
 /// The configured interfaces, by name.
 #[derive(Debug, Default)]
-pub struct Links {
+pub struct Interfaces {
     interfaces: BTreeMap<String, Interface>,
 }
 
-impl Links {
+impl Interfaces {
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Interface)> {
         self.interfaces.iter()
     }

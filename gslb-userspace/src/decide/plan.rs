@@ -11,12 +11,32 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, Result};
 use gslb_common::{
-    addr_from_ip, backend_hashes,
+    addr_from_ip, addr_to_ip, backend_hashes,
     maglev::{build_table, MaglevBackend},
+    VipKey,
 };
 
 use crate::config::{Affinity, Config, Policy, Pool, Vip};
-use crate::dataplane::VipMatch;
+
+/// A VIP as the data plane matches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VipMatch {
+    pub address: IpAddr,
+    /// 0 = every port.
+    pub port: u16,
+    /// IP protocol number (TCP or UDP).
+    pub proto: u8,
+}
+
+impl VipMatch {
+    pub fn key(&self) -> VipKey {
+        VipKey { addr: addr_from_ip(self.address), port: self.port, proto: self.proto, _pad: 0 }
+    }
+
+    pub fn from_key(key: &VipKey) -> VipMatch {
+        VipMatch { address: addr_to_ip(&key.addr), port: key.port, proto: key.proto }
+    }
+}
 
 /// A backend's latency weight never drops below this fraction of its
 /// configured weight: slow backends lose traffic gradually, never all of it.
@@ -64,7 +84,7 @@ pub struct PlannedVip {
     /// The table of clients no steer rule matches.
     pub default: PlannedTable,
     /// Tables of client prefixes, by (network address, length).
-    pub steer: BTreeMap<(IpAddr, u8), PlannedTable>,
+    pub client_tables: BTreeMap<(IpAddr, u8), PlannedTable>,
     /// Health checks would have taken out more than the VIP's
     /// `max_unhealthy_fraction`: its backends stay in rotation regardless.
     pub panic: bool,
@@ -95,7 +115,7 @@ impl Plan {
     pub fn forget_tables(&mut self) {
         for vip in self.vips.values_mut() {
             vip.default.table = Vec::new();
-            for table in vip.steer.values_mut() {
+            for table in vip.client_tables.values_mut() {
                 table.table = Vec::new();
             }
         }
@@ -127,20 +147,20 @@ pub fn plan(
         }
         let chooser = Chooser { config, vip, conditions, panic, backend_ids: &backend_ids, table_size };
         let (default, default_panic) = chooser.table(&vip.pools)?;
-        let mut steer = BTreeMap::new();
-        let mut steer_panic = false;
+        let mut client_tables = BTreeMap::new();
+        let mut rules_panic = false;
         for rule in &vip.steer {
             let (table, rule_panic) = chooser.table(&rule.pools)?;
-            steer_panic |= rule_panic;
-            steer.insert((rule.client_prefix.address, rule.client_prefix.len), table);
+            rules_panic |= rule_panic;
+            client_tables.insert((rule.client_prefix.address, rule.client_prefix.len), table);
         }
         let matcher = VipMatch { address: vip.address, port: vip.port, proto: vip.protocol.number() };
         let planned = PlannedVip {
             name: vip.name.clone(),
             source_ip_affinity: vip.affinity == Affinity::SourceIp,
             default,
-            steer,
-            panic: panic || default_panic || steer_panic,
+            client_tables,
+            panic: panic || default_panic || rules_panic,
             down,
             failing,
             total: members.len(),

@@ -273,7 +273,7 @@ fn panic_cap_keeps_the_fleet_in_rotation() {
 fn steer_rules_get_their_own_table() {
     let p = plan_with(&Conditions::new());
     let steered = vip(&p, "steered");
-    let rule = &steered.steer[&(ip("198.51.100.0"), 24)];
+    let rule = &steered.client_tables[&(ip("198.51.100.0"), 24)];
     assert_eq!(in_table(rule), vec![ip("10.0.2.1"), ip("10.0.2.2")]);
     assert_eq!(steered.default.weights.len(), 4);
     assert_ne!(rule.table, steered.default.table);

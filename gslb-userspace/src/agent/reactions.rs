@@ -2,51 +2,21 @@
 //! records they produce. Each ends in `Agent::refresh`, which re-plans with
 //! what the agent now knows and writes only what changed.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Result};
 use tracing::{info, warn};
 
-use crate::agent::Agent;
-use crate::config::Config;
-use crate::health::{Health, HealthEvent, HealthTable};
-use crate::install::Changes;
-use crate::plan::{latency_factor, Condition, Conditions};
-
-/// How many failover records the agent keeps.
-const FAILOVER_HISTORY: usize = 50;
-
-/// An operator's drain of one backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Drain {
-    pub since: SystemTime,
-    /// When recorded flows are cut too; `None`: they run until they end.
-    pub until: Option<SystemTime>,
-}
-
-/// One backend going down, from first failed probe to the new tables
-/// being live.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FailoverRecord {
-    pub backend: IpAddr,
-    pub first_failure: SystemTime,
-    pub declared_down: SystemTime,
-    pub table_live: SystemTime,
-    pub worst_case: Duration,
-}
-
-/// Failovers waiting for their tables to go live.
-#[derive(Clone, Debug, Default)]
-pub struct Failovers {
-    pending: Vec<(IpAddr, SystemTime, SystemTime)>,
-    pub done: VecDeque<FailoverRecord>,
-}
+use super::Agent;
+use crate::decide::conditions::{conditions_of, Drain};
+use crate::decide::plan::{latency_factor, Conditions};
+use crate::health::{Health, HealthEvent};
+use crate::reconcile::Changes;
 
 impl Agent {
     /// What the planner should know of each backend now.
-    pub fn conditions(&self, now: SystemTime) -> Conditions {
+    pub(super) fn conditions(&self, now: SystemTime) -> Conditions {
         conditions_of(&self.config, &self.health, &self.drains, now)
     }
 
@@ -55,28 +25,18 @@ impl Agent {
     pub fn refresh(&mut self) -> Result<Changes> {
         let conditions = self.conditions(SystemTime::now());
         let changes = self.replan(&conditions)?;
-        let live = SystemTime::now();
-        for (backend, first_failure, declared_down) in self.failovers.pending.drain(..) {
-            let worst_case =
-                self.config.monitored_backends().get(&backend).map(|m| m.worst_case_failover_ms()).unwrap_or(0);
-            let record = FailoverRecord {
-                backend,
-                first_failure,
-                declared_down,
-                table_live: live,
-                worst_case: Duration::from_millis(worst_case),
-            };
+        let monitored = self.config.monitored_backends();
+        let worst_case = |backend: IpAddr| {
+            Duration::from_millis(monitored.get(&backend).map(|m| m.worst_case_failover_ms()).unwrap_or(0))
+        };
+        for record in self.failovers.complete(SystemTime::now(), worst_case) {
             info!(
-                backend = %backend,
-                total_ms = ms(live, first_failure),
-                apply_ms = ms(live, declared_down),
-                worst_case_ms = worst_case,
+                backend = %record.backend,
+                total_ms = record.total_ms(),
+                apply_ms = record.apply_ms(),
+                worst_case_ms = record.worst_case.as_millis() as u64,
                 "failover complete: new tables live"
             );
-            self.failovers.done.push_back(record);
-            if self.failovers.done.len() > FAILOVER_HISTORY {
-                self.failovers.done.pop_front();
-            }
         }
         if !changes.is_empty() {
             info!(?changes, "tables updated");
@@ -98,7 +58,7 @@ impl Agent {
             let state = self.health.get(&address);
             let first_failure = state.and_then(|s| s.first_failure_at()).unwrap_or(transition.at);
             let declared_down = state.and_then(|s| s.down_at()).unwrap_or(transition.at);
-            self.failovers.pending.push((address, first_failure, declared_down));
+            self.failovers.begin(address, first_failure, declared_down);
         }
         if transition.from == Health::Down || transition.to == Health::Down {
             self.refresh()?;
@@ -172,43 +132,10 @@ impl Agent {
         }
     }
 
-    /// Drops drains of backends no longer configured.
-    pub fn forget_removed(&mut self) {
+    /// Drops drains and latency steps of backends no longer configured.
+    pub(super) fn forget_removed(&mut self) {
         let known: Vec<IpAddr> = self.config.pools.iter().flat_map(|p| p.backends.iter().map(|b| b.address)).collect();
         self.drains.retain(|a, _| known.contains(a));
         self.latency_steps.retain(|a, _| known.contains(a));
     }
 }
-
-/// What the planner should know of each configured backend: health from
-/// the checks, drains from the operator.
-pub fn conditions_of(
-    config: &Config,
-    health: &HealthTable,
-    drains: &BTreeMap<IpAddr, Drain>,
-    now: SystemTime,
-) -> Conditions {
-    let mut conditions = Conditions::new();
-    for backend in config.pools.iter().flat_map(|p| &p.backends) {
-        let state = health.get(&backend.address);
-        let drain = drains.get(&backend.address);
-        conditions.insert(
-            backend.address,
-            Condition {
-                down: state.is_some_and(|s| s.health() == Health::Down),
-                failing: state.is_some_and(|s| s.health() != Health::Up),
-                drained: drain.is_some(),
-                drain_expired: drain.and_then(|d| d.until).is_some_and(|until| until <= now),
-                rtt_avg_ms: state.and_then(|s| s.rtt_avg_ms()),
-            },
-        );
-    }
-    conditions
-}
-
-fn ms(later: SystemTime, earlier: SystemTime) -> u64 {
-    later.duration_since(earlier).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// The latency step of each backend last planned with.
-pub type LatencySteps = BTreeMap<IpAddr, Vec<u32>>;

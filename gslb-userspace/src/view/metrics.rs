@@ -1,30 +1,13 @@
-//! Prometheus metrics: the agent's [`Status`] as OpenMetrics text, served
-//! over HTTP at `GET /metrics`.
+//! Prometheus metrics: the agent's [`Status`] as OpenMetrics text (the
+//! HTTP endpoint that serves it is `serve::metrics`).
 //!
 //! Every scrape builds a fresh [`Registry`] from one [`Status`] snapshot.
 //! The data plane's counters are already totals (read from BPF maps), so
 //! each is set to its absolute value with `inc_by` on a new counter; nothing
 //! is kept between scrapes.
-//!
-//! Wiring: bind with [`bind`] before the agent starts (so a taken port fails
-//! start-up), then run [`serve_listener`] on the runtime with a closure that
-//! locks the agent, takes `Status::of` and calls [`render`]. [`serve`] does
-//! both from an address.
 
-use std::convert::Infallible;
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{Context as _, Result};
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -32,12 +15,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
-use tokio::sync::Semaphore;
 
-use crate::status::Status;
-
-/// The path that serves the metrics.
-pub const METRICS_PATH: &str = "/metrics";
+use crate::view::status::Status;
 
 /// What [`render`] produces (OpenMetrics text, ending in `# EOF`).
 pub const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -50,12 +29,6 @@ pub const FAILOVER_APPLY_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025
 
 /// Health states a backend can be in, as `Status` spells them.
 const HEALTH_STATES: [&str; 4] = ["up", "suspect", "down", "unmonitored"];
-
-/// Connections served at once; more wait to be accepted.
-const MAX_CONNECTIONS: usize = 64;
-
-/// How long a client may take to send its request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Labels = Vec<(&'static str, String)>;
 type CounterFamily = Family<Labels, Counter>;
@@ -298,7 +271,7 @@ pub fn render(status: &Status) -> String {
         if !reported.insert(b.address) {
             continue;
         }
-        for kind in crate::tunnel_errors::Kind::ALL {
+        for kind in crate::sys::tunnel_errors::Kind::ALL {
             let labels = vec![("backend", b.address.to_string()), ("kind", kind.name().to_string())];
             set_counter(&tunnel_errors, labels, b.tunnel_errors.get(kind.name()).copied().unwrap_or(0));
         }
@@ -341,7 +314,7 @@ pub fn render(status: &Status) -> String {
 }
 
 /// BGP announcements (`[bgp]`).
-fn bgp_metrics(r: &mut Registry, bgp: &crate::announce::status::BgpStatus) {
+fn bgp_metrics(r: &mut Registry, bgp: &crate::view::bgp::BgpStatus) {
     let announced = int_gauge_family(r, "gslb_vip_announced", "1 while this edge announces the VIP's address over BGP");
     for route in &bgp.routes {
         for vip in &route.vips {
@@ -371,167 +344,10 @@ fn bgp_metrics(r: &mut Registry, bgp: &crate::announce::status::BgpStatus) {
     r.register("gslb_edge_drained", "Edge drain: 0 none, 1 announced less preferred, 2 withdrawn", drained);
 }
 
-/// Binds the metrics listener: a std listener, nonblocking, ready for
-/// [`serve_listener`]. The error names the address.
-pub fn bind(listen: SocketAddr) -> Result<StdTcpListener> {
-    let listener = StdTcpListener::bind(listen).with_context(|| format!("binding the metrics listener on {listen}"))?;
-    listener.set_nonblocking(true).with_context(|| format!("making the metrics listener on {listen} nonblocking"))?;
-    Ok(listener)
-}
-
-/// Binds `listen` and serves `GET /metrics` on it until an error. A bind
-/// failure is returned at once and names the address. `snapshot` runs once
-/// per request on the blocking pool.
-pub async fn serve(listen: SocketAddr, snapshot: impl Fn() -> Result<String> + Send + Sync + 'static) -> Result<()> {
-    serve_listener(bind(listen)?, snapshot).await
-}
-
-/// Serves `GET /metrics` on a listener from [`bind`]: 200 with what
-/// `snapshot` returns, 500 if it fails, 405 for other methods on
-/// `/metrics`, 404 for any other path. `snapshot` runs once per request on
-/// the blocking pool (it may take locks). Runs until accepting fails in a
-/// way that retrying cannot cure; must be called inside a Tokio runtime.
-pub async fn serve_listener(
-    listener: StdTcpListener,
-    snapshot: impl Fn() -> Result<String> + Send + Sync + 'static,
-) -> Result<()> {
-    listener.set_nonblocking(true).context("making the metrics listener nonblocking")?;
-    let local = listener.local_addr().ok();
-    let listener = tokio::net::TcpListener::from_std(listener).context("registering the metrics listener")?;
-    let snapshot: Arc<dyn Fn() -> Result<String> + Send + Sync> = Arc::new(snapshot);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    tracing::info!("serving metrics on http://{}{METRICS_PATH}", local.map_or("?".into(), |a| a.to_string()));
-    loop {
-        let permit = slots.clone().acquire_owned().await.context("metrics connection limit closed")?;
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: wait, then go on.
-                tracing::warn!("metrics listener: accepting a connection failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let snapshot = snapshot.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = service_fn(move |request| respond(request, snapshot.clone()));
-            let served = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!("metrics connection from {peer}: {e}");
-            }
-        });
-    }
-}
-
-fn response(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
-async fn respond(
-    request: Request<Incoming>,
-    snapshot: Arc<dyn Fn() -> Result<String> + Send + Sync>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    const PLAIN: &str = "text/plain; charset=utf-8";
-    if request.uri().path() != METRICS_PATH {
-        return Ok(response(StatusCode::NOT_FOUND, PLAIN, "not found: metrics are at /metrics\n"));
-    }
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        let mut r = response(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "only GET and HEAD\n");
-        r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return Ok(r);
-    }
-    let rendered = match tokio::task::spawn_blocking(move || snapshot()).await {
-        Ok(rendered) => rendered,
-        Err(e) => Err(anyhow::anyhow!("the metrics snapshot panicked: {e}")),
-    };
-    Ok(match rendered {
-        Ok(text) => response(StatusCode::OK, CONTENT_TYPE_OPENMETRICS, text),
-        Err(e) => {
-            tracing::warn!("metrics snapshot failed: {e:#}");
-            response(StatusCode::INTERNAL_SERVER_ERROR, PLAIN, format!("metrics unavailable: {e:#}\n"))
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
-    use std::io::{Read as _, Write as _};
-    use std::net::TcpStream;
-
     use super::*;
-
-    /// A small status: one VIP with a steer rule, a pool with one backend up
-    /// and one down, two failovers.
-    fn status() -> Status {
-        serde_json::from_value(serde_json::json!({
-            "edge": "fra1",
-            "config": "/etc/gslb/gslb.toml",
-            "adopted": false,
-            "started_unix": 1_700_000_000u64,
-            "interfaces": {"eth0": "driver"},
-            "limits": {"max_vips": 64, "max_backends": 1024, "max_flows": 1_000_000, "table_size": 65537},
-            "counters": {
-                "received": 1000, "passed": 10, "parse_failures": 3, "fragments": 2,
-                "fib_failures": 1, "neighbour_pending": 4, "forwarded": 970, "dropped": 5
-            },
-            "vips": [{
-                "name": "web", "address": "192.0.2.10", "port": 443, "protocol": "tcp",
-                "affinity": "five-tuple", "pools": ["a", "b"],
-                "packets": 900, "bytes": 123_456, "new_flows": 40, "flow_hits": 850, "flow_misses": 50,
-                "policy": "weighted", "panic": false, "fallback": true, "active_pools": ["b"],
-                "backends_down": 1, "backends_total": 2,
-                "backends": [
-                    {"address": "10.0.0.1", "effective_weight": 10000, "slots": 49152, "share": 0.75},
-                    {"address": "2001:db8::2", "effective_weight": 3333, "slots": 16385, "share": 0.25}
-                ],
-                "steer": [{
-                    "client_prefix": "198.51.100.0/24", "pools": ["a"], "active_pools": ["a"], "fallback": false,
-                    "backends": [{"address": "10.0.0.1", "effective_weight": 100, "slots": 65537, "share": 1.0}]
-                }],
-                "capacity": null
-            }],
-            "pools": [{
-                "name": "a", "weight": 100, "worst_case_failover_ms": 3500, "capacity": null,
-                "max_utilization": 0.75,
-                "backends": [
-                    {
-                        "address": "10.0.0.1", "weight": 100, "id": 1, "packets": 600, "bytes": 80_000,
-                        "health": "up", "reason": null, "rtt_avg_ms": 12.5, "rtt_p99_ms": 40.0,
-                        "latency_factor": 1.0, "drained": false, "drain_until_unix": null, "dead": false,
-                        "transitions": [], "tunnel_errors": {"protocol_unreachable": 7}
-                    },
-                    {
-                        "address": "2001:db8::2", "weight": 100, "id": 2, "packets": 300, "bytes": 43_456,
-                        "health": "down", "reason": "connect refused", "rtt_avg_ms": null, "rtt_p99_ms": null,
-                        "latency_factor": 0.5, "drained": true, "drain_until_unix": null, "dead": true,
-                        "transitions": []
-                    }
-                ]
-            }],
-            "reloads": 5,
-            "reloads_failed": 2,
-            "last_reload": null,
-            "failovers": [
-                {
-                    "backend": "2001:db8::2", "first_failure_unix_ms": 0, "declared_down_unix_ms": 0,
-                    "table_live_unix_ms": 0, "total_ms": 1800, "apply_ms": 3, "worst_case_ms": 3500
-                },
-                {
-                    "backend": "10.0.0.1", "first_failure_unix_ms": 0, "declared_down_unix_ms": 0,
-                    "table_live_unix_ms": 0, "total_ms": 4000, "apply_ms": 20, "worst_case_ms": 3500
-                }
-            ]
-        }))
-        .expect("the fixture matches Status")
-    }
+    use crate::view::status::sample_status as status;
 
     fn assert_lines(text: &str, expected: &[&str]) {
         let lines: Vec<&str> = text.lines().collect();
@@ -679,62 +495,5 @@ mod tests {
         status.edge = "a\"b\\c".into();
         let text = render(&status);
         assert_lines(&text, &[r#"gslb_info{edge="a\"b\\c"} 1"#]);
-    }
-
-    fn get(addr: SocketAddr, method: &str, path: &str) -> (String, String) {
-        let mut stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-        let mut reply = String::new();
-        stream.read_to_string(&mut reply).unwrap();
-        let (head, body) = reply.split_once("\r\n\r\n").expect("a complete HTTP response");
-        (head.to_string(), body.to_string())
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn serves_metrics_over_http() {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = calls.clone();
-        let server = tokio::spawn(serve_listener(listener, move || {
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Ok(render(&status()))
-        }));
-
-        let (head, body) = tokio::task::spawn_blocking(move || get(addr, "GET", "/metrics")).await.unwrap();
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert!(head.to_ascii_lowercase().contains(&format!("content-type: {CONTENT_TYPE_OPENMETRICS}")), "{head}");
-        assert!(body.contains(r#"gslb_info{edge="fra1"} 1"#), "{body}");
-        assert!(body.contains(r#"gslb_packets_total{result="received"} 1000"#), "{body}");
-        assert!(body.ends_with("# EOF\n"), "{body}");
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
-
-        let (head, _) = tokio::task::spawn_blocking(move || get(addr, "GET", "/")).await.unwrap();
-        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
-        let (head, _) = tokio::task::spawn_blocking(move || get(addr, "POST", "/metrics")).await.unwrap();
-        assert!(head.starts_with("HTTP/1.1 405"), "{head}");
-        // Neither of those took a snapshot.
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
-        server.abort();
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn failed_snapshot_is_a_500() {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(serve_listener(listener, || Err(anyhow::anyhow!("agent lock poisoned"))));
-        let (head, body) = tokio::task::spawn_blocking(move || get(addr, "GET", "/metrics")).await.unwrap();
-        assert!(head.starts_with("HTTP/1.1 500"), "{head}");
-        assert!(body.contains("agent lock poisoned"), "{body}");
-        server.abort();
-    }
-
-    #[tokio::test]
-    async fn bind_failure_names_the_address() {
-        let taken = StdTcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = taken.local_addr().unwrap();
-        let err = serve(addr, || Ok(String::new())).await.unwrap_err();
-        assert!(format!("{err:#}").contains(&addr.to_string()), "{err:#}");
     }
 }

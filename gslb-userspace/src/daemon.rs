@@ -1,0 +1,141 @@
+//! The long-running processes: the agent's runtime (its tickers, signals,
+//! admin socket and metrics endpoint around one `Arc<Mutex<Agent>>`) and
+//! `decap` on a backend.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use crate::agent::Agent;
+use crate::config;
+use crate::serve;
+use crate::sys::decap::Decap;
+use crate::sys::interfaces;
+use crate::view::metrics;
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")
+}
+
+/// The agent, shared by the runtime's tasks.
+type Shared = Arc<Mutex<Agent>>;
+
+/// Locks the agent; a panic elsewhere while it was held does not stop it.
+fn lock(agent: &Mutex<Agent>) -> MutexGuard<'_, Agent> {
+    agent.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs `f` on the agent on the blocking pool (it writes maps and waits
+/// for the lock) and waits for it to finish.
+async fn on_agent(agent: &Shared, f: impl FnOnce(&mut Agent) + Send + 'static) {
+    let agent = agent.clone();
+    let _ = tokio::task::spawn_blocking(move || f(&mut lock(&agent))).await;
+}
+
+/// `gslb run`: starts the agent and serves it until SIGINT or SIGTERM.
+pub fn run_agent(config_path: &Path, remove_on_exit: bool, drain_on_exit: bool) -> Result<()> {
+    // The socket first: a second agent for the same edge stops here, before
+    // it touches the data plane.
+    let edge = config::load(config_path)?.edge;
+    let socket = edge.admin_socket;
+    let listener = serve::admin::bind(&socket)?;
+    // A start that fails leaves nothing behind, not even the socket.
+    // The watchdog's pid file is named after the admin socket (one per
+    // agent): /run/gslb/gslb.bgp-watchdog.pid.
+    let watchdog_pid = socket.with_extension("bgp-watchdog.pid");
+    let started = serve::metrics::bind(edge.metrics_listen).and_then(|metrics| {
+        let mut agent = Agent::start(config_path)?;
+        agent.start_announcing(&watchdog_pid)?;
+        Ok((metrics, agent))
+    });
+    let (metrics_listener, agent) = match started {
+        Ok(started) => started,
+        Err(error) => {
+            let _ = std::fs::remove_file(&socket);
+            return Err(error);
+        }
+    };
+    let pin_dir = agent.pin_dir().to_path_buf();
+    let has_announcer = agent.announces();
+    let agent: Shared = Arc::new(Mutex::new(agent));
+    runtime()?.block_on(async {
+        let (events, mut health) = tokio::sync::mpsc::unbounded_channel();
+        lock(&agent).start_monitoring(events);
+        let answered = agent.clone();
+        let handler: serve::admin::Handler = Arc::new(move |request| lock(&answered).answer(request));
+        let server = tokio::spawn(serve::admin::serve(listener, handler));
+        let scraped = agent.clone();
+        let metrics_server = tokio::spawn(async move {
+            let snapshot = move || Ok(metrics::render(&lock(&scraped).status()?));
+            if let Err(error) = serve::metrics::serve_listener(metrics_listener, snapshot).await {
+                tracing::error!("the metrics endpoint stopped: {error:#}");
+            }
+        });
+        let mut drain_clock = tokio::time::interval(std::time::Duration::from_millis(250));
+        let mut link_clock = tokio::time::interval(interfaces::POLL_INTERVAL);
+        let mut announce_clock = tokio::time::interval(crate::announce::STEP_INTERVAL);
+        announce_clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hangup = signal(SignalKind::hangup())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        info!(socket = %socket.display(), "agent running; SIGHUP or `gslb reload` re-reads the config");
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => on_agent(&agent, |agent| { let _ = agent.reload(); }).await,
+                Some(event) = health.recv() => on_agent(&agent, move |agent| {
+                    if let Err(error) = agent.on_health(event) {
+                        warn!("applying a health change failed: {error:#}");
+                    }
+                }).await,
+                _ = drain_clock.tick() => on_agent(&agent, |agent| {
+                    if let Err(error) = agent.expire_drains() {
+                        warn!("ending a drain failed: {error:#}");
+                    }
+                }).await,
+                _ = link_clock.tick() => on_agent(&agent, Agent::watch_interfaces).await,
+                _ = announce_clock.tick(), if has_announcer => on_agent(&agent, Agent::step_announcements).await,
+                _ = interrupt.recv() => break,
+                _ = terminate.recv() => break,
+            }
+        }
+        server.abort();
+        metrics_server.abort();
+        anyhow::Ok(())
+    })?;
+    let _ = std::fs::remove_file(&socket);
+    let mut agent = lock(&agent);
+    agent.stop_announcing(drain_on_exit);
+    if remove_on_exit {
+        agent.remove_pins()?;
+        info!("removed the pinned state; steer detaches as this process exits");
+    } else {
+        warn!(pin_dir = %pin_dir.display(), "agent stopped; steer stays attached with the last config (restart the agent to adopt it)");
+    }
+    Ok(())
+}
+
+/// `gslb decap`: attaches `decap` and waits for SIGINT or SIGTERM.
+pub fn run_decap(iface: &str, addresses: &[IpAddr]) -> Result<()> {
+    let mut decap = Decap::load()?;
+    for address in addresses {
+        decap.add_address(*address)?;
+    }
+    let _link = decap
+        .program()
+        .attach(iface, aya::programs::XdpMode::Default)
+        .with_context(|| format!("attaching decap to {iface}"))?;
+    info!(iface, ?addresses, "decap attached; Ctrl-C to detach");
+    runtime()?.block_on(async {
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        anyhow::Ok(())
+    })
+}

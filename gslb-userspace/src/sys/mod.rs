@@ -1,0 +1,14 @@
+//! Everything that touches the kernel: the BPF object and its maps
+//! (`steer`, `decap`, `maps`), XDP attachment (`attach`), the interfaces
+//! (`interfaces`), bpffs (`bpffs`), and raw ICMP sockets (`tunnel_errors`).
+
+pub mod attach;
+pub mod bpffs;
+pub mod decap;
+pub mod interfaces;
+pub mod maps;
+pub mod steer;
+pub mod tunnel_errors;
+
+/// The compiled XDP object (`steer` and `decap`), built by `build.rs`.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gslb-ebpf"));

@@ -1,0 +1,382 @@
+//! The `steer` program and its maps: loading or adopting them, pinning
+//! them, and every read and write the agent makes to them.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use aya::{
+    maps::{
+        lpm_trie::{Key as LpmKey, LpmTrie},
+        Array, HashMap, IterableMap, MapData, PerCpuArray, PerCpuValues,
+    },
+    programs::Xdp,
+    util::nr_cpus,
+    Ebpf, EbpfLoader,
+};
+use gslb_common::{
+    addr_from_ip, addr_to_ip, names, Backend, BackendStats, EdgeConfig, FlowKey, FlowValue, FragmentVipKey,
+    GlobalStats, SteerPrefix, SteerTable, VipKey, VipStats, VipValue, BACKEND_DEAD, STEER_VIP_BITS, TABLE_GENERATIONS,
+    VIP_SOURCE_IP_AFFINITY,
+};
+
+use super::maps::{sum, MapSource, MapWrites};
+use super::OBJECT;
+use crate::config::Limits;
+use crate::decide::plan::VipMatch;
+
+/// The pinned program, under a pin directory.
+const PROGRAM_PIN: &str = "steer";
+/// The directory of pinned maps, under a pin directory.
+const MAPS_DIR: &str = "maps";
+
+/// The `steer` program: loaded from the object, or adopted from its pin.
+enum SteerProgram {
+    Loaded(Box<Ebpf>),
+    Pinned(Box<Xdp>),
+}
+
+/// The `steer` program and its maps.
+pub struct Steer {
+    program: SteerProgram,
+    pub limits: Limits,
+    vips: HashMap<MapData, VipKey, VipValue>,
+    fragment_vips: HashMap<MapData, FragmentVipKey, u32>,
+    client_prefixes: LpmTrie<MapData, SteerPrefix, SteerTable>,
+    backends: Array<MapData, Backend>,
+    maglev: Array<MapData, u32>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    edge_config: Array<MapData, EdgeConfig>,
+    global_stats: PerCpuArray<MapData, GlobalStats>,
+    vip_stats: PerCpuArray<MapData, VipStats>,
+    backend_stats: PerCpuArray<MapData, BackendStats>,
+}
+
+/// A client prefix as installed: VIP id, (network, length), its table.
+pub type ClientPrefixEntry = (u32, (IpAddr, u8), SteerTable);
+
+/// The LPM key of a client prefix of one VIP. IPv4 prefixes are stored
+/// IPv4-mapped, so their length counts the 96 mapped bits too.
+fn client_prefix_key(vip_id: u32, (address, len): (IpAddr, u8)) -> LpmKey<SteerPrefix> {
+    let bits = if address.is_ipv4() { 96 + len as u32 } else { len as u32 };
+    LpmKey::new(STEER_VIP_BITS + bits, SteerPrefix { vip_id: vip_id.to_be_bytes(), addr: addr_from_ip(address) })
+}
+
+impl Steer {
+    /// Loads the object with the given map sizes; the verifier checks
+    /// `steer` here.
+    pub fn load(limits: Limits) -> Result<Steer> {
+        limits.validate()?;
+        let maglev_slots = limits.max_vips * TABLE_GENERATIONS * limits.table_size;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::TABLE_SIZE, &limits.table_size, true)
+            .map_max_entries(names::VIPS, limits.max_vips)
+            .map_max_entries(names::FRAGMENT_VIPS, limits.max_vips)
+            .map_max_entries(names::STEER_PREFIXES, limits.max_vips)
+            .map_max_entries(names::BACKENDS, limits.max_backends)
+            .map_max_entries(names::BACKEND_STATS, limits.max_backends)
+            .map_max_entries(names::VIP_STATS, limits.max_vips)
+            .map_max_entries(names::MAGLEV, maglev_slots)
+            .map_max_entries(names::FLOWS, limits.max_flows)
+            .load(OBJECT)
+            .context("loading the gslb eBPF object")?;
+        let program: &mut Xdp = ebpf.program_mut("steer").context("no steer program")?.try_into()?;
+        program.load().context("the verifier refused steer")?;
+        let mut source = MapSource::Loaded(&mut ebpf);
+        let (vips, fragment_vips, client_prefixes, backends, maglev, flows) = (
+            source.take(names::VIPS)?,
+            source.take(names::FRAGMENT_VIPS)?,
+            source.take(names::STEER_PREFIXES)?,
+            source.take(names::BACKENDS)?,
+            source.take(names::MAGLEV)?,
+            source.take(names::FLOWS)?,
+        );
+        let (edge_config, global_stats, vip_stats, backend_stats) = (
+            source.take(names::EDGE_CONFIG)?,
+            source.take(names::GLOBAL_STATS)?,
+            source.take(names::VIP_STATS)?,
+            source.take(names::BACKEND_STATS)?,
+        );
+        Ok(Steer {
+            program: SteerProgram::Loaded(Box::new(ebpf)),
+            limits,
+            vips,
+            fragment_vips,
+            client_prefixes,
+            backends,
+            maglev,
+            flows,
+            edge_config,
+            global_stats,
+            vip_stats,
+            backend_stats,
+        })
+    }
+
+    /// Adopts the program and maps a previous agent pinned under `dir`:
+    /// every recorded flow, table and counter carries on.
+    pub fn open_pinned(dir: &Path) -> Result<Steer> {
+        let path = dir.join(PROGRAM_PIN);
+        let program = Xdp::from_pin(&path, aya_obj::programs::XdpAttachType::Interface)
+            .with_context(|| format!("opening the pinned program {}", path.display()))?;
+        let maps_dir = dir.join(MAPS_DIR);
+        let mut source = MapSource::Pinned(&maps_dir);
+        let vips: HashMap<MapData, VipKey, VipValue> = source.take(names::VIPS)?;
+        let max_vips = vips.map().info()?.max_entries();
+        let maglev: Array<MapData, u32> = source.take(names::MAGLEV)?;
+        let flows: HashMap<MapData, FlowKey, FlowValue> = source.take(names::FLOWS)?;
+        let backends: Array<MapData, Backend> = source.take(names::BACKENDS)?;
+        let limits = Limits {
+            max_vips,
+            max_backends: backends.len(),
+            max_flows: flows.map().info()?.max_entries(),
+            table_size: maglev.len() / (max_vips * TABLE_GENERATIONS),
+        };
+        limits.validate().context("the pinned maps have inconsistent sizes")?;
+        Ok(Steer {
+            program: SteerProgram::Pinned(Box::new(program)),
+            limits,
+            vips,
+            fragment_vips: source.take(names::FRAGMENT_VIPS)?,
+            client_prefixes: source.take(names::STEER_PREFIXES)?,
+            backends,
+            maglev,
+            flows,
+            edge_config: source.take(names::EDGE_CONFIG)?,
+            global_stats: source.take(names::GLOBAL_STATS)?,
+            vip_stats: source.take(names::VIP_STATS)?,
+            backend_stats: source.take(names::BACKEND_STATS)?,
+        })
+    }
+
+    /// Whether `dir` holds a pinned `steer` left by an earlier agent.
+    pub fn is_pinned(dir: &Path) -> bool {
+        dir.join(PROGRAM_PIN).exists()
+    }
+
+    /// Pins the program and every map under `dir` (on bpffs), so they
+    /// outlive this process and a later agent can adopt them. The program
+    /// is pinned last: its pin marks the state as complete.
+    pub fn pin(&mut self, dir: &Path) -> Result<()> {
+        let maps_dir = dir.join(MAPS_DIR);
+        std::fs::create_dir_all(&maps_dir).with_context(|| format!("creating {}", maps_dir.display()))?;
+        let maps: [(&str, &MapData); 10] = [
+            (names::VIPS, self.vips.map()),
+            (names::FRAGMENT_VIPS, self.fragment_vips.map()),
+            (names::STEER_PREFIXES, self.client_prefixes.map()),
+            (names::BACKENDS, self.backends.map()),
+            (names::MAGLEV, self.maglev.map()),
+            (names::FLOWS, self.flows.map()),
+            (names::EDGE_CONFIG, self.edge_config.map()),
+            (names::GLOBAL_STATS, self.global_stats.map()),
+            (names::VIP_STATS, self.vip_stats.map()),
+            (names::BACKEND_STATS, self.backend_stats.map()),
+        ];
+        for (name, map) in maps {
+            let path = maps_dir.join(name);
+            if path.exists() {
+                std::fs::remove_file(&path).with_context(|| format!("removing a stale pin {}", path.display()))?;
+            }
+            map.pin(&path).with_context(|| format!("pinning map {}", path.display()))?;
+        }
+        let path = dir.join(PROGRAM_PIN);
+        self.program().pin(&path).with_context(|| format!("pinning the program at {}", path.display()))
+    }
+
+    pub fn program(&mut self) -> &mut Xdp {
+        match &mut self.program {
+            SteerProgram::Loaded(ebpf) => {
+                ebpf.program_mut("steer").and_then(|p| p.try_into().ok()).expect("steer was loaded")
+            }
+            SteerProgram::Pinned(program) => program,
+        }
+    }
+
+    /// Installs `table` as the VIP's live lookup table, in table slot
+    /// `vip_id`: written into the idle generation first, then one map update
+    /// flips the VIP to it, so the program never reads a half-written table.
+    pub fn set_vip(&mut self, vip: VipMatch, vip_id: u32, source_ip_affinity: bool, table: &[u32]) -> Result<()> {
+        let generation = match self.vips.get(&vip.key(), 0) {
+            Ok(current) => current.generation ^ 1,
+            Err(_) => 0,
+        };
+        self.write_table(vip_id, generation, table)?;
+        let flags = if source_ip_affinity { VIP_SOURCE_IP_AFFINITY } else { 0 };
+        self.set_vip_entry(vip, VipValue { vip_id, flags, generation, table_id: vip_id })
+    }
+
+    /// Reads one generation of a table.
+    pub fn read_table(&self, table_id: u32, generation: u32) -> Result<Vec<u32>> {
+        let base = (table_id * TABLE_GENERATIONS + (generation & 1)) * self.limits.table_size;
+        (0..self.limits.table_size).map(|i| Ok(self.maglev.get(&(base + i), 0)?)).collect()
+    }
+
+    /// Every client prefix installed: (VIP id, prefix, table).
+    pub fn client_prefixes(&self) -> Result<Vec<ClientPrefixEntry>> {
+        let mut entries = Vec::new();
+        for entry in self.client_prefixes.iter() {
+            let (key, table) = entry.context("reading STEER_PREFIXES")?;
+            let data = key.data();
+            let address = addr_to_ip(&data.addr);
+            let bits = key.prefix_len() - STEER_VIP_BITS;
+            let len = if address.is_ipv4() { bits.saturating_sub(96) } else { bits };
+            entries.push((u32::from_be_bytes(data.vip_id), (address, len as u8), table));
+        }
+        Ok(entries)
+    }
+
+    /// The VIP entries installed now: each VIP's slot, table, generation
+    /// and flags.
+    pub fn vip_entries(&self) -> Result<Vec<(VipMatch, VipValue)>> {
+        let mut vips = Vec::new();
+        for entry in self.vips.iter() {
+            let (key, value) = entry.context("reading VIPS")?;
+            vips.push((VipMatch::from_key(&key), value));
+        }
+        Ok(vips)
+    }
+
+    /// Which port's VIP fragments to each (address, protocol) use.
+    pub fn fragment_vips(&self) -> Result<Vec<(IpAddr, u8, u16)>> {
+        let mut entries = Vec::new();
+        for entry in self.fragment_vips.iter() {
+            let (key, port) = entry.context("reading FRAGMENT_VIPS")?;
+            entries.push((addr_to_ip(&key.addr), key.proto, port as u16));
+        }
+        Ok(entries)
+    }
+
+    /// Backends in use: id, address and whether they are marked dead.
+    /// Unused ids hold the unspecified address.
+    pub fn installed_backends(&self) -> Result<Vec<(u32, IpAddr, bool)>> {
+        let mut backends = Vec::new();
+        for id in 1..self.limits.max_backends {
+            let backend = self.backends.get(&id, 0).with_context(|| format!("reading backend {id}"))?;
+            if backend.addr != [0; 16] {
+                backends.push((id, addr_to_ip(&backend.addr), backend.flags & BACKEND_DEAD != 0));
+            }
+        }
+        Ok(backends)
+    }
+
+    /// The outer source addresses in force.
+    pub fn tunnel_sources(&self) -> Result<(Ipv4Addr, Option<Ipv6Addr>)> {
+        let config = self.edge_config.get(&0, 0).context("reading EDGE_CONFIG")?;
+        let v6 = (config.has_v6 != 0).then(|| Ipv6Addr::from(config.tunnel_source_v6));
+        Ok((Ipv4Addr::from(config.tunnel_source_v4), v6))
+    }
+
+    /// Reads back the live table of a VIP.
+    pub fn vip_table(&self, vip: VipMatch) -> Result<Vec<u32>> {
+        let Ok(value) = self.vips.get(&vip.key(), 0) else { bail!("no such VIP {vip:?}") };
+        self.read_table(value.table_id, value.generation)
+    }
+
+    /// The backend recorded for a flow, if any.
+    pub fn flow(&self, key: &FlowKey) -> Option<u32> {
+        self.flows.get(key, 0).ok().map(|v| v.backend_id)
+    }
+
+    pub fn global_stats(&self) -> Result<GlobalStats> {
+        sum(&self.global_stats, 0)
+    }
+
+    pub fn vip_stats(&self, vip_id: u32) -> Result<VipStats> {
+        sum(&self.vip_stats, vip_id)
+    }
+
+    pub fn backend_stats(&self, id: u32) -> Result<BackendStats> {
+        sum(&self.backend_stats, id)
+    }
+}
+
+impl MapWrites for Steer {
+    fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn set_tunnel_sources(&mut self, v4: Ipv4Addr, v6: Option<Ipv6Addr>) -> Result<()> {
+        let config = EdgeConfig {
+            tunnel_source_v4: v4.octets(),
+            has_v6: v6.is_some() as u32,
+            tunnel_source_v6: v6.map(|a| a.octets()).unwrap_or_default(),
+        };
+        self.edge_config.set(0, config, 0).context("writing EDGE_CONFIG")
+    }
+
+    fn set_backend(&mut self, id: u32, address: IpAddr, dead: bool) -> Result<()> {
+        ensure!(id != 0 && id < self.limits.max_backends, "backend id {id} out of range");
+        let backend = Backend { addr: addr_from_ip(address), flags: if dead { BACKEND_DEAD } else { 0 }, _pad: 0 };
+        self.backends.set(id, backend, 0).with_context(|| format!("writing backend {id}"))
+    }
+
+    fn clear_backend(&mut self, id: u32) -> Result<()> {
+        ensure!(id != 0 && id < self.limits.max_backends, "backend id {id} out of range");
+        let backend = Backend { addr: [0; 16], flags: BACKEND_DEAD, _pad: 0 };
+        self.backends.set(id, backend, 0).with_context(|| format!("clearing backend {id}"))
+    }
+
+    fn reset_backend_stats(&mut self, id: u32) -> Result<()> {
+        let zero = PerCpuValues::try_from(vec![BackendStats::default(); nr_cpus().map_err(|(_, e)| e)?])?;
+        self.backend_stats.set(id, zero, 0).context("resetting BACKEND_STATS")
+    }
+
+    fn reset_vip_stats(&mut self, vip_id: u32) -> Result<()> {
+        let zero = PerCpuValues::try_from(vec![VipStats::default(); nr_cpus().map_err(|(_, e)| e)?])?;
+        self.vip_stats.set(vip_id, zero, 0).context("resetting VIP_STATS")
+    }
+
+    fn write_table(&mut self, table_id: u32, generation: u32, table: &[u32]) -> Result<()> {
+        ensure!(table_id < self.limits.max_vips, "table id {table_id} out of range");
+        ensure!(
+            table.len() == self.limits.table_size as usize,
+            "table has {} slots, want {}",
+            table.len(),
+            self.limits.table_size
+        );
+        let base = (table_id * TABLE_GENERATIONS + (generation & 1)) * self.limits.table_size;
+        for (slot, &backend) in table.iter().enumerate() {
+            self.maglev.set(base + slot as u32, backend, 0).context("writing the Maglev table")?;
+        }
+        Ok(())
+    }
+
+    fn patch_table(&mut self, table_id: u32, generation: u32, old: &[u32], new: &[u32]) -> Result<()> {
+        ensure!(table_id < self.limits.max_vips, "table id {table_id} out of range");
+        ensure!(old.len() == new.len() && new.len() == self.limits.table_size as usize, "table sizes differ");
+        let base = (table_id * TABLE_GENERATIONS + (generation & 1)) * self.limits.table_size;
+        for (slot, (&before, &after)) in old.iter().zip(new).enumerate() {
+            if before != after {
+                self.maglev.set(base + slot as u32, after, 0).context("writing the Maglev table")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_vip_entry(&mut self, vip: VipMatch, value: VipValue) -> Result<()> {
+        ensure!(value.vip_id < self.limits.max_vips, "vip id {} out of range", value.vip_id);
+        self.vips.insert(vip.key(), value, 0).context("writing VIPS")
+    }
+
+    fn remove_vip(&mut self, vip: VipMatch) -> Result<()> {
+        self.vips.remove(&vip.key()).with_context(|| format!("removing VIP {vip:?}"))
+    }
+
+    fn set_client_prefix(&mut self, vip_id: u32, prefix: (IpAddr, u8), table: SteerTable) -> Result<()> {
+        self.client_prefixes.insert(&client_prefix_key(vip_id, prefix), table, 0).context("writing STEER_PREFIXES")
+    }
+
+    fn remove_client_prefix(&mut self, vip_id: u32, prefix: (IpAddr, u8)) -> Result<()> {
+        self.client_prefixes.remove(&client_prefix_key(vip_id, prefix)).context("removing from STEER_PREFIXES")
+    }
+
+    fn set_fragment_vip(&mut self, address: IpAddr, proto: u8, port: u16) -> Result<()> {
+        let key = FragmentVipKey { addr: addr_from_ip(address), proto, _pad: [0; 3] };
+        self.fragment_vips.insert(key, port as u32, 0).context("writing FRAGMENT_VIPS")
+    }
+
+    fn remove_fragment_vip(&mut self, address: IpAddr, proto: u8) -> Result<()> {
+        let key = FragmentVipKey { addr: addr_from_ip(address), proto, _pad: [0; 3] };
+        self.fragment_vips.remove(&key).context("removing from FRAGMENT_VIPS")
+    }
+}

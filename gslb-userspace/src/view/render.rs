@@ -1,0 +1,240 @@
+//! The text form of `gslb status`: what an operator reads. The JSON form
+//! is the `status` types themselves.
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use super::bgp::BgpStatus;
+use super::status::{InterfaceStatus, Status, VipBackend};
+use super::time::unix_ms;
+
+impl Status {
+    /// The human-readable form of `gslb status`.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let interfaces: Vec<String> = self.interfaces.iter().map(|(i, m)| format!("{i} ({m})")).collect();
+        let _ = writeln!(out, "edge {}  config {}", self.edge, self.config);
+        let _ = writeln!(
+            out,
+            "interfaces: {}{}",
+            interfaces.join(", "),
+            if self.adopted { "  [adopted pinned state]" } else { "" }
+        );
+        for link in &self.links {
+            let _ = writeln!(out, "{}", link.render());
+        }
+        let c = &self.counters;
+        let _ = writeln!(
+            out,
+            "packets: received {}  forwarded {}  passed {}  dropped {}  malformed {}  fib failures {}",
+            c.received, c.forwarded, c.passed, c.dropped, c.parse_failures, c.fib_failures
+        );
+        let _ = writeln!(
+            out,
+            "path MTU: too big answered {}  too big dropped {}  ICMP errors steered to their flow {}",
+            c.too_big_answered, c.too_big_dropped, c.icmp_errors
+        );
+        if let Some(r) = &self.last_reload {
+            let _ = writeln!(
+                out,
+                "last reload: {}{}",
+                if r.ok { "applied" } else { "REFUSED" },
+                r.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+            );
+        }
+        for vip in &self.vips {
+            let mut flags = Vec::new();
+            if vip.panic {
+                flags.push("PANIC: health checks ignored, every backend in rotation".to_string());
+            }
+            if vip.fallback {
+                flags.push("FALLBACK pool in use".to_string());
+            }
+            let _ = writeln!(
+                out,
+                "\nvip {} {}:{}/{} affinity {} policy {} pools {} (new flows to {}){}",
+                vip.name,
+                vip.address,
+                vip.port,
+                vip.protocol,
+                vip.affinity,
+                vip.policy,
+                vip.pools.join(","),
+                vip.active_pools.join(","),
+                if flags.is_empty() { String::new() } else { format!("  [{}]", flags.join("; ")) }
+            );
+            let _ = writeln!(
+                out,
+                "  packets {}  bytes {}  new flows {}  flow hits {}  table lookups {}  backends down {}/{}",
+                vip.packets,
+                vip.bytes,
+                vip.new_flows,
+                vip.flow_hits,
+                vip.flow_misses,
+                vip.backends_down,
+                vip.backends_total
+            );
+            render_table(&mut out, "  ", &vip.backends);
+            for rule in &vip.steer {
+                let _ = writeln!(
+                    out,
+                    "  clients in {}: pools {} (new flows to {}){}",
+                    rule.client_prefix,
+                    rule.pools.join(","),
+                    rule.active_pools.join(","),
+                    if rule.fallback { "  [FALLBACK]" } else { "" }
+                );
+                render_table(&mut out, "    ", &rule.backends);
+            }
+            if let Some(capacity) = &vip.capacity {
+                let _ = writeln!(out, "  {}", capacity.message);
+            }
+        }
+        for pool in &self.pools {
+            let worst =
+                pool.worst_case_failover_ms.map(|ms| format!("  worst-case failover {ms} ms")).unwrap_or_default();
+            let _ = writeln!(out, "\npool {} weight {}{}", pool.name, pool.weight, worst);
+            let _ = writeln!(
+                out,
+                "  {:<28} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7} {:>12} {:>8}  last change",
+                "backend", "weight", "id", "health", "rtt ms", "p99 ms", "factor", "packets", "tun errs"
+            );
+            for b in &pool.backends {
+                let mut health = b.health.clone();
+                if b.drained {
+                    health.push_str("+drain");
+                }
+                if b.dead {
+                    health.push_str("+dead");
+                }
+                let ms = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
+                let last = b.transitions.last().map(|t| {
+                    let ago = unix_ms(SystemTime::now()).saturating_sub(t.at_unix_ms) / 1000;
+                    format!("{} -> {} {ago}s ago: {}", t.from, t.to, t.reason)
+                });
+                let _ = writeln!(
+                    out,
+                    "  {:<28} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7.2} {:>12} {:>8}  {}",
+                    b.address.to_string(),
+                    b.weight,
+                    b.id,
+                    health,
+                    ms(b.rtt_avg_ms),
+                    ms(b.rtt_p99_ms),
+                    b.latency_factor,
+                    b.packets,
+                    b.tunnel_errors.values().sum::<u64>(),
+                    last.or(b.reason.clone()).unwrap_or_default()
+                );
+                if !b.tunnel_errors.is_empty() {
+                    let kinds: Vec<String> = b.tunnel_errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                    let _ = writeln!(out, "    tunnel errors (ICMP about tunnel packets): {}", kinds.join(", "));
+                }
+            }
+        }
+        if let Some(bgp) = &self.bgp {
+            out.push_str(&bgp.render());
+        }
+        if !self.failovers.is_empty() {
+            let _ = writeln!(out, "\nfailovers (first failed probe -> new tables live):");
+            for f in self.failovers.iter().rev().take(10) {
+                let _ = writeln!(
+                    out,
+                    "  {:<28} total {:>6} ms (applying {:>4} ms)  worst case {} ms",
+                    f.backend.to_string(),
+                    f.total_ms,
+                    f.apply_ms,
+                    f.worst_case_ms
+                );
+            }
+        }
+        out
+    }
+}
+
+impl InterfaceStatus {
+    /// One line of `gslb status`.
+    pub fn render(&self) -> String {
+        let mut line = format!("  {}: {}", self.name, self.state);
+        match &self.mode {
+            Some(mode) => line += &format!(", steer attached ({mode})"),
+            None => line += ", steer NOT attached",
+        }
+        if let Some(index) = self.ifindex {
+            line += &format!(", ifindex {index}");
+        }
+        if self.reattaches > 0 {
+            let plural = if self.reattaches == 1 { "" } else { "s" };
+            line += &format!(", re-attached {} time{plural}", self.reattaches);
+        }
+        if let Some(event) = &self.last_event {
+            let ago = unix_ms(SystemTime::now()).saturating_sub(event.at_unix_ms) / 1000;
+            line += &format!("; last event {ago}s ago: {}", event.kind);
+            if !event.detail.is_empty() {
+                line += &format!(" ({})", event.detail);
+            }
+        }
+        line
+    }
+}
+
+impl BgpStatus {
+    /// The lines of `gslb status`.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let now = unix_ms(SystemTime::now());
+        let daemon = if self.reachable { "reachable" } else { "UNREACHABLE" };
+        let sessions: Vec<String> = self.sessions.iter().map(|s| format!("{} {}", s.name, s.state)).collect();
+        let _ = writeln!(
+            out,
+            "\nbgp: {} {daemon}, sessions established {}/{} [{}]{}",
+            self.daemon,
+            self.sessions_established,
+            self.sessions.len(),
+            sessions.join(", "),
+            self.last_change_unix_ms
+                .map(|t| format!(", last change {}s ago", now.saturating_sub(t) / 1000))
+                .unwrap_or_default()
+        );
+        if let Some(error) = &self.last_error {
+            let _ = writeln!(out, "  last error: {error}");
+        }
+        if self.guard {
+            let _ = writeln!(
+                out,
+                "  GUARD: every health check fails at once; announcements held (check this edge's network)"
+            );
+        }
+        if let Some(drain) = &self.edge_drain {
+            let until =
+                self.edge_drain_until_unix_ms.map(|u| format!(", undrain in {}s", u.saturating_sub(now) / 1000));
+            let _ = writeln!(out, "  EDGE {}{}", drain.to_uppercase(), until.unwrap_or_default());
+        }
+        for route in &self.routes {
+            let _ = writeln!(
+                out,
+                "  {:<28} {:<10} {} for {}s  (vips {})",
+                route.address.to_string(),
+                if route.announced { "announced" } else { "withdrawn" },
+                route.reason,
+                now.saturating_sub(route.since_unix_ms) / 1000,
+                route.vips.join(",")
+            );
+        }
+        out
+    }
+}
+
+fn render_table(out: &mut String, indent: &str, backends: &[VipBackend]) {
+    let _ = writeln!(out, "{indent}{:<40} {:>10} {:>8} {:>7}", "backend", "weight", "slots", "share");
+    for b in backends {
+        let _ = writeln!(
+            out,
+            "{indent}{:<40} {:>10} {:>8} {:>6.1}%",
+            b.address.to_string(),
+            b.effective_weight,
+            b.slots,
+            b.share * 100.0
+        );
+    }
+}

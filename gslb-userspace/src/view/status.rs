@@ -1,0 +1,258 @@
+//! The status contract: what `gslb status --json`, the admin socket and
+//! the metrics endpoint report about an agent. Plain data: the agent fills
+//! it in (`agent::snapshot`), `render` and `metrics` read it.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub edge: String,
+    pub config: String,
+    /// Whether this agent adopted a data plane pinned by an earlier one.
+    pub adopted: bool,
+    pub started_unix: u64,
+    /// Interface -> how `steer` is attached: "native", "generic",
+    /// "adopted", or "detached" (the interface is gone or attaching failed).
+    pub interfaces: BTreeMap<String, String>,
+    /// Each configured interface in detail (`links`).
+    #[serde(default)]
+    pub links: Vec<InterfaceStatus>,
+    pub limits: Limits,
+    pub counters: Counters,
+    pub vips: Vec<VipStatus>,
+    pub pools: Vec<PoolStatus>,
+    pub reloads: u64,
+    pub reloads_failed: u64,
+    pub last_reload: Option<LastReload>,
+    /// Backends that went down: how long detection and the data plane took.
+    pub failovers: Vec<FailoverStatus>,
+    /// BGP announcements; absent without `[bgp]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<super::bgp::BgpStatus>,
+}
+
+/// One configured interface: its state and `steer`'s attachment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    /// "up", "down" (admin down or no carrier) or "missing" (no interface
+    /// of this name).
+    pub state: String,
+    pub ifindex: Option<u32>,
+    pub attached: bool,
+    /// "native", "generic" or "adopted" while attached.
+    pub mode: Option<String>,
+    /// Times the agent attached `steer` again after the interface was
+    /// recreated (or its pinned link was lost).
+    pub reattaches: u64,
+    pub last_event: Option<InterfaceEvent>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InterfaceEvent {
+    pub at_unix_ms: u64,
+    /// "down", "up", "vanished", "reattached" or "reattach-failed".
+    pub kind: String,
+    pub detail: String,
+}
+
+/// One backend going down, measured.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FailoverStatus {
+    pub backend: IpAddr,
+    pub first_failure_unix_ms: u64,
+    pub declared_down_unix_ms: u64,
+    pub table_live_unix_ms: u64,
+    /// First failed probe to the new table being live.
+    pub total_ms: u64,
+    /// Declared down to the new table being live.
+    pub apply_ms: u64,
+    /// `(consecutive_down + 1) x interval + timeout` of its monitor.
+    pub worst_case_ms: u64,
+}
+
+/// Whether the other pools can absorb the loss of the busiest one.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CapacityStatus {
+    pub ok: bool,
+    pub message: String,
+}
+
+/// A client-prefix rule of a VIP, as it stands.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SteerStatus {
+    pub client_prefix: String,
+    pub pools: Vec<String>,
+    pub active_pools: Vec<String>,
+    pub fallback: bool,
+    pub backends: Vec<VipBackend>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_vips: u32,
+    pub max_backends: u32,
+    pub max_flows: u32,
+    pub table_size: u32,
+}
+
+/// The data plane's global counters, as `steer` keeps them.
+pub type Counters = gslb_common::GlobalStats;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VipStatus {
+    pub name: String,
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: String,
+    pub affinity: String,
+    pub pools: Vec<String>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub flow_hits: u64,
+    pub flow_misses: u64,
+    pub policy: String,
+    /// Health checks would take out too many backends: all stay in rotation.
+    pub panic: bool,
+    /// New flows go to the fallback pool.
+    pub fallback: bool,
+    pub active_pools: Vec<String>,
+    pub backends_down: usize,
+    pub backends_total: usize,
+    pub backends: Vec<VipBackend>,
+    pub steer: Vec<SteerStatus>,
+    pub capacity: Option<CapacityStatus>,
+}
+
+/// A backend as one VIP uses it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VipBackend {
+    pub address: IpAddr,
+    /// Pool weight x backend weight, summed over the VIP's pools.
+    pub effective_weight: u64,
+    /// Slots of the VIP's lookup table, and their fraction of it.
+    pub slots: u32,
+    pub share: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub weight: u32,
+    /// `(consecutive_down + 1) x interval + timeout` of the pool's monitor.
+    pub worst_case_failover_ms: Option<u64>,
+    pub capacity: Option<f64>,
+    pub max_utilization: f64,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub address: IpAddr,
+    pub weight: u32,
+    pub id: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    /// "up", "suspect", "down", or "unmonitored".
+    pub health: String,
+    /// Why it is in that state (the last failure), if anything failed.
+    pub reason: Option<String>,
+    pub rtt_avg_ms: Option<f64>,
+    pub rtt_p99_ms: Option<f64>,
+    /// Fraction of its weight kept at its probe latency (1 = all).
+    pub latency_factor: f64,
+    pub drained: bool,
+    pub drain_until_unix: Option<u64>,
+    /// Marked dead in the data plane: its recorded flows re-select.
+    pub dead: bool,
+    pub transitions: Vec<TransitionStatus>,
+    /// ICMP errors about tunnel packets to it, by kind
+    /// (`crate::tunnel_errors::Kind`): reported, never acted on.
+    #[serde(default)]
+    pub tunnel_errors: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TransitionStatus {
+    pub at_unix_ms: u64,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LastReload {
+    pub at_unix: u64,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+/// A small status for tests: one VIP with a steer rule, a pool with one
+/// backend up and one down, two failovers.
+#[cfg(test)]
+pub(crate) fn sample_status() -> Status {
+    serde_json::from_value(serde_json::json!({
+        "edge": "fra1",
+        "config": "/etc/gslb/gslb.toml",
+        "adopted": false,
+        "started_unix": 1_700_000_000u64,
+        "interfaces": {"eth0": "driver"},
+        "limits": {"max_vips": 64, "max_backends": 1024, "max_flows": 1_000_000, "table_size": 65537},
+        "counters": {
+            "received": 1000, "passed": 10, "parse_failures": 3, "fragments": 2,
+            "fib_failures": 1, "neighbour_pending": 4, "forwarded": 970, "dropped": 5
+        },
+        "vips": [{
+            "name": "web", "address": "192.0.2.10", "port": 443, "protocol": "tcp",
+            "affinity": "five-tuple", "pools": ["a", "b"],
+            "packets": 900, "bytes": 123_456, "new_flows": 40, "flow_hits": 850, "flow_misses": 50,
+            "policy": "weighted", "panic": false, "fallback": true, "active_pools": ["b"],
+            "backends_down": 1, "backends_total": 2,
+            "backends": [
+                {"address": "10.0.0.1", "effective_weight": 10000, "slots": 49152, "share": 0.75},
+                {"address": "2001:db8::2", "effective_weight": 3333, "slots": 16385, "share": 0.25}
+            ],
+            "steer": [{
+                "client_prefix": "198.51.100.0/24", "pools": ["a"], "active_pools": ["a"], "fallback": false,
+                "backends": [{"address": "10.0.0.1", "effective_weight": 100, "slots": 65537, "share": 1.0}]
+            }],
+            "capacity": null
+        }],
+        "pools": [{
+            "name": "a", "weight": 100, "worst_case_failover_ms": 3500, "capacity": null,
+            "max_utilization": 0.75,
+            "backends": [
+                {
+                    "address": "10.0.0.1", "weight": 100, "id": 1, "packets": 600, "bytes": 80_000,
+                    "health": "up", "reason": null, "rtt_avg_ms": 12.5, "rtt_p99_ms": 40.0,
+                    "latency_factor": 1.0, "drained": false, "drain_until_unix": null, "dead": false,
+                    "transitions": [], "tunnel_errors": {"protocol_unreachable": 7}
+                },
+                {
+                    "address": "2001:db8::2", "weight": 100, "id": 2, "packets": 300, "bytes": 43_456,
+                    "health": "down", "reason": "connect refused", "rtt_avg_ms": null, "rtt_p99_ms": null,
+                    "latency_factor": 0.5, "drained": true, "drain_until_unix": null, "dead": true,
+                    "transitions": []
+                }
+            ]
+        }],
+        "reloads": 5,
+        "reloads_failed": 2,
+        "last_reload": null,
+        "failovers": [
+            {
+                "backend": "2001:db8::2", "first_failure_unix_ms": 0, "declared_down_unix_ms": 0,
+                "table_live_unix_ms": 0, "total_ms": 1800, "apply_ms": 3, "worst_case_ms": 3500
+            },
+            {
+                "backend": "10.0.0.1", "first_failure_unix_ms": 0, "declared_down_unix_ms": 0,
+                "table_live_unix_ms": 0, "total_ms": 4000, "apply_ms": 20, "worst_case_ms": 3500
+            }
+        ]
+    }))
+    .expect("the fixture matches Status")
+}
