@@ -14,8 +14,8 @@ use crate::decide::plan::latency_factor;
 use crate::reconcile::Installed;
 use crate::sys::interfaces::Interface;
 use crate::view::status::{
-    BackendStatus, CapacityStatus, FailoverStatus, InterfaceEvent, InterfaceStatus, LastReload, Limits, PoolStatus,
-    Status, SteerStatus, TransitionStatus, VipBackend, VipStatus,
+    BackendStatus, CapacityStatus, ClientRuleStatus, FailoverStatus, InterfaceEvent, InterfaceStatus, LastReload,
+    Limits, PoolStatus, Status, TransitionStatus, VipBackend, VipStatus,
 };
 use crate::view::time::{unix_ms, unix_secs};
 
@@ -37,7 +37,7 @@ impl Agent {
                     let key = (rule.client_prefix.address, rule.client_prefix.len);
                     let table = planned.client_tables.get(&key)?;
                     let contents = &installed.client_tables.get(&key)?.contents;
-                    Some(SteerStatus {
+                    Some(ClientRuleStatus {
                         client_prefix: rule.client_prefix.to_string(),
                         pools: rule.pools.clone(),
                         active_pools: table.pools.clone(),

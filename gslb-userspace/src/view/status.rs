@@ -17,7 +17,7 @@ pub struct Status {
     /// Interface -> how `steer` is attached: "native", "generic",
     /// "adopted", or "detached" (the interface is gone or attaching failed).
     pub interfaces: BTreeMap<String, String>,
-    /// Each configured interface in detail (`links`).
+    /// Each configured interface in detail (`sys::interfaces`).
     #[serde(default)]
     pub links: Vec<InterfaceStatus>,
     pub limits: Limits,
@@ -83,7 +83,7 @@ pub struct CapacityStatus {
 
 /// A client-prefix rule of a VIP, as it stands.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SteerStatus {
+pub struct ClientRuleStatus {
     pub client_prefix: String,
     pub pools: Vec<String>,
     pub active_pools: Vec<String>,
@@ -124,7 +124,8 @@ pub struct VipStatus {
     pub backends_down: usize,
     pub backends_total: usize,
     pub backends: Vec<VipBackend>,
-    pub steer: Vec<SteerStatus>,
+    /// Its `[[vip.steer]]` client-prefix rules.
+    pub steer: Vec<ClientRuleStatus>,
     pub capacity: Option<CapacityStatus>,
 }
 
@@ -171,7 +172,7 @@ pub struct BackendStatus {
     pub dead: bool,
     pub transitions: Vec<TransitionStatus>,
     /// ICMP errors about tunnel packets to it, by kind
-    /// (`crate::tunnel_errors::Kind`): reported, never acted on.
+    /// (`crate::sys::tunnel_errors::Kind`): reported, never acted on.
     #[serde(default)]
     pub tunnel_errors: BTreeMap<String, u64>,
 }
