@@ -6,10 +6,13 @@
 //! for operators in `docs/configuration.md`; keep the two in step.
 //!
 //! Layout: `raw` holds the serde structs that mirror the file (one per
-//! section, every value `Spanned`), `validate` checks them and builds the
-//! types below; `monitor` (health monitors, expected HTTP codes) and
-//! `prefix` (client prefixes) hold the value types that have their own
-//! parsing.
+//! section, every value `Spanned`); `validate` checks them, one file per
+//! section (`validate/edge.rs`, `vip.rs`, `pool.rs`, `monitor.rs`,
+//! `bgp.rs`, with the single-value checks they share in `values.rs`), each
+//! with its tests, and builds the types below; `monitor` (health monitors,
+//! expected HTTP codes) and `prefix` (client prefixes) hold the value types
+//! that have their own parsing; `limits` the map sizes. `fixtures` holds the
+//! configs every test module shares; `tests` the whole-file tests.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,6 +22,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+pub(crate) mod fixtures;
 mod limits;
 mod monitor;
 mod prefix;

@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 
 use super::recording::{RecordingMaps, Write};
 use super::*;
+use crate::config::fixtures::EDGE;
 use crate::config::{self, Limits};
 use crate::decide::plan::Condition;
 
@@ -20,12 +21,7 @@ const LIMITS: Limits = Limits { max_vips: 8, max_backends: 64, max_flows: 1024, 
 /// to `west` alone. `extra` is appended (more VIPs or pools).
 fn config(extra: &str) -> Config {
     let text = format!(
-        r#"
-[edge]
-name = "edge-a"
-interfaces = ["eth0"]
-tunnel_source_v4 = "192.0.2.10"
-max_vips = 8
+        r#"{EDGE}max_vips = 8
 max_backends = 64
 table_size = 251
 

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::config;
+use crate::config::fixtures::EDGE;
 use std::path::Path;
 
 const CONFIG: &str = r#"
@@ -123,12 +124,8 @@ fn too_many_backends_are_refused() {
 
 /// Three regions of two backends; a weighted VIP, a failover VIP with a
 /// fallback pool, and a VIP steering one client prefix to one region.
+/// Follows `fixtures::EDGE`.
 const POLICIES: &str = r#"
-[edge]
-name = "edge-a"
-interfaces = ["eth0"]
-tunnel_source_v4 = "192.0.2.10"
-
 [[vip]]
 name = "weighted"
 address = "203.0.113.10"
@@ -196,7 +193,7 @@ const DOWN_FREE: Condition =
 const DRAINED: Condition = Condition { drained: true, ..DOWN_FREE };
 
 fn plan_with(conditions: &Conditions) -> Plan {
-    plan(&parse(POLICIES), &BTreeMap::new(), 4096, 4099, conditions).unwrap()
+    plan(&parse(&format!("{EDGE}{POLICIES}")), &BTreeMap::new(), 4096, 4099, conditions).unwrap()
 }
 
 #[test]

@@ -1,0 +1,225 @@
+//! `[edge]`: the edge's identity, interfaces, tunnel sources, map sizes,
+//! pin directory, admin socket and metrics address.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
+
+use gslb_common::maglev::is_prime;
+use gslb_common::TABLE_GENERATIONS;
+use toml::Spanned;
+
+use super::values::{absolute_path, hint, limit, next_prime, span_or, usable};
+use super::Result;
+use crate::config::raw::RawEdge;
+use crate::config::{
+    Edge, Source, DEFAULT_ADMIN_SOCKET, DEFAULT_BPFFS_PIN, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS,
+    DEFAULT_METRICS_LISTEN, DEFAULT_TABLE_SIZE,
+};
+
+pub(super) fn check_edge(src: &Source, raw: &RawEdge, span: Range<usize>) -> Result<Edge> {
+    let name = raw.name.get_ref();
+    if name.is_empty() {
+        return Err(src.error(raw.name.span(), "edge.name must not be empty"));
+    }
+    let interfaces = check_interfaces(src, &raw.interfaces)?;
+
+    let v4 = &raw.tunnel_source_v4;
+    let tunnel_source_v4: Ipv4Addr = v4.get_ref().parse().map_err(|_| {
+        src.error(v4.span(), format!("edge.tunnel_source_v4 {:?} is not an IPv4 address{}", v4.get_ref(), hint(v4)))
+    })?;
+    usable(src, tunnel_source_v4.into(), v4.span(), "edge.tunnel_source_v4")?;
+    let tunnel_source_v6 = match &raw.tunnel_source_v6 {
+        None => None,
+        Some(v6) => {
+            let addr: Ipv6Addr = v6.get_ref().parse().map_err(|_| {
+                src.error(
+                    v6.span(),
+                    format!("edge.tunnel_source_v6 {:?} is not an IPv6 address{}", v6.get_ref(), hint(v6)),
+                )
+            })?;
+            usable(src, addr.into(), v6.span(), "edge.tunnel_source_v6")?;
+            Some(addr)
+        }
+    };
+
+    let admin_socket = absolute_path(src, raw.admin_socket.as_ref(), DEFAULT_ADMIN_SOCKET, "edge.admin_socket")?;
+    let bpffs_pin = absolute_path(src, raw.bpffs_pin.as_ref(), DEFAULT_BPFFS_PIN, "edge.bpffs_pin")?;
+
+    let max_flows = limit(src, raw.max_flows.as_ref(), DEFAULT_MAX_FLOWS, 1, "edge.max_flows")?;
+    let max_backends = limit(src, raw.max_backends.as_ref(), DEFAULT_MAX_BACKENDS, 2, "edge.max_backends")?;
+    let max_vips = limit(src, raw.max_vips.as_ref(), DEFAULT_MAX_VIPS, 1, "edge.max_vips")?;
+    let table_size = limit(src, raw.table_size.as_ref(), DEFAULT_TABLE_SIZE, 2, "edge.table_size")?;
+
+    if !is_prime(table_size) {
+        let suggestion = next_prime(table_size).map(|p| format!("; the next prime is {p}")).unwrap_or_default();
+        return Err(src.error(
+            span_or(raw.table_size.as_ref(), &span),
+            format!("edge.table_size must be a prime number (Maglev needs one), and {table_size} is not{suggestion}"),
+        ));
+    }
+    if table_size < max_backends {
+        let at = raw.table_size.as_ref().or(raw.max_backends.as_ref());
+        let suggestion = next_prime(max_backends).map(|p| format!(", e.g. {p}")).unwrap_or_default();
+        let default = if raw.table_size.is_none() { ", the default" } else { "" };
+        return Err(src.error(
+            span_or(at, &span),
+            format!(
+                "edge.table_size ({table_size}{default}) must be at least edge.max_backends ({max_backends}) so that every \
+                 backend can have a slot; choose a prime >= {max_backends}{suggestion}"
+            ),
+        ));
+    }
+    let slots = max_vips as u64 * TABLE_GENERATIONS as u64 * table_size as u64;
+    if slots > u32::MAX as u64 {
+        let at = raw.table_size.as_ref().or(raw.max_vips.as_ref());
+        return Err(src.error(
+            span_or(at, &span),
+            format!(
+                "edge.max_vips x 2 x edge.table_size = {slots} table slots, more than one map can hold ({}); \
+                 lower max_vips or table_size",
+                u32::MAX
+            ),
+        ));
+    }
+
+    let metrics_listen = match &raw.metrics_listen {
+        None => DEFAULT_METRICS_LISTEN.parse().expect("the default is a socket address"),
+        Some(value) => {
+            let text = value.get_ref();
+            let address: SocketAddr = text.parse().map_err(|_| {
+                src.error(
+                    value.span(),
+                    format!(
+                        "edge.metrics_listen {text:?} is not an address and port: write e.g. \"127.0.0.1:9477\" \
+                         or \"[::1]:9477\""
+                    ),
+                )
+            })?;
+            if address.port() == 0 {
+                return Err(src.error(value.span(), "edge.metrics_listen must give a port other than 0"));
+            }
+            address
+        }
+    };
+
+    Ok(Edge {
+        name: name.clone(),
+        interfaces,
+        xdp_mode: raw.xdp_mode.as_ref().map(|m| *m.get_ref()).unwrap_or_default(),
+        tunnel_source_v4,
+        tunnel_source_v6,
+        admin_socket,
+        bpffs_pin,
+        max_flows,
+        max_backends,
+        max_vips,
+        table_size,
+        metrics_listen,
+    })
+}
+
+pub(super) fn check_interfaces(src: &Source, list: &Spanned<Vec<Spanned<String>>>) -> Result<Vec<String>> {
+    if list.get_ref().is_empty() {
+        return Err(src.error(list.span(), "edge.interfaces must list at least one interface"));
+    }
+    let mut seen = HashSet::new();
+    let mut interfaces = Vec::new();
+    for name in list.get_ref() {
+        if let Some(why) = bad_interface_name(name.get_ref()) {
+            return Err(src.error(name.span(), format!("invalid interface name {:?}: {why}", name.get_ref())));
+        }
+        if !seen.insert(name.get_ref().as_str()) {
+            return Err(src.error(name.span(), format!("interface {:?} is listed twice", name.get_ref())));
+        }
+        interfaces.push(name.get_ref().clone());
+    }
+    Ok(interfaces)
+}
+
+/// Why Linux would refuse `name` as an interface name, if it would.
+pub(super) fn bad_interface_name(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > 15 {
+        Some("Linux interface names are at most 15 bytes long")
+    } else if name == "." || name == ".." {
+        Some("'.' and '..' cannot be interface names")
+    } else if name.contains('/') {
+        Some("it contains '/'")
+    } else if name.contains(':') {
+        Some("it contains ':'")
+    } else if name.chars().any(char::is_whitespace) {
+        Some("it contains whitespace")
+    } else if name.chars().any(char::is_control) {
+        Some("it contains a control character")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::fixtures::*;
+
+    #[test]
+    fn edge_checks() {
+        refused(&minimal_with(2, "name = \"\" # here"), "edge.name must not be empty");
+        refused(&minimal_with(3, "interfaces = [] # here"), "at least one interface");
+        refused(&minimal_with(3, "interfaces = [\"eth0\", \"a-very-long-name0\"] # here"), "at most 15 bytes");
+        refused(&minimal_with(3, "interfaces = [\"eth/0\"] # here"), "'/'");
+        refused(&minimal_with(3, "interfaces = [\"eth 0\"] # here"), "whitespace");
+        refused(&minimal_with(3, "interfaces = [\"\"] # here"), "empty");
+        refused(&minimal_with(3, "interfaces = [\"eth0\", \"eth0\"] # here"), "listed twice");
+        refused(&minimal_with(3, "interfaces = [\"eth0\"]\nxdp_mode = \"offload\" # here"), "offload");
+        refused(&minimal_with(4, "tunnel_source_v4 = \"2001:db8::1\" # here"), "not an IPv4 address");
+        refused(&minimal_with(4, "tunnel_source_v4 = \"0.0.0.0\" # here"), "unspecified");
+        refused(
+            &minimal_with(4, "tunnel_source_v4 = \"192.0.2.10\"\ntunnel_source_v6 = \"192.0.2.11\" # here"),
+            "not an IPv6 address",
+        );
+        refused(&minimal_with(4, "tunnel_source_v4 = \"192.0.2.10/24\" # here"), "prefix length");
+        refused(&minimal_with(4, "tunnel_source_v4 = \"192.0.2.10\"\nbpffs_pin = \"gslb\" # here"), "absolute path");
+        refused(
+            &minimal_with(4, "tunnel_source_v4 = \"192.0.2.10\"\nadmin_socket = \"run/gslb.sock\" # here"),
+            "absolute path",
+        );
+    }
+
+    #[test]
+    fn limit_checks() {
+        let edge = |extra: &str| minimal_with(4, &format!("tunnel_source_v4 = \"192.0.2.10\"\n{extra}"));
+        refused(&edge("max_flows = 0 # here"), "max_flows must be at least 1");
+        refused(&edge("max_flows = 5000000000 # here"), "at most");
+        refused(&edge("max_backends = 1 # here"), "at least 2");
+        refused(&edge("max_vips = 0 # here"), "at least 1");
+        refused(&edge("table_size = 65536 # here"), "must be a prime").message.contains("65537").then_some(()).unwrap();
+        refused(&edge("max_backends = 70000 # here"), "at least edge.max_backends (70000)");
+        refused(&edge("max_backends = 70000\ntable_size = 65537 # here"), "at least edge.max_backends");
+        refused(&edge("max_vips = 40000 # here"), "lower max_vips or table_size");
+
+        // VIP count: the VIP past the limit is reported.
+        let two_vips = edge("max_vips = 1")
+            + "[[vip]] # here\nname = \"b\"\naddress = \"203.0.113.11\"\nport = 80\nprotocol = \"tcp\"\npools = [\"p\"]\n";
+        refused(&two_vips, "too many VIPs");
+
+        // Distinct backends: max_backends - 1 of them fit.
+        let text = edge("max_backends = 3")
+            + "[[pool]]\nname = \"q\"\nbackends = [ { address = \"198.51.100.1\" }, { address = \"198.51.100.2\" } ]\n";
+        parse_str(&text).unwrap();
+        let text = edge("max_backends = 3")
+            + "[[pool]]\nname = \"q\"\nbackends = [\n { address = \"198.51.100.2\" },\n { address = \"198.51.100.3\" } # here\n]\n";
+        refused(&text, "too many backends");
+    }
+
+    #[test]
+    fn metrics_listen() {
+        let edge = |extra: &str| minimal_with(4, &format!("tunnel_source_v4 = \"192.0.2.10\"\n{extra}"));
+        let config = parse_str(&edge("metrics_listen = \"[::]:9100\"")).unwrap();
+        assert_eq!(config.edge.metrics_listen, "[::]:9100".parse().unwrap());
+        refused(&edge("metrics_listen = \"127.0.0.1\" # here"), "is not an address and port");
+        refused(&edge("metrics_listen = \"localhost:9477\" # here"), "is not an address and port");
+        refused(&edge("metrics_listen = \"0.0.0.0:0\" # here"), "port other than 0");
+        refused(&edge("metrics_listen = 9477 # here"), "expected a string");
+    }
+}

@@ -1,0 +1,75 @@
+//! The checks: from the raw file to a `Config`, or the first problem found,
+//! located at the offending value. One file per TOML section (`edge`,
+//! `vip`, `pool`, `monitor`, `bgp`); `values` holds the checks of single
+//! values they share.
+//!
+//! Order: `[edge]`, then each `[[vip]]` on its own, then each `[[pool]]`
+//! (which needs the VIP addresses) with its backends' monitors, then what a
+//! VIP's pools (listed, steered to and fallback) must satisfy, then `[bgp]`.
+
+use std::ops::Range;
+
+use crate::config::raw::RawConfig;
+use crate::config::{Bgp, Config, ConfigError, Pool, Source, Vip};
+use bgp::check_bgp;
+use edge::check_edge;
+use pool::{check_pools, check_vip_pools};
+use vip::check_vips;
+
+mod bgp;
+mod edge;
+mod monitor;
+mod pool;
+mod values;
+mod vip;
+
+pub(super) type Result<T> = std::result::Result<T, ConfigError>;
+
+/// A VIP and where its parts are in the file.
+pub(super) struct CheckedVip {
+    pub(super) vip: Vip,
+    pub(super) span: Range<usize>,
+    pub(super) pools_span: Range<usize>,
+    /// One per entry of `vip.pools`.
+    pub(super) pool_spans: Vec<Range<usize>>,
+    /// One per entry of `vip.steer`.
+    pub(super) steer: Vec<CheckedSteer>,
+    pub(super) fallback_span: Option<Range<usize>>,
+    pub(super) min_healthy_span: Option<Range<usize>>,
+}
+
+/// Where a steer rule's parts are in the file.
+pub(super) struct CheckedSteer {
+    pub(super) pools_span: Range<usize>,
+    /// One per entry of the rule's pools.
+    pub(super) pool_spans: Vec<Range<usize>>,
+}
+
+/// A pool and where its backends are in the file.
+pub(super) struct CheckedPool {
+    pub(super) pool: Pool,
+    /// One per backend: the span of its address.
+    pub(super) backend_spans: Vec<Range<usize>>,
+}
+
+pub(super) fn validate(src: &Source, raw: RawConfig) -> Result<Config> {
+    let Some(edge) = raw.edge else {
+        return Err(
+            src.error(0..0, "missing [edge] section: it must give at least name, interfaces and tunnel_source_v4")
+        );
+    };
+    let edge = check_edge(src, edge.get_ref(), edge.span())?;
+    let vips = check_vips(src, &edge, &raw.vip)?;
+    let pools = check_pools(src, &edge, &vips, &raw.pool)?;
+    check_vip_pools(src, &edge, &vips, &pools)?;
+    let bgp = match &raw.bgp {
+        None => Bgp::default(),
+        Some(bgp) => check_bgp(src, bgp.get_ref(), bgp.span())?,
+    };
+    Ok(Config {
+        edge,
+        vips: vips.into_iter().map(|v| v.vip).collect(),
+        pools: pools.into_iter().map(|p| p.pool).collect(),
+        bgp,
+    })
+}
