@@ -10,8 +10,7 @@
 //! program under test may come from another object (`steer` and `decap`
 //! from the agent's): a program array takes any XDP program.
 
-#![no_std]
-#![no_main]
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
@@ -58,7 +57,7 @@ pub fn bench_restore(ctx: XdpContext) -> u32 {
 fn restore(ctx: &XdpContext) -> Option<()> {
     let frame = BENCH_FRAME.get(0)?;
     let want = frame.len as usize;
-    if !(14..=MAX_FRAME).contains(&want) || want % 8 != 0 {
+    if !(14..=MAX_FRAME).contains(&want) || !want.is_multiple_of(8) {
         return None;
     }
     // Back to the original length, moving the start: the programs under
@@ -108,15 +107,7 @@ pub fn bench_drop(_ctx: XdpContext) -> u32 {
 /// Swaps the Ethernet addresses and sends the frame back.
 #[xdp]
 pub fn bench_reflect(ctx: XdpContext) -> u32 {
-    let Some(eth) = ptr_at::<[u8; 12]>(&ctx, 0) else {
-        return xdp_action::XDP_DROP;
-    };
-    let eth = unsafe { &mut *eth };
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&eth[6..]);
-    macs[6..].copy_from_slice(&eth[..6]);
-    *eth = macs;
-    xdp_action::XDP_TX
+    gslb_ebpf_testing::reflect(&ctx)
 }
 
 /// `steer`'s forward step alone (route lookup, MAC rewrite, XDP_TX) on an

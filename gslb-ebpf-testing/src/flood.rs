@@ -8,8 +8,7 @@
 //! `per_flow` frames), computes both checksums, and redirects it into the
 //! configured interface.
 
-#![no_std]
-#![no_main]
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 use aya_ebpf::{
     bindings::xdp_action,

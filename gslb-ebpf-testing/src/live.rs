@@ -10,8 +10,7 @@
 //! - `live_pass`: `XDP_PASS`, so a veth takes redirected frames into its
 //!   stack (a veth peer needs an XDP program to receive them).
 
-#![no_std]
-#![no_main]
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -84,16 +83,7 @@ pub fn live_gen(ctx: XdpContext) -> u32 {
 
 #[xdp]
 pub fn live_reflect(ctx: XdpContext) -> u32 {
-    let start = ctx.data();
-    if start + ETH_LEN > ctx.data_end() {
-        return xdp_action::XDP_DROP;
-    }
-    let eth = unsafe { &mut *(start as *mut [u8; 12]) };
-    let mut swapped = [0u8; 12];
-    swapped[..6].copy_from_slice(&eth[6..]);
-    swapped[6..].copy_from_slice(&eth[..6]);
-    *eth = swapped;
-    xdp_action::XDP_TX
+    gslb_ebpf_testing::reflect(&ctx)
 }
 
 #[xdp]

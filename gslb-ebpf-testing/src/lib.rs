@@ -1,0 +1,20 @@
+//! What more than one test object does the same way.
+#![no_std]
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use gslb_ebpf::parse::ptr_at;
+
+/// Swaps the Ethernet addresses and sends the frame back (`XDP_TX`); drops
+/// a frame too short for them.
+#[inline(always)]
+pub fn reflect(ctx: &XdpContext) -> u32 {
+    let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
+        return xdp_action::XDP_DROP;
+    };
+    let eth = unsafe { &mut *eth };
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&eth[6..]);
+    macs[6..].copy_from_slice(&eth[..6]);
+    *eth = macs;
+    xdp_action::XDP_TX
+}
