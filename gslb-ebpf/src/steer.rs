@@ -6,7 +6,7 @@ use gslb_common::{
     NO_BACKEND, STEER_VIP_BITS, VIP_CLIENT_STEERING, VIP_SOURCE_IP_AFFINITY,
 };
 use gslb_ebpf::{
-    encap::{self, encapsulate},
+    encap,
     parse::{parse_flow, Flow, Skip},
     route::{self, Route},
 };
@@ -52,8 +52,8 @@ pub fn run(ctx: &XdpContext) -> u32 {
     };
     let fib = unsafe { &mut *fib };
     *fib = unsafe { core::mem::zeroed() };
-    let route = route::lookup(ctx, &tunnel, fib);
-    match route {
+    let next_hop = route::lookup(ctx, &tunnel, fib);
+    match next_hop {
         Route::Next | Route::Neighbour => {}
         Route::TooBig(mtu) => {
             let inner_mtu = mtu.saturating_sub(encap::overhead(&tunnel) as u16);
@@ -66,7 +66,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     }
 
     // Encapsulate.
-    if encapsulate(ctx, &flow, &tunnel).is_none() {
+    if encap::encapsulate(ctx, &flow, &tunnel).is_none() {
         return drop();
     }
     count(&VIP_STATS, vip.vip_id, |s| {
@@ -78,14 +78,14 @@ pub fn run(ctx: &XdpContext) -> u32 {
         s.bytes += flow.ip_len as u64;
     });
     global(|s| {
-        s.forwarded += (route == Route::Next) as u64;
-        s.neighbour_pending += (route == Route::Neighbour) as u64;
-        s.passed += (route == Route::Neighbour) as u64;
+        s.forwarded += (next_hop == Route::Next) as u64;
+        s.neighbour_pending += (next_hop == Route::Neighbour) as u64;
+        s.passed += (next_hop == Route::Neighbour) as u64;
         s.icmp_errors += flow.icmp_error as u64;
     });
 
     // Forward.
-    route::forward(ctx, fib, route).unwrap_or_else(drop)
+    route::forward(ctx, fib, next_hop).unwrap_or_else(drop)
 }
 
 /// Finds the VIP a packet is addressed to: exact port first, then the
