@@ -22,6 +22,7 @@ use gslb_ebpf::{
     checksum::{self, add_words},
     headers::{read_ipv4, write_ipv4},
 };
+use gslb_ebpf_testing::generator;
 
 gslb_ebpf::xdp_object!();
 
@@ -48,10 +49,7 @@ fn mix(mut x: u32) -> u32 {
 
 #[xdp]
 pub fn flood_syn(ctx: XdpContext) -> u32 {
-    let Some(config) = FLOOD_CONFIG.get(0) else {
-        return xdp_action::XDP_ABORTED;
-    };
-    let Some(sent) = FLOOD_SENT.get_ptr_mut(0) else {
+    let Some((config, sent)) = generator(&FLOOD_CONFIG, &FLOOD_SENT) else {
         return xdp_action::XDP_ABORTED;
     };
     let start = ctx.data();

@@ -1,7 +1,11 @@
 //! What more than one test object does the same way.
 #![no_std]
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
 use gslb_ebpf::parse::ptr_at;
 
 /// Swaps the Ethernet addresses and sends the frame back (`XDP_TX`); drops
@@ -17,4 +21,11 @@ pub fn reflect(ctx: &XdpContext) -> u32 {
     macs[6..].copy_from_slice(&eth[..6]);
     *eth = macs;
     xdp_action::XDP_TX
+}
+
+/// A generator's state: its settings (slot 0 of `config`, written by the
+/// driver) and its per-CPU frame count (slot 0 of `count`).
+#[inline(always)]
+pub fn generator<C>(config: &'static Array<C>, count: &'static PerCpuArray<u64>) -> Option<(&'static C, *mut u64)> {
+    Some((config.get(0)?, count.get_ptr_mut(0)?))
 }

@@ -21,6 +21,7 @@ use aya_ebpf::{
 };
 use gslb_common::testing::{LiveGenConfig, LIVE_SINK_ALL, LIVE_SINK_IPIP, LIVE_SINK_SLOTS, LIVE_SINK_TO_BACKENDS};
 use gslb_ebpf::headers::{read_ipv4, write_ipv4};
+use gslb_ebpf_testing::{generator, reflect};
 
 gslb_ebpf::xdp_object!();
 
@@ -46,10 +47,7 @@ fn bump(map: &PerCpuArray<u64>, index: u32) {
 
 #[xdp]
 pub fn live_gen(ctx: XdpContext) -> u32 {
-    let Some(config) = LIVE_GEN_CONFIG.get(0) else {
-        return xdp_action::XDP_ABORTED;
-    };
-    let Some(seq) = LIVE_GEN_SEQ.get_ptr_mut(0) else {
+    let Some((config, seq)) = generator(&LIVE_GEN_CONFIG, &LIVE_GEN_SEQ) else {
         return xdp_action::XDP_ABORTED;
     };
     let n = unsafe {
@@ -83,7 +81,7 @@ pub fn live_gen(ctx: XdpContext) -> u32 {
 
 #[xdp]
 pub fn live_reflect(ctx: XdpContext) -> u32 {
-    gslb_ebpf_testing::reflect(&ctx)
+    reflect(&ctx)
 }
 
 #[xdp]
