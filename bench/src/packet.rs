@@ -213,7 +213,7 @@ impl Object {
     /// Loads the object with the given sizes and verifies every program
     /// this benchmark runs.
     fn load(max_vips: u32, max_backends: u32, max_flows: u32, table_size: u32) -> Result<Object> {
-        let mut ebpf = EbpfLoader::new()
+        let mut product = EbpfLoader::new()
             .override_global(names::TABLE_SIZE, &table_size, true)
             .map_max_entries(names::VIPS, max_vips)
             .map_max_entries(names::FRAGMENT_VIPS, max_vips)
@@ -227,7 +227,7 @@ impl Object {
             .context("loading the gslb eBPF object")?;
         let mut bench = EbpfLoader::new().load(BENCH).context("loading the bench eBPF object")?;
         let programs: [(&mut Ebpf, &[&str]); 2] = [
-            (&mut ebpf, &["steer", "decap"]),
+            (&mut product, &["steer", "decap"]),
             (&mut bench, &["bench_restore", "bench_pass", "bench_drop", "bench_reflect", "bench_forward"]),
         ];
         for (object, names) in programs {
@@ -240,20 +240,20 @@ impl Object {
         let progs = take(&mut bench, testing::names::BENCH_PROGS)?;
         let frame = take(&mut bench, testing::names::BENCH_FRAME)?;
         let counter = take(&mut bench, testing::names::BENCH_COUNTER)?;
-        let vips = take(&mut ebpf, names::VIPS)?;
-        let backends = take(&mut ebpf, names::BACKENDS)?;
-        let maglev = take_data(&mut ebpf, names::MAGLEV)?;
-        let flows = take_data(&mut ebpf, names::FLOWS)?;
-        let mut edge_config: Array<MapData, EdgeConfig> = take(&mut ebpf, names::EDGE_CONFIG)?;
-        let global = take(&mut ebpf, names::GLOBAL_STATS)?;
-        let vip_stats = take(&mut ebpf, names::VIP_STATS)?;
-        let decap_addrs = take(&mut ebpf, names::DECAP_ADDRS)?;
-        let decap_stats = take(&mut ebpf, names::DECAP_STATS)?;
+        let vips = take(&mut product, names::VIPS)?;
+        let backends = take(&mut product, names::BACKENDS)?;
+        let maglev = take_data(&mut product, names::MAGLEV)?;
+        let flows = take_data(&mut product, names::FLOWS)?;
+        let mut edge_config: Array<MapData, EdgeConfig> = take(&mut product, names::EDGE_CONFIG)?;
+        let global = take(&mut product, names::GLOBAL_STATS)?;
+        let vip_stats = take(&mut product, names::VIP_STATS)?;
+        let decap_addrs = take(&mut product, names::DECAP_ADDRS)?;
+        let decap_stats = take(&mut product, names::DECAP_STATS)?;
         let config =
             EdgeConfig { tunnel_source_v4: TUNNEL_V4.octets(), has_v6: 1, tunnel_source_v6: TUNNEL_V6.octets() };
         edge_config.set(0, config, 0)?;
         Ok(Object {
-            product: ebpf,
+            product,
             bench,
             progs,
             frame,
