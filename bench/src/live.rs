@@ -34,13 +34,18 @@ use anyhow::{bail, ensure, Context, Result};
 use aya::{
     maps::{Array, MapData, PerCpuArray},
     programs::{xdp::XdpLinkId, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
-    Ebpf, EbpfLoader, Pod,
+    Ebpf, EbpfLoader,
 };
 use gslb_common::{
     addr_from_ip,
     maglev::{build_table, MaglevBackend},
+    testing::{
+        names, LiveGenConfig, LIVE_HEADER_SPACE, LIVE_SINK_ALL as SINK_ALL, LIVE_SINK_IPIP as SINK_IPIP,
+        LIVE_SINK_TO_BACKENDS as SINK_TO_BACKENDS,
+    },
 };
-use gslb_userspace::{config::Limits, decide::plan::VipMatch, sys::maps::MapWrites, sys::steer::Steer, sys::OBJECT};
+use gslb_tests::programs::LIVE;
+use gslb_userspace::{config::Limits, decide::plan::VipMatch, sys::maps::MapWrites, sys::steer::Steer};
 
 use crate::report::{median, Measurement};
 
@@ -63,22 +68,6 @@ const G_MAC: [u8; 6] = [0x02, 0, 0, 0x4c, 0, 0x02];
 const E_MAC: [u8; 6] = [0x02, 0, 0, 0x4c, 0, 0x01];
 const F_MAC: [u8; 6] = [0x02, 0, 0, 0x4c, 0, 0x11];
 const S_MAC: [u8; 6] = [0x02, 0, 0, 0x4c, 0, 0x12];
-
-/// Sink counter slots (see `live_sink`).
-const SINK_ALL: u32 = 0;
-const SINK_IPIP: u32 = 1;
-const SINK_TO_BACKENDS: u32 = 2;
-
-/// `LiveGenConfig` of the eBPF side.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct GenConfig {
-    ifindex: u32,
-    flows: u32,
-    header: [u8; 44],
-}
-// SAFETY: plain integers, no padding.
-unsafe impl Pod for GenConfig {}
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -191,19 +180,19 @@ impl<'a> Bench<'a> {
         // With one CPU the edge shares it with the generator.
         let edge_cpu = *cpus.get(1).unwrap_or(&cpus[0]);
 
-        let mut ebpf = EbpfLoader::new().load(OBJECT).context("loading the gslb eBPF object")?;
+        let mut ebpf = EbpfLoader::new().load(LIVE).context("loading the live eBPF object")?;
         for name in ["live_gen", "live_reflect", "live_sink", "live_pass"] {
             let p: &mut Xdp = ebpf.program_mut(name).with_context(|| format!("no {name} program"))?.try_into()?;
             p.load().with_context(|| format!("the verifier refused {name}"))?;
         }
         let g_ifindex = lab.ifindex(&lab.gen, &lab.g)?;
-        let mut config: Array<MapData, GenConfig> =
-            Array::try_from(ebpf.take_map("LIVE_GEN_CONFIG").context("no LIVE_GEN_CONFIG")?)?;
-        let mut header = [0u8; 44];
+        let mut config: Array<MapData, LiveGenConfig> =
+            Array::try_from(ebpf.take_map(names::LIVE_GEN_CONFIG).context("no LIVE_GEN_CONFIG")?)?;
+        let mut header = [0u8; LIVE_HEADER_SPACE];
         header[..42].copy_from_slice(&frame()[..42]);
-        config.set(0, GenConfig { ifindex: g_ifindex, flows: FLOWS, header }, 0)?;
-        let seq = PerCpuArray::try_from(ebpf.take_map("LIVE_GEN_SEQ").context("no LIVE_GEN_SEQ")?)?;
-        let sink = PerCpuArray::try_from(ebpf.take_map("LIVE_SINK").context("no LIVE_SINK")?)?;
+        config.set(0, LiveGenConfig { ifindex: g_ifindex, flows: FLOWS, header }, 0)?;
+        let seq = PerCpuArray::try_from(ebpf.take_map(names::LIVE_GEN_SEQ).context("no LIVE_GEN_SEQ")?)?;
+        let sink = PerCpuArray::try_from(ebpf.take_map(names::LIVE_SINK).context("no LIVE_SINK")?)?;
         let mut bench = Bench { lab, ebpf, seq, sink, g_ifindex, gen_cpu, edge_cpu };
         // The sinks stay for the whole run, their NAPI beside the generator.
         bench.attach("live_sink", &lab.gen, &lab.g)?;

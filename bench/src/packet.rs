@@ -2,9 +2,10 @@
 //!
 //! The kernel's test loop does not restore the packet between repetitions,
 //! so `steer` (which adds a tunnel header) and `decap` (which strips one)
-//! run behind `bench_restore` (gslb-ebpf/src/bench.rs): it puts the input
-//! frame back, optionally gives it a fresh flow key, and tail-calls the
-//! program under test. The wrapper's own cost (tail-calling `bench_drop`,
+//! run behind `bench_restore` (gslb-ebpf-testing/src/bench.rs, its own
+//! object): it puts the input frame back, optionally gives it a fresh flow
+//! key, and tail-calls the program under test, loaded from the agent's
+//! object. The wrapper's own cost (tail-calling `bench_drop`,
 //! same frame) is measured next to every case and subtracted:
 //! `net = raw - (wrapper - floor)`, so a net figure reads like the program
 //! run directly, against the `XDP_PASS` floor. Every run checks the
@@ -31,13 +32,16 @@ use aya::{
 use gslb_common::{
     addr_from_ip,
     maglev::{build_table, MaglevBackend},
-    names, Addr16, Backend, DecapStats, EdgeConfig, FlowKey, FlowValue, GlobalStats, VipKey, VipStats, VipValue,
+    names,
+    testing::{self, BenchFrame, BENCH_FRAME_WORDS, BENCH_MAX_FRAME},
+    Addr16, Backend, DecapStats, EdgeConfig, FlowKey, FlowValue, GlobalStats, VipKey, VipStats, VipValue,
     DEFAULT_TABLE_SIZE, TABLE_GENERATIONS,
 };
 use gslb_tests::{
     edge::{TUNNEL_V4, TUNNEL_V6},
     netns::{ifindex, in_scratch_netns, sh, EDGE_IF},
     packet::{ethernet, ipv6, l4, TCP, V4},
+    programs::BENCH,
 };
 use gslb_userspace::sys::OBJECT;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -51,20 +55,6 @@ const XDP_TX: u32 = 3;
 const GROUP: &str = "per-packet";
 const UNIT: &str = "ns/packet";
 const FLOOR: &str = "XDP_PASS floor";
-
-/// Same layout as `BenchFrame` in gslb-ebpf/src/bench.rs.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct BenchFrame {
-    len: u32,
-    vary_offset: u32,
-    vary_base: u32,
-    _pad: u32,
-    words: [u64; 16],
-}
-
-// SAFETY: plain integers, no padding.
-unsafe impl Pod for BenchFrame {}
 
 /// Where the IPv4 source address sits in an untagged frame: varying it
 /// makes every repetition a new flow.
@@ -91,10 +81,12 @@ pub fn run(quick: bool) -> Result<Vec<Measurement>> {
     in_scratch_netns(move || measure(plan))
 }
 
-/// One loaded copy of the object: `steer`, `decap` and the bench programs
-/// sharing its maps.
+/// One loaded copy of the agent's object (`steer`, `decap`, their maps)
+/// and of the bench object (`bench_restore`, which tail-calls them, and
+/// the baselines).
 struct Object {
-    ebpf: Ebpf,
+    product: Ebpf,
+    bench: Ebpf,
     progs: ProgramArray<MapData>,
     frame: Array<MapData, BenchFrame>,
     vips: HashMap<MapData, VipKey, VipValue>,
@@ -221,7 +213,7 @@ impl Object {
     /// Loads the object with the given sizes and verifies every program
     /// this benchmark runs.
     fn load(max_vips: u32, max_backends: u32, max_flows: u32, table_size: u32) -> Result<Object> {
-        let mut ebpf = EbpfLoader::new()
+        let mut product = EbpfLoader::new()
             .override_global(names::TABLE_SIZE, &table_size, true)
             .map_max_entries(names::VIPS, max_vips)
             .map_max_entries(names::FRAGMENT_VIPS, max_vips)
@@ -233,27 +225,36 @@ impl Object {
             .map_max_entries(names::FLOWS, max_flows)
             .load(OBJECT)
             .context("loading the gslb eBPF object")?;
-        for name in ["steer", "decap", "bench_restore", "bench_pass", "bench_drop", "bench_reflect", "bench_forward"] {
-            let prog: &mut Xdp = ebpf.program_mut(name).with_context(|| format!("no program {name}"))?.try_into()?;
-            prog.load().with_context(|| format!("the verifier refused {name}"))?;
+        let mut bench = EbpfLoader::new().load(BENCH).context("loading the bench eBPF object")?;
+        let programs: [(&mut Ebpf, &[&str]); 2] = [
+            (&mut product, &["steer", "decap"]),
+            (&mut bench, &["bench_restore", "bench_pass", "bench_drop", "bench_reflect", "bench_forward"]),
+        ];
+        for (object, names) in programs {
+            for &name in names {
+                let prog: &mut Xdp =
+                    object.program_mut(name).with_context(|| format!("no program {name}"))?.try_into()?;
+                prog.load().with_context(|| format!("the verifier refused {name}"))?;
+            }
         }
-        let progs = take(&mut ebpf, "BENCH_PROGS")?;
-        let frame = take(&mut ebpf, "BENCH_FRAME")?;
-        let vips = take(&mut ebpf, names::VIPS)?;
-        let backends = take(&mut ebpf, names::BACKENDS)?;
-        let maglev = take_data(&mut ebpf, names::MAGLEV)?;
-        let flows = take_data(&mut ebpf, names::FLOWS)?;
-        let mut edge_config: Array<MapData, EdgeConfig> = take(&mut ebpf, names::EDGE_CONFIG)?;
-        let counter = take(&mut ebpf, "BENCH_COUNTER")?;
-        let global = take(&mut ebpf, names::GLOBAL_STATS)?;
-        let vip_stats = take(&mut ebpf, names::VIP_STATS)?;
-        let decap_addrs = take(&mut ebpf, names::DECAP_ADDRS)?;
-        let decap_stats = take(&mut ebpf, names::DECAP_STATS)?;
+        let progs = take(&mut bench, testing::names::BENCH_PROGS)?;
+        let frame = take(&mut bench, testing::names::BENCH_FRAME)?;
+        let counter = take(&mut bench, testing::names::BENCH_COUNTER)?;
+        let vips = take(&mut product, names::VIPS)?;
+        let backends = take(&mut product, names::BACKENDS)?;
+        let maglev = take_data(&mut product, names::MAGLEV)?;
+        let flows = take_data(&mut product, names::FLOWS)?;
+        let mut edge_config: Array<MapData, EdgeConfig> = take(&mut product, names::EDGE_CONFIG)?;
+        let global = take(&mut product, names::GLOBAL_STATS)?;
+        let vip_stats = take(&mut product, names::VIP_STATS)?;
+        let decap_addrs = take(&mut product, names::DECAP_ADDRS)?;
+        let decap_stats = take(&mut product, names::DECAP_STATS)?;
         let config =
             EdgeConfig { tunnel_source_v4: TUNNEL_V4.octets(), has_v6: 1, tunnel_source_v6: TUNNEL_V6.octets() };
         edge_config.set(0, config, 0)?;
         Ok(Object {
-            ebpf,
+            product,
+            bench,
             progs,
             frame,
             vips,
@@ -270,8 +271,10 @@ impl Object {
         })
     }
 
+    /// A program of either object.
     fn xdp(&self, name: &str) -> Result<&Xdp> {
-        Ok(self.ebpf.program(name).with_context(|| format!("no program {name}"))?.try_into()?)
+        let program = self.product.program(name).or_else(|| self.bench.program(name));
+        Ok(program.with_context(|| format!("no program {name}"))?.try_into()?)
     }
 
     /// Backends `1..=addrs.len()`, and `vips` (id = index) all using one
@@ -351,11 +354,11 @@ impl Object {
     /// Sets what `bench_restore` restores and which program it calls.
     fn arm(&mut self, frame: &[u8], vary_offset: u32, target: &str) -> Result<()> {
         ensure!(
-            (16..=128).contains(&frame.len()) && frame.len().is_multiple_of(8),
-            "bench_restore takes 16 to 128 bytes, a multiple of 8, not {}",
+            (16..=BENCH_MAX_FRAME).contains(&frame.len()) && frame.len().is_multiple_of(8),
+            "bench_restore takes 16 to {BENCH_MAX_FRAME} bytes, a multiple of 8, not {}",
             frame.len()
         );
-        let mut words = [0u64; 16];
+        let mut words = [0u64; BENCH_FRAME_WORDS];
         for (i, chunk) in frame.chunks(8).enumerate() {
             let mut w = [0u8; 8];
             w[..chunk.len()].copy_from_slice(chunk);

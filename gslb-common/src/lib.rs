@@ -14,6 +14,8 @@ pub mod hash;
 #[cfg(any(test, feature = "alloc"))]
 pub mod maglev;
 pub mod maps;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use addr::*;
 pub use hash::*;

@@ -2,25 +2,17 @@
 //! and hand the inner packet to the kernel.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext, EbpfContext};
-use gslb_common::{addr_from_v4, proto, DecapStats};
+use gslb_common::{addr_from_v4, proto};
+use gslb_ebpf::parse::{parse_l2, ptr_at, ETH_P_IPV4, ETH_P_IPV6, MAX_VLAN_TAGS, VLAN_TAG_LEN};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
-use crate::{
-    count,
-    parse::{parse_l2, ptr_at, ETH_P_IPV4, ETH_P_IPV6, MAX_VLAN_TAGS, VLAN_TAG_LEN},
-    DECAP_ADDRS, DECAP_STATS,
-};
+use crate::{counters::decap as stats, maps::DECAP_ADDRS};
 
 /// Ethernet plus at most two VLAN tags, as `parse_l2` accepts.
 const MAX_L2_LEN: usize = EthHdr::LEN + MAX_VLAN_TAGS * VLAN_TAG_LEN;
-
-#[inline(always)]
-fn stats(f: impl FnOnce(&mut DecapStats)) {
-    count(&DECAP_STATS, 0, f);
-}
 
 pub fn run(ctx: &XdpContext) -> u32 {
     stats(|s| s.received += 1);

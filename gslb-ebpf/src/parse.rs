@@ -1,4 +1,5 @@
-//! Bounds-checked packet parsing shared by `steer` and `decap`.
+//! Bounds-checked packet parsing: the link layer, IPv4/IPv6, the TCP/UDP
+//! ports, and the flow an ICMP error is about.
 
 use core::mem::size_of;
 

@@ -1,56 +1,24 @@
-//! `steer`: parse, classify, select, encapsulate, forward.
+//! `steer`: parse, classify, select, route, encapsulate, forward.
 
-use core::mem::size_of;
-
-use aya_ebpf::{
-    bindings::{
-        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS,
-    },
-    helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
-    maps::lpm_trie::Key as LpmKey,
-    programs::XdpContext,
-    EbpfContext,
-};
+use aya_ebpf::{maps::lpm_trie::Key as LpmKey, programs::XdpContext};
 use gslb_common::{
-    addr_as_v4, addr_from_v4, flow_hash, maglev_index, proto, Addr16, Backend, FlowKey, FlowValue, FragmentVipKey,
-    GlobalStats, SteerPrefix, VipKey, VipValue, BACKEND_DEAD, NO_BACKEND, OUTER_TTL, STEER_VIP_BITS,
-    VIP_CLIENT_STEERING, VIP_SOURCE_IP_AFFINITY,
+    flow_hash, maglev_index, Backend, FlowKey, FlowValue, FragmentVipKey, SteerPrefix, VipKey, VipValue, BACKEND_DEAD,
+    NO_BACKEND, STEER_VIP_BITS, VIP_CLIENT_STEERING, VIP_SOURCE_IP_AFFINITY,
 };
-use network_types::{
-    eth::EthHdr,
-    ip::{Ipv4Hdr, Ipv6Hdr},
+use gslb_ebpf::{
+    encap,
+    parse::{parse_flow, Flow, Skip},
+    route::{self, Route},
 };
 
 use crate::{
-    checksum, count, icmp,
-    parse::{parse_flow, ptr_at, Flow, Skip, ETH_P_IPV4, ETH_P_IPV6, IPV4_DF},
-    BACKENDS, BACKEND_STATS, EDGE_CONFIG, FIB_SCRATCH, FLOWS, FRAGMENT_VIPS, GLOBAL_STATS, MAGLEV, STEER_PREFIXES,
-    TABLE_SIZE, VIPS, VIP_STATS,
+    counters::{count, drop, global, pass},
+    maps::{
+        BACKENDS, BACKEND_STATS, EDGE_CONFIG, FIB_SCRATCH, FLOWS, FRAGMENT_VIPS, MAGLEV, STEER_PREFIXES, TABLE_SIZE,
+        VIPS, VIP_STATS,
+    },
+    pmtu,
 };
-
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
-
-#[inline(always)]
-pub(crate) fn global(f: impl FnOnce(&mut GlobalStats)) {
-    count(&GLOBAL_STATS, 0, f);
-}
-
-#[inline(always)]
-fn pass(f: impl FnOnce(&mut GlobalStats)) -> u32 {
-    global(|s| {
-        s.passed += 1;
-        f(s)
-    });
-    xdp_action::XDP_PASS
-}
-
-#[inline(always)]
-pub(crate) fn drop() -> u32 {
-    global(|s| s.dropped += 1);
-    xdp_action::XDP_DROP
-}
 
 pub fn run(ctx: &XdpContext) -> u32 {
     global(|s| s.received += 1);
@@ -76,7 +44,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     };
 
     // Route: the tunnel's next hop, and whether the packet fits its MTU.
-    let Some(mut tunnel) = tunnel_to(&flow, backend) else {
+    let Some(mut tunnel) = EDGE_CONFIG.get(0).and_then(|config| encap::tunnel_to(&flow, backend, config)) else {
         return drop();
     };
     let Some(fib) = FIB_SCRATCH.get_ptr_mut(0) else {
@@ -84,12 +52,12 @@ pub fn run(ctx: &XdpContext) -> u32 {
     };
     let fib = unsafe { &mut *fib };
     *fib = unsafe { core::mem::zeroed() };
-    let route = route(ctx, &tunnel, fib);
-    match route {
+    let next_hop = route::lookup(ctx, &tunnel, fib);
+    match next_hop {
         Route::Next | Route::Neighbour => {}
         Route::TooBig(mtu) => {
-            let inner_mtu = mtu.saturating_sub(tunnel.overhead() as u16);
-            return icmp::too_big(ctx, &flow, inner_mtu, &mut tunnel, fib);
+            let inner_mtu = mtu.saturating_sub(encap::overhead(&tunnel) as u16);
+            return pmtu::too_big(ctx, &flow, inner_mtu, &mut tunnel, fib);
         }
         Route::Unroutable => {
             global(|s| s.fib_failures += 1);
@@ -98,7 +66,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     }
 
     // Encapsulate.
-    if encapsulate(ctx, &flow, &tunnel).is_none() {
+    if encap::encapsulate(ctx, &flow, &tunnel).is_none() {
         return drop();
     }
     count(&VIP_STATS, vip.vip_id, |s| {
@@ -110,14 +78,14 @@ pub fn run(ctx: &XdpContext) -> u32 {
         s.bytes += flow.ip_len as u64;
     });
     global(|s| {
-        s.forwarded += (route == Route::Next) as u64;
-        s.neighbour_pending += (route == Route::Neighbour) as u64;
-        s.passed += (route == Route::Neighbour) as u64;
+        s.forwarded += (next_hop == Route::Next) as u64;
+        s.neighbour_pending += (next_hop == Route::Neighbour) as u64;
+        s.passed += (next_hop == Route::Neighbour) as u64;
         s.icmp_errors += flow.icmp_error as u64;
     });
 
     // Forward.
-    forward(ctx, fib, route)
+    route::forward(ctx, fib, next_hop).unwrap_or_else(drop)
 }
 
 /// Finds the VIP a packet is addressed to: exact port first, then the
@@ -198,222 +166,4 @@ fn select(flow: &Flow, vip: &VipValue) -> Option<(u32, &'static Backend)> {
         count(&VIP_STATS, vip.vip_id, |s| s.new_flows += 1);
     }
     Some((id, backend))
-}
-
-/// The outer header a packet to a backend gets.
-pub(crate) struct Tunnel {
-    pub v6: bool,
-    pub src: Addr16,
-    pub dst: Addr16,
-    /// The whole tunnel packet, outer header included.
-    pub len: usize,
-}
-
-impl Tunnel {
-    #[inline(always)]
-    pub fn overhead(&self) -> usize {
-        if self.v6 {
-            Ipv6Hdr::LEN
-        } else {
-            Ipv4Hdr::LEN
-        }
-    }
-}
-
-/// The tunnel to `backend`: IPv6 inner packets need an IPv6 tunnel; IPv4
-/// may ride either.
-#[inline(always)]
-fn tunnel_to(flow: &Flow, backend: &Backend) -> Option<Tunnel> {
-    let config = EDGE_CONFIG.get(0)?;
-    let to_v4 = addr_as_v4(&backend.addr).is_some();
-    if (to_v4 && flow.is_v6) || (!to_v4 && config.has_v6 == 0) {
-        return None;
-    }
-    let (src, header_len) = if to_v4 {
-        (addr_from_v4(config.tunnel_source_v4), Ipv4Hdr::LEN)
-    } else {
-        (config.tunnel_source_v6, Ipv6Hdr::LEN)
-    };
-    let len = flow.ip_len + header_len;
-    if len > u16::MAX as usize {
-        return None;
-    }
-    Some(Tunnel { v6: !to_v4, src, dst: backend.addr, len })
-}
-
-/// Puts a fresh Ethernet header and the outer IP header in front of the
-/// inner IP packet, which stays byte-for-byte as it was. VLAN tags are
-/// dropped: the route lookup picked the egress interface.
-#[inline(never)]
-fn encapsulate(ctx: &XdpContext, flow: &Flow, tunnel: &Tunnel) -> Option<()> {
-    // Ethernet padding after the IP packet is not part of it: the tunnel
-    // carries exactly the inner packet.
-    let ether_type = if tunnel.v6 { ETH_P_IPV6 } else { ETH_P_IPV4 };
-    reframe(ctx, flow, flow.ip_len, tunnel.overhead(), ether_type)?;
-    if tunnel.v6 {
-        let ip = ptr_at::<[u8; Ipv6Hdr::LEN]>(ctx, EthHdr::LEN)?;
-        write_ipv6_header(unsafe { &mut *ip }, flow, &tunnel.src, &tunnel.dst);
-    } else {
-        let ip = ptr_at::<[u8; Ipv4Hdr::LEN]>(ctx, EthHdr::LEN)?;
-        let (src, dst) = (addr_as_v4(&tunnel.src)?, addr_as_v4(&tunnel.dst)?);
-        write_ipv4_header(unsafe { &mut *ip }, flow, src, dst, tunnel.len as u16);
-    }
-    Some(())
-}
-
-/// Rewrites the frame around the first `keep` bytes of `flow`'s IP packet:
-/// whatever followed them is cut, the link layer (VLAN tags included) is
-/// replaced by an untagged Ethernet header of `ether_type` followed by
-/// `headers` bytes of room for new headers. The original MACs stay until
-/// `forward` replaces them, so a packet handed to the kernel still carries
-/// this host's MAC.
-#[inline(always)]
-pub(crate) fn reframe(ctx: &XdpContext, flow: &Flow, keep: usize, headers: usize, ether_type: u16) -> Option<()> {
-    let macs = *unsafe { &*ptr_at::<[u8; 12]>(ctx, 0)? };
-    let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.as_ptr() as *mut _) } as usize;
-    let cut = frame_len.checked_sub(flow.l2.len + keep)?;
-    if cut > 0 && unsafe { bpf_xdp_adjust_tail(ctx.as_ptr() as *mut _, -(cut as i32)) } != 0 {
-        return None;
-    }
-    let grow = (EthHdr::LEN + headers) as i32 - flow.l2.len as i32;
-    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, -grow) } != 0 {
-        return None;
-    }
-    let eth = ptr_at::<EthHdr>(ctx, 0)?;
-    unsafe {
-        (*eth).dst_addr.copy_from_slice(&macs[..6]);
-        (*eth).src_addr.copy_from_slice(&macs[6..]);
-        (*eth).ether_type = ether_type.to_be();
-    }
-    Some(())
-}
-
-/// IPv4 outer header: TTL 64, protocol IPIP, TOS, DF and identification
-/// copied from the inner header, checksum filled in.
-#[inline(always)]
-fn write_ipv4_header(h: &mut [u8; Ipv4Hdr::LEN], flow: &Flow, src: [u8; 4], dst: [u8; 4], total: u16) {
-    let len = total.to_be_bytes();
-    let id = flow.ip_id.to_be_bytes();
-    let frags = if flow.df { IPV4_DF } else { 0 }.to_be_bytes();
-    *h = [
-        0x45,
-        flow.tos,
-        len[0],
-        len[1],
-        id[0],
-        id[1],
-        frags[0],
-        frags[1],
-        OUTER_TTL,
-        proto::IPIP,
-        0,
-        0,
-        src[0],
-        src[1],
-        src[2],
-        src[3],
-        dst[0],
-        dst[1],
-        dst[2],
-        dst[3],
-    ];
-    checksum::set_ipv4(h);
-}
-
-/// IPv6 outer header: hop limit 64, next header IPIP or IPv6, traffic class
-/// copied, flow label from the flow's addresses so routers hash it stably.
-#[inline(always)]
-fn write_ipv6_header(h: &mut [u8; Ipv6Hdr::LEN], flow: &Flow, src: &[u8; 16], dst: &[u8; 16]) {
-    let next = if flow.is_v6 { proto::IPV6 } else { proto::IPIP };
-    let len = (flow.ip_len as u16).to_be_bytes();
-    let label = flow_label(flow);
-    h[0] = 0x60 | (flow.tos >> 4);
-    h[1] = (flow.tos << 4) | ((label >> 16) as u8 & 0x0f);
-    h[2] = (label >> 8) as u8;
-    h[3] = label as u8;
-    h[4] = len[0];
-    h[5] = len[1];
-    h[6] = next;
-    h[7] = OUTER_TTL;
-    h[8..24].copy_from_slice(src);
-    h[24..40].copy_from_slice(dst);
-}
-
-#[inline(always)]
-fn flow_label(flow: &Flow) -> u32 {
-    let key = FlowKey { src: flow.src, dst: flow.dst, ..Default::default() };
-    flow_hash(&key, false) & 0x000f_ffff
-}
-
-/// What the kernel's routing table says about a packet about to be sent.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Route {
-    /// A next hop with a known MAC, in the lookup's result.
-    Next,
-    /// A next hop whose MAC the kernel still has to resolve.
-    Neighbour,
-    /// Larger than the egress MTU, which it carries.
-    TooBig(u16),
-    Unroutable,
-}
-
-/// Looks up the route for `tunnel` (from this interface), checking its
-/// length against the egress MTU.
-#[inline(never)]
-pub(crate) fn route(ctx: &XdpContext, tunnel: &Tunnel, fib: &mut FibParams) -> Route {
-    fib.ifindex = ctx.ingress_ifindex() as u32;
-    fib.__bindgen_anon_1.tot_len = tunnel.len as u16;
-    if tunnel.v6 {
-        fib.family = AF_INET6;
-        fib.__bindgen_anon_3.ipv6_src = words(&tunnel.src);
-        fib.__bindgen_anon_4.ipv6_dst = words(&tunnel.dst);
-    } else {
-        fib.family = AF_INET;
-        fib.__bindgen_anon_3.ipv4_src =
-            u32::from_ne_bytes([tunnel.src[12], tunnel.src[13], tunnel.src[14], tunnel.src[15]]);
-        fib.__bindgen_anon_4.ipv4_dst =
-            u32::from_ne_bytes([tunnel.dst[12], tunnel.dst[13], tunnel.dst[14], tunnel.dst[15]]);
-    }
-    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), fib, size_of::<FibParams>() as i32, 0) } as u32;
-    match rc {
-        BPF_FIB_LKUP_RET_SUCCESS => Route::Next,
-        BPF_FIB_LKUP_RET_NO_NEIGH => Route::Neighbour,
-        // The lookup puts the MTU where the length was.
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => Route::TooBig(unsafe { fib.__bindgen_anon_1.mtu_result }),
-        _ => Route::Unroutable,
-    }
-}
-
-/// Sends the packet along `route`: XDP_TX out of the ingress interface,
-/// redirect to another one, or hand it to the kernel to resolve the
-/// neighbour (it still carries this host's MAC).
-#[inline(always)]
-pub(crate) fn forward(ctx: &XdpContext, fib: &FibParams, route: Route) -> u32 {
-    if route != Route::Next {
-        return xdp_action::XDP_PASS;
-    }
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return drop();
-    };
-    unsafe {
-        (*eth).dst_addr = fib.dmac;
-        (*eth).src_addr = fib.smac;
-    }
-    if fib.ifindex == ctx.ingress_ifindex() as u32 {
-        return xdp_action::XDP_TX;
-    }
-    match unsafe { bpf_redirect(fib.ifindex, 0) } as u32 {
-        xdp_action::XDP_REDIRECT => xdp_action::XDP_REDIRECT,
-        _ => drop(),
-    }
-}
-
-/// Address bytes as the u32 words `bpf_fib_lookup` wants (bytes unchanged).
-#[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
-    let mut w = [0u32; 4];
-    for (i, word) in w.iter_mut().enumerate() {
-        *word = u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]);
-    }
-    w
 }

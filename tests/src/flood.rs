@@ -1,4 +1,4 @@
-//! A SYN-flood generator: `flood_syn` (gslb-ebpf/src/flood.rs) run through
+//! A SYN-flood generator: `flood_syn` (gslb-ebpf-testing/src/flood.rs) run through
 //! BPF_PROG_TEST_RUN with live frames, so every frame it writes is really
 //! transmitted through the interface it redirects into.
 //!
@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use aya::maps::{Array, MapData, PerCpuArray};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp};
-use aya::{Ebpf, EbpfLoader, Pod};
-use gslb_userspace::sys::OBJECT;
+use aya::{Ebpf, EbpfLoader};
+use gslb_common::testing::{names, FloodConfig, SYN_LEN};
 
 use crate::lab::{EdgeNode, Lab, Node};
+use crate::programs::FLOOD;
 
 /// Source addresses of flood SYNs: 100.64.0.0/10 (shared address space),
 /// which nothing in the lab routes, so answers to them go nowhere.
@@ -34,19 +35,6 @@ const FRAME_LEN: usize = 60;
 const BATCH: u32 = 256;
 /// Frames per BPF_PROG_TEST_RUN call at most.
 const MAX_CHUNK: u64 = 8_192;
-const SYN_LEN: usize = 54;
-
-/// `FloodConfig` of the eBPF side.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct FloodConfig {
-    ifindex: u32,
-    src_net: u32,
-    per_flow: u32,
-    header: [u8; 56],
-}
-// SAFETY: plain integers and bytes, no padding.
-unsafe impl Pod for FloodConfig {}
 
 /// Where the SYNs go, as seen from the namespace the flood runs in.
 #[derive(Clone, Copy, Debug)]
@@ -88,7 +76,7 @@ pub struct SynFlood {
 
 impl SynFlood {
     pub fn load() -> Result<SynFlood> {
-        let mut ebpf = EbpfLoader::new().load(OBJECT).context("loading the gslb eBPF object")?;
+        let mut ebpf = EbpfLoader::new().load(FLOOD).context("loading the flood eBPF object")?;
         let program: &mut Xdp = ebpf.program_mut("flood_syn").context("no flood_syn program")?.try_into()?;
         program.load().context("the verifier refused flood_syn")?;
         Ok(SynFlood { ebpf })
@@ -96,7 +84,7 @@ impl SynFlood {
 
     /// Frames sent since the program was loaded.
     pub fn sent(&self) -> Result<u64> {
-        let map = self.ebpf.map("FLOOD_SENT").context("no FLOOD_SENT")?;
+        let map = self.ebpf.map(names::FLOOD_SENT).context("no FLOOD_SENT")?;
         let sent: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
         Ok(sent.get(&0, 0)?.iter().sum())
     }
@@ -113,7 +101,7 @@ impl SynFlood {
             header: syn_template(target),
         };
         let mut map: Array<&mut MapData, FloodConfig> =
-            Array::try_from(self.ebpf.map_mut("FLOOD_CONFIG").context("no FLOOD_CONFIG")?)?;
+            Array::try_from(self.ebpf.map_mut(names::FLOOD_CONFIG).context("no FLOOD_CONFIG")?)?;
         map.set(0, config, 0)?;
 
         let before = self.sent()?;

@@ -11,6 +11,7 @@ pub mod flood;
 pub mod lab;
 pub mod netns;
 pub mod packet;
+pub mod programs;
 pub mod reference;
 pub mod run;
 pub mod scale;

@@ -1,5 +1,5 @@
-//! `flood_syn`: a test-only SYN-flood generator (driven by
-//! `tests/src/flood.rs`). Nothing in the agent loads it.
+//! The `flood` object: `flood_syn`, a SYN-flood generator for the tests
+//! (driven by tests/src/flood.rs).
 //!
 //! Run through BPF_PROG_TEST_RUN with live frames, it writes a whole
 //! Ethernet/IPv4/TCP SYN into every frame (live frames keep what receivers
@@ -8,6 +8,8 @@
 //! `per_flow` frames), computes both checksums, and redirects it into the
 //! configured interface.
 
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
+
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::{bpf_get_smp_processor_id, bpf_redirect},
@@ -15,31 +17,18 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
+use gslb_common::testing::{FloodConfig, SYN_LEN};
+use gslb_ebpf::{
+    checksum::{self, add_words},
+    headers::{read_ipv4, write_ipv4},
+};
+use gslb_ebpf_testing::generator;
 
-use crate::checksum::{self, add_words};
+gslb_ebpf::xdp_object!();
 
 const ETH_LEN: usize = 14;
 const IPV4_LEN: usize = 20;
 const TCP_LEN: usize = 20;
-/// Ethernet, IPv4 and TCP headers: the whole SYN (no payload, no options).
-pub const SYN_LEN: usize = ETH_LEN + IPV4_LEN + TCP_LEN;
-
-/// Generator settings, written by the driver before a run.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct FloodConfig {
-    /// Where generated frames go.
-    pub ifindex: u32,
-    /// Source addresses come from this /10 (host order; low 22 bits ignored).
-    pub src_net: u32,
-    /// Consecutive frames per flow (at least 1): 2 sends every SYN twice,
-    /// as a retransmitting client would.
-    pub per_flow: u32,
-    /// The SYN every frame starts from: MACs, destination address and port,
-    /// TTL, flags. Source address and port, sequence number, IP id and both
-    /// checksums are filled in per frame.
-    pub header: [u8; 56],
-}
 
 #[map]
 static FLOOD_CONFIG: Array<FloodConfig> = Array::with_max_entries(1, 0);
@@ -60,10 +49,7 @@ fn mix(mut x: u32) -> u32 {
 
 #[xdp]
 pub fn flood_syn(ctx: XdpContext) -> u32 {
-    let Some(config) = FLOOD_CONFIG.get(0) else {
-        return xdp_action::XDP_ABORTED;
-    };
-    let Some(sent) = FLOOD_SENT.get_ptr_mut(0) else {
+    let Some((config, sent)) = generator(&FLOOD_CONFIG, &FLOOD_SENT) else {
         return xdp_action::XDP_ABORTED;
     };
     let start = ctx.data();
@@ -83,10 +69,10 @@ pub fn flood_syn(ctx: XdpContext) -> u32 {
     let ip = unsafe { &mut *((start + ETH_LEN) as *mut [u8; IPV4_LEN]) };
     // The hash's high 22 bits pick the address in the /10, its low 16 bits
     // the port (never below 1024): together they keep all 32 bits.
-    let src = (config.src_net & 0xffc0_0000) | (h >> 10);
-    ip[12..16].copy_from_slice(&src.to_be_bytes());
-    ip[4..6].copy_from_slice(&(n as u16).to_be_bytes());
-    checksum::set_ipv4(ip);
+    let mut header = read_ipv4(ip);
+    header.src = ((config.src_net & 0xffc0_0000) | (h >> 10)).to_be_bytes();
+    header.id = n as u16;
+    write_ipv4(ip, &header);
 
     let tcp = unsafe { &mut *((start + ETH_LEN + IPV4_LEN) as *mut [u8; TCP_LEN]) };
     tcp[0..2].copy_from_slice(&((h as u16) | 0x400).to_be_bytes());

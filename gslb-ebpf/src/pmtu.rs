@@ -4,16 +4,19 @@
 
 use aya_ebpf::{bindings::bpf_fib_lookup as FibParams, programs::XdpContext};
 use gslb_common::proto;
+use gslb_ebpf::{
+    checksum::{self, add_words},
+    encap::reframe,
+    headers::{write_ipv4, write_ipv6, Ipv4Header, Ipv6Header},
+    parse::{ptr_at, Flow, ETH_P_IPV4, ETH_P_IPV6, ICMP_HEADER_LEN},
+    route::{self, Outbound, Route},
+};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
-use crate::{
-    checksum::{self, add_words},
-    parse::{ptr_at, Flow, ETH_P_IPV4, ETH_P_IPV6, ICMP_HEADER_LEN},
-    steer::{drop, forward, global, reframe, route, Route, Tunnel},
-};
+use crate::counters::{drop, global};
 
 /// Bytes of the refused packet quoted in the answer: its IP header and the
 /// start of its transport header, more than the client needs to find the
@@ -30,7 +33,7 @@ const REPLY_TTL: u8 = 64;
 /// `packet` and `fib` are the caller's, reused for the answer (the stack
 /// is small).
 #[inline(never)]
-pub fn too_big(ctx: &XdpContext, flow: &Flow, mtu: u16, packet: &mut Tunnel, fib: &mut FibParams) -> u32 {
+pub fn too_big(ctx: &XdpContext, flow: &Flow, mtu: u16, packet: &mut Outbound, fib: &mut FibParams) -> u32 {
     if flow.icmp_error || (!flow.is_v6 && !flow.df) || flow.ip_len < QUOTE {
         global(|s| s.too_big_dropped += 1);
         return drop();
@@ -44,10 +47,10 @@ pub fn too_big(ctx: &XdpContext, flow: &Flow, mtu: u16, packet: &mut Tunnel, fib
     packet.dst = flow.src;
     packet.len = len;
     *fib = unsafe { core::mem::zeroed() };
-    match route(ctx, packet, fib) {
+    match route::lookup(ctx, packet, fib) {
         r @ (Route::Next | Route::Neighbour) => {
             global(|s| s.too_big_answered += 1);
-            forward(ctx, fib, r)
+            route::forward(ctx, fib, r).unwrap_or_else(drop)
         }
         _ => {
             global(|s| s.fib_failures += 1);
@@ -70,15 +73,16 @@ fn build(ctx: &XdpContext, flow: &Flow, mtu: u16) -> Option<usize> {
     let mut sum = 0u32;
     if flow.is_v6 {
         let ip = unsafe { &mut *ptr_at::<[u8; Ipv6Hdr::LEN]>(ctx, EthHdr::LEN)? };
-        let payload = ((ICMP_HEADER_LEN + QUOTE) as u16).to_be_bytes();
-        *ip = [0; Ipv6Hdr::LEN];
-        ip[0] = 0x60;
-        ip[4] = payload[0];
-        ip[5] = payload[1];
-        ip[6] = proto::ICMPV6;
-        ip[7] = REPLY_TTL;
-        ip[8..24].copy_from_slice(&flow.dst);
-        ip[24..40].copy_from_slice(&flow.src);
+        let header = Ipv6Header {
+            traffic_class: 0,
+            flow_label: 0,
+            payload_len: (ICMP_HEADER_LEN + QUOTE) as u16,
+            next_header: proto::ICMPV6,
+            hop_limit: REPLY_TTL,
+            src: &flow.dst,
+            dst: &flow.src,
+        };
+        write_ipv6(ip, &header);
         // The pseudo-header: addresses, upper-layer length, next header.
         sum = add_words(sum, &ip[8..40]);
         sum += (ICMP_HEADER_LEN + QUOTE) as u32 + proto::ICMPV6 as u32;
@@ -95,31 +99,17 @@ fn build(ctx: &XdpContext, flow: &Flow, mtu: u16) -> Option<usize> {
         ]);
     } else {
         let ip = unsafe { &mut *ptr_at::<[u8; Ipv4Hdr::LEN]>(ctx, EthHdr::LEN)? };
-        let len = (ip_len as u16).to_be_bytes();
-        let (s, d) = (&flow.dst[12..], &flow.src[12..]);
-        *ip = [
-            0x45,
-            0,
-            len[0],
-            len[1],
-            0,
-            0,
-            0,
-            0,
-            REPLY_TTL,
-            proto::ICMP,
-            0,
-            0,
-            s[0],
-            s[1],
-            s[2],
-            s[3],
-            d[0],
-            d[1],
-            d[2],
-            d[3],
-        ];
-        checksum::set_ipv4(ip);
+        let header = Ipv4Header {
+            tos: 0,
+            total_len: ip_len as u16,
+            id: 0,
+            df: false,
+            ttl: REPLY_TTL,
+            proto: proto::ICMP,
+            src: v4_of(&flow.dst),
+            dst: v4_of(&flow.src),
+        };
+        write_ipv4(ip, &header);
         let m = mtu.to_be_bytes();
         icmp[..ICMP_HEADER_LEN].copy_from_slice(&[ICMP_FRAG_NEEDED[0], ICMP_FRAG_NEEDED[1], 0, 0, 0, 0, m[0], m[1]]);
     }
@@ -127,4 +117,10 @@ fn build(ctx: &XdpContext, flow: &Flow, mtu: u16) -> Option<usize> {
     icmp[2] = check[0];
     icmp[3] = check[1];
     Some(ip_len)
+}
+
+/// The IPv4 address in an IPv4-mapped one (the flow is IPv4).
+#[inline(always)]
+fn v4_of(a: &[u8; 16]) -> [u8; 4] {
+    [a[12], a[13], a[14], a[15]]
 }

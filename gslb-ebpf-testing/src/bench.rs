@@ -1,12 +1,16 @@
-//! Bench-only XDP programs for `gslb-bench`'s per-packet benchmark. The
-//! agent never loads them.
+//! The `bench` object: XDP programs for `gslb-bench`'s per-packet
+//! benchmark (bench/src/packet.rs).
 //!
 //! BPF_PROG_TEST_RUN with `repeat` does not restore the packet between
 //! repetitions, so a program that adds or strips headers would see its own
 //! output from the second repetition on. `bench_restore` puts the original
 //! frame back (length and bytes, from `BENCH_FRAME`), optionally gives it a
 //! fresh flow key, and tail-calls the program under test in `BENCH_PROGS`
-//! slot 0. `bench_drop` in that slot measures the wrapper's own cost.
+//! slot 0. `bench_drop` in that slot measures the wrapper's own cost. The
+//! program under test may come from another object (`steer` and `decap`
+//! from the agent's): a program array takes any XDP program.
+
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
@@ -16,34 +20,17 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext,
 };
-
-use gslb_common::addr_from_v4;
+use gslb_common::{
+    addr_from_v4,
+    testing::{BenchFrame, BENCH_FRAME_WORDS as WORDS, BENCH_MAX_FRAME as MAX_FRAME},
+};
+use gslb_ebpf::{
+    parse::ptr_at,
+    route::{self, Outbound},
+};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
-use crate::{
-    parse::ptr_at,
-    steer::{forward, route, Tunnel},
-};
-
-/// Longest frame `bench_restore` restores.
-const MAX_FRAME: usize = 128;
-const WORDS: usize = MAX_FRAME / 8;
-
-/// The input frame, written by userspace. Same layout as `BenchFrame` in
-/// `bench/src/packet.rs`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct BenchFrame {
-    /// Frame length in bytes: 16 to `MAX_FRAME`, a multiple of 8.
-    pub len: u32,
-    /// Offset of a 4-byte big-endian field set to `vary_base + counter`
-    /// each repetition (a fresh flow key per packet); 0 = leave alone.
-    pub vary_offset: u32,
-    pub vary_base: u32,
-    pub _pad: u32,
-    /// The frame bytes, in memory order.
-    pub words: [u64; WORDS],
-}
+gslb_ebpf::xdp_object!();
 
 #[map]
 static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
@@ -70,7 +57,7 @@ pub fn bench_restore(ctx: XdpContext) -> u32 {
 fn restore(ctx: &XdpContext) -> Option<()> {
     let frame = BENCH_FRAME.get(0)?;
     let want = frame.len as usize;
-    if !(14..=MAX_FRAME).contains(&want) || want % 8 != 0 {
+    if !(14..=MAX_FRAME).contains(&want) || !want.is_multiple_of(8) {
         return None;
     }
     // Back to the original length, moving the start: the programs under
@@ -120,15 +107,7 @@ pub fn bench_drop(_ctx: XdpContext) -> u32 {
 /// Swaps the Ethernet addresses and sends the frame back.
 #[xdp]
 pub fn bench_reflect(ctx: XdpContext) -> u32 {
-    let Some(eth) = ptr_at::<[u8; 12]>(&ctx, 0) else {
-        return xdp_action::XDP_DROP;
-    };
-    let eth = unsafe { &mut *eth };
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&eth[6..]);
-    macs[6..].copy_from_slice(&eth[..6]);
-    *eth = macs;
-    xdp_action::XDP_TX
+    gslb_ebpf_testing::reflect(&ctx)
 }
 
 /// `steer`'s forward step alone (route lookup, MAC rewrite, XDP_TX) on an
@@ -140,13 +119,13 @@ pub fn bench_forward(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_ABORTED;
     };
     let ip = unsafe { &*ip };
-    let packet = Tunnel {
+    let packet = Outbound {
         v6: false,
         src: addr_from_v4(ip.src_addr),
         dst: addr_from_v4(ip.dst_addr),
         len: ip.tot_len() as usize,
     };
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    let route = route(&ctx, &packet, &mut fib);
-    forward(&ctx, &fib, route)
+    let route = route::lookup(&ctx, &packet, &mut fib);
+    route::forward(&ctx, &fib, route).unwrap_or(xdp_action::XDP_DROP)
 }

@@ -1,0 +1,125 @@
+//! Tunnelling a packet to its backend: which tunnel it takes (family,
+//! addresses, length), making room in the frame for new headers, and the
+//! outer IPv4 or IPv6 header.
+
+use aya_ebpf::{
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
+    programs::XdpContext,
+    EbpfContext,
+};
+use gslb_common::{addr_as_v4, addr_from_v4, flow_hash, proto, Backend, EdgeConfig, FlowKey, OUTER_TTL};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
+
+use crate::{
+    headers::{write_ipv4, write_ipv6, Ipv4Header, Ipv6Header},
+    parse::{ptr_at, Flow, ETH_P_IPV4, ETH_P_IPV6},
+    route::Outbound,
+};
+
+/// Bytes the tunnel adds in front of the inner packet: its outer header.
+#[inline(always)]
+pub fn overhead(tunnel: &Outbound) -> usize {
+    if tunnel.v6 {
+        Ipv6Hdr::LEN
+    } else {
+        Ipv4Hdr::LEN
+    }
+}
+
+/// The tunnel to `backend`, from the edge's tunnel source in `config`:
+/// IPv6 inner packets need an IPv6 tunnel; IPv4 may ride either.
+#[inline(always)]
+pub fn tunnel_to(flow: &Flow, backend: &Backend, config: &EdgeConfig) -> Option<Outbound> {
+    let to_v4 = addr_as_v4(&backend.addr).is_some();
+    if (to_v4 && flow.is_v6) || (!to_v4 && config.has_v6 == 0) {
+        return None;
+    }
+    let (src, header_len) = if to_v4 {
+        (addr_from_v4(config.tunnel_source_v4), Ipv4Hdr::LEN)
+    } else {
+        (config.tunnel_source_v6, Ipv6Hdr::LEN)
+    };
+    let len = flow.ip_len + header_len;
+    if len > u16::MAX as usize {
+        return None;
+    }
+    Some(Outbound { v6: !to_v4, src, dst: backend.addr, len })
+}
+
+/// Puts a fresh Ethernet header and the outer IP header in front of the
+/// inner IP packet, which stays byte-for-byte as it was. VLAN tags are
+/// dropped: the route lookup picked the egress interface.
+#[inline(never)]
+pub fn encapsulate(ctx: &XdpContext, flow: &Flow, tunnel: &Outbound) -> Option<()> {
+    // Ethernet padding after the IP packet is not part of it: the tunnel
+    // carries exactly the inner packet.
+    let ether_type = if tunnel.v6 { ETH_P_IPV6 } else { ETH_P_IPV4 };
+    reframe(ctx, flow, flow.ip_len, overhead(tunnel), ether_type)?;
+    if tunnel.v6 {
+        // Hop limit 64, next header IPIP or IPv6, traffic class copied,
+        // flow label from the flow's addresses so routers hash it stably.
+        let ip = ptr_at::<[u8; Ipv6Hdr::LEN]>(ctx, EthHdr::LEN)?;
+        let header = Ipv6Header {
+            traffic_class: flow.tos,
+            flow_label: flow_label(flow),
+            payload_len: flow.ip_len as u16,
+            next_header: if flow.is_v6 { proto::IPV6 } else { proto::IPIP },
+            hop_limit: OUTER_TTL,
+            src: &tunnel.src,
+            dst: &tunnel.dst,
+        };
+        write_ipv6(unsafe { &mut *ip }, &header);
+    } else {
+        // TTL 64, protocol IPIP; TOS, DF and identification copied from the
+        // inner header.
+        let ip = ptr_at::<[u8; Ipv4Hdr::LEN]>(ctx, EthHdr::LEN)?;
+        let header = Ipv4Header {
+            tos: flow.tos,
+            total_len: tunnel.len as u16,
+            id: flow.ip_id,
+            df: flow.df,
+            ttl: OUTER_TTL,
+            proto: proto::IPIP,
+            src: addr_as_v4(&tunnel.src)?,
+            dst: addr_as_v4(&tunnel.dst)?,
+        };
+        write_ipv4(unsafe { &mut *ip }, &header);
+    }
+    Some(())
+}
+
+/// Rewrites the frame around the first `keep` bytes of `flow`'s IP packet:
+/// whatever followed them is cut, the link layer (VLAN tags included) is
+/// replaced by an untagged Ethernet header of `ether_type` followed by
+/// `headers` bytes of room for new headers. The original MACs stay until
+/// `route::forward` replaces them, so a packet handed to the kernel still
+/// carries this host's MAC.
+#[inline(always)]
+pub fn reframe(ctx: &XdpContext, flow: &Flow, keep: usize, headers: usize, ether_type: u16) -> Option<()> {
+    let macs = *unsafe { &*ptr_at::<[u8; 12]>(ctx, 0)? };
+    let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.as_ptr() as *mut _) } as usize;
+    let cut = frame_len.checked_sub(flow.l2.len + keep)?;
+    if cut > 0 && unsafe { bpf_xdp_adjust_tail(ctx.as_ptr() as *mut _, -(cut as i32)) } != 0 {
+        return None;
+    }
+    let grow = (EthHdr::LEN + headers) as i32 - flow.l2.len as i32;
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, -grow) } != 0 {
+        return None;
+    }
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    unsafe {
+        (*eth).dst_addr.copy_from_slice(&macs[..6]);
+        (*eth).src_addr.copy_from_slice(&macs[6..]);
+        (*eth).ether_type = ether_type.to_be();
+    }
+    Some(())
+}
+
+#[inline(always)]
+fn flow_label(flow: &Flow) -> u32 {
+    let key = FlowKey { src: flow.src, dst: flow.dst, ..Default::default() };
+    flow_hash(&key, false) & 0x000f_ffff
+}

@@ -1,0 +1,62 @@
+//! Every map of the agent's object, and the `TABLE_SIZE` global. Their
+//! names are `gslb_common::names`: the agent pins them on bpffs and a
+//! restarted agent adopts them by name.
+//!
+//! Sizes below are placeholders: the agent sets every size when it loads
+//! the object (see gslb-userspace's loader).
+
+use aya_ebpf::{
+    bindings::bpf_fib_lookup as FibParams,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use gslb_common::{
+    Addr16, Backend, BackendStats, DecapStats, EdgeConfig, FlowKey, FlowValue, FragmentVipKey, GlobalStats,
+    SteerPrefix, SteerTable, VipKey, VipStats, VipValue, DEFAULT_TABLE_SIZE,
+};
+
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// VIP lookup: (address, port, protocol) to the VIP's id, flags, generation.
+#[map]
+pub static VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(64, 0);
+/// Fragments carry no port: (address, protocol) to the port of the VIP to use.
+#[map]
+pub static FRAGMENT_VIPS: HashMap<FragmentVipKey, u32> = HashMap::with_max_entries(64, 0);
+/// Backends by id (id 0 is never used).
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(1024, 0);
+/// Client-prefix steering: (VIP, client prefix) to the table those clients
+/// use; longest prefix wins. LPM tries must not be preallocated.
+#[map]
+pub static STEER_PREFIXES: LpmTrie<SteerPrefix, SteerTable> = LpmTrie::with_max_entries(64, BPF_F_NO_PREALLOC);
+/// Maglev tables: per table id two generations of `TABLE_SIZE` backend ids.
+#[map]
+pub static MAGLEV: Array<u32> = Array::with_max_entries(1, 0);
+/// The flow table: one LRU shared by all CPUs, so a flow stays put even if
+/// its packets arrive on different queues.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(1024, 0);
+/// Outer source addresses (one entry).
+#[map]
+pub static EDGE_CONFIG: Array<EdgeConfig> = Array::with_max_entries(1, 0);
+/// Per-CPU scratch space for `steer`'s route lookup: the BPF stack (512
+/// bytes for the whole call chain) is too small to hold it as well.
+#[map]
+pub static FIB_SCRATCH: PerCpuArray<FibParams> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static GLOBAL_STATS: PerCpuArray<GlobalStats> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(64, 0);
+#[map]
+pub static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entries(1024, 0);
+
+/// Tunnel addresses this backend decapsulates for.
+#[map]
+pub static DECAP_ADDRS: HashMap<Addr16, u32> = HashMap::with_max_entries(16, 0);
+#[map]
+pub static DECAP_STATS: PerCpuArray<DecapStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slots per Maglev table; a prime, set at load time.
+#[unsafe(no_mangle)]
+pub static TABLE_SIZE: u32 = DEFAULT_TABLE_SIZE;
