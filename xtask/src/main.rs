@@ -21,7 +21,8 @@ enum Task {
     /// Install missing prerequisites only.
     Setup,
     /// Install prerequisites, build, and run every test (needs root). Tests
-    /// run for the default members: gslb-ebpf only builds for BPF.
+    /// run for the default members: the eBPF crates are built for BPF by
+    /// the build scripts of gslb-userspace and gslb-tests.
     Test {
         /// Full-size fuzzing and floods (GSLB_FULL=1 for the tests): the
         /// sizes the hostile-input issue asks for, slower than the default.
