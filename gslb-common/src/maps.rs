@@ -74,25 +74,26 @@ pub struct VipValue {
     pub table_id: u32,
 }
 
-/// Data of a `STEER_PREFIXES` key (an LPM trie): the VIP id, big-endian,
+/// Data of a `STEER_PREFIXES` key (an LPM trie; the map is named after the
+/// config's `[[vip.steer]]` rules, and the name is pinned): the VIP id, big-endian,
 /// then the client address, so a prefix length of
-/// `STEER_VIP_BITS + n` matches one VIP's clients in a prefix of `n` bits
+/// `CLIENT_PREFIX_VIP_BITS + n` matches one VIP's clients in a prefix of `n` bits
 /// of the 16-byte address (IPv4 prefixes count the 96 mapped bits).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SteerPrefix {
+pub struct ClientPrefixKey {
     pub vip_id: [u8; 4],
     pub addr: Addr16,
 }
 
-/// Bits of `SteerPrefix` taken by the VIP id.
-pub const STEER_VIP_BITS: u32 = 32;
+/// Bits of `ClientPrefixKey` taken by the VIP id.
+pub const CLIENT_PREFIX_VIP_BITS: u32 = 32;
 
 /// Value of `STEER_PREFIXES`: the table for these clients, and which of its
 /// generations is live.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SteerTable {
+pub struct ClientTable {
     pub table_id: u32,
     pub generation: u32,
 }
@@ -251,8 +252,8 @@ mod pod {
     // SAFETY: all of these are `#[repr(C)]` plain data with explicit padding.
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for VipValue {}
-    unsafe impl aya::Pod for SteerPrefix {}
-    unsafe impl aya::Pod for SteerTable {}
+    unsafe impl aya::Pod for ClientPrefixKey {}
+    unsafe impl aya::Pod for ClientTable {}
     unsafe impl aya::Pod for FragmentVipKey {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}

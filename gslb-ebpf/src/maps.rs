@@ -11,8 +11,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use gslb_common::{
-    Addr16, Backend, BackendStats, DecapStats, EdgeConfig, FlowKey, FlowValue, FragmentVipKey, GlobalStats,
-    SteerPrefix, SteerTable, VipKey, VipStats, VipValue, DEFAULT_TABLE_SIZE,
+    Addr16, Backend, BackendStats, ClientPrefixKey, ClientTable, DecapStats, EdgeConfig, FlowKey, FlowValue,
+    FragmentVipKey, GlobalStats, VipKey, VipStats, VipValue, DEFAULT_TABLE_SIZE,
 };
 
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -29,7 +29,7 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(1024, 0);
 /// Client-prefix steering: (VIP, client prefix) to the table those clients
 /// use; longest prefix wins. LPM tries must not be preallocated.
 #[map]
-pub static STEER_PREFIXES: LpmTrie<SteerPrefix, SteerTable> = LpmTrie::with_max_entries(64, BPF_F_NO_PREALLOC);
+pub static STEER_PREFIXES: LpmTrie<ClientPrefixKey, ClientTable> = LpmTrie::with_max_entries(64, BPF_F_NO_PREALLOC);
 /// Maglev tables: per table id two generations of `TABLE_SIZE` backend ids.
 #[map]
 pub static MAGLEV: Array<u32> = Array::with_max_entries(1, 0);

@@ -2,8 +2,8 @@
 
 use aya_ebpf::{maps::lpm_trie::Key as LpmKey, programs::XdpContext};
 use gslb_common::{
-    flow_hash, maglev_index, Backend, FlowKey, FlowValue, FragmentVipKey, SteerPrefix, VipKey, VipValue, BACKEND_DEAD,
-    NO_BACKEND, STEER_VIP_BITS, VIP_CLIENT_STEERING, VIP_SOURCE_IP_AFFINITY,
+    flow_hash, maglev_index, Backend, ClientPrefixKey, FlowKey, FlowValue, FragmentVipKey, VipKey, VipValue,
+    BACKEND_DEAD, CLIENT_PREFIX_VIP_BITS, NO_BACKEND, VIP_CLIENT_STEERING, VIP_SOURCE_IP_AFFINITY,
 };
 use gslb_ebpf::{
     encap,
@@ -111,8 +111,8 @@ fn classify(flow: &Flow) -> Option<VipValue> {
 #[inline(always)]
 fn table_for(flow: &Flow, vip: &VipValue) -> (u32, u32) {
     if vip.flags & VIP_CLIENT_STEERING != 0 {
-        let data = SteerPrefix { vip_id: vip.vip_id.to_be_bytes(), addr: flow.src };
-        let key = LpmKey::new(STEER_VIP_BITS + 128, data);
+        let data = ClientPrefixKey { vip_id: vip.vip_id.to_be_bytes(), addr: flow.src };
+        let key = LpmKey::new(CLIENT_PREFIX_VIP_BITS + 128, data);
         if let Some(table) = STEER_PREFIXES.get(&key) {
             return (table.table_id, table.generation);
         }

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use gslb_common::{addr_from_ip, flow_hash, FlowKey, SteerTable, VIP_CLIENT_STEERING};
+use gslb_common::{addr_from_ip, flow_hash, ClientTable, FlowKey, VIP_CLIENT_STEERING};
 use gslb_tests::{
     edge::{backend_addr, backend_id, table_of, test_edge, TestVip, TEST_LIMITS, VIPS},
     netns::in_scratch_netns,
@@ -119,8 +119,8 @@ fn client_prefixes_pick_their_table_longest_first() {
         edge.set_vip(web.matcher(), web.id, false, &table_of(&[1], &TEST_LIMITS)).unwrap();
         let vip_id = web.id;
         let v4 = |s: &str| -> IpAddr { s.parse().unwrap() };
-        edge.set_client_prefix(vip_id, (v4("10.0.0.0"), 8), SteerTable { table_id: wide, generation: 0 }).unwrap();
-        edge.set_client_prefix(vip_id, (v4("10.1.0.0"), 16), SteerTable { table_id: narrow, generation: 0 }).unwrap();
+        edge.set_client_prefix(vip_id, (v4("10.0.0.0"), 8), ClientTable { table_id: wide, generation: 0 }).unwrap();
+        edge.set_client_prefix(vip_id, (v4("10.1.0.0"), 16), ClientTable { table_id: narrow, generation: 0 }).unwrap();
 
         // Without the flag the prefixes are not consulted.
         let frame = |client: &str, port| flow_frame(v4(client), vip_addr, TCP, port, 80);
@@ -135,7 +135,7 @@ fn client_prefixes_pick_their_table_longest_first() {
             assert_eq!(steered_to(&mut edge, &frame("11.0.0.1", port)), 1, "no prefix: the VIP's own table");
         }
         let listed = edge.client_prefixes().unwrap();
-        assert!(listed.contains(&(vip_id, (v4("10.1.0.0"), 16), SteerTable { table_id: narrow, generation: 0 })));
+        assert!(listed.contains(&(vip_id, (v4("10.1.0.0"), 16), ClientTable { table_id: narrow, generation: 0 })));
         // Another VIP's clients in the same prefix are not affected.
         let other = vip(4);
         let other_addr: IpAddr = other.addr.parse().unwrap();

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use anyhow::{Context, Result};
-use gslb_common::{SteerTable, VipValue, VIP_CLIENT_STEERING, VIP_SOURCE_IP_AFFINITY};
+use gslb_common::{ClientTable, VipValue, VIP_CLIENT_STEERING, VIP_SOURCE_IP_AFFINITY};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -199,7 +199,7 @@ impl Installed {
                     }),
                 };
                 if write_if_changed(maps, slot, table)? {
-                    let live = SteerTable { table_id: slot.table_id, generation: slot.generation };
+                    let live = ClientTable { table_id: slot.table_id, generation: slot.generation };
                     maps.set_client_prefix(vip.vip_id, *prefix, live)?;
                     changed = true;
                 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Result;
-use gslb_common::{SteerTable, VipValue, NO_BACKEND};
+use gslb_common::{ClientTable, VipValue, NO_BACKEND};
 
 use crate::config::Limits;
 use crate::decide::plan::VipMatch;
@@ -38,7 +38,7 @@ pub enum Write {
     ClientPrefix {
         vip_id: u32,
         prefix: (IpAddr, u8),
-        table: SteerTable,
+        table: ClientTable,
     },
     RemoveClientPrefix {
         vip_id: u32,
@@ -65,7 +65,7 @@ pub struct RecordingMaps {
     backends: BTreeMap<u32, (IpAddr, bool)>,
     tables: BTreeMap<(u32, u32), Vec<u32>>,
     vips: BTreeMap<VipMatch, VipValue>,
-    prefixes: BTreeMap<(u32, (IpAddr, u8)), SteerTable>,
+    prefixes: BTreeMap<(u32, (IpAddr, u8)), ClientTable>,
     /// Backends the plan being applied itself keeps in a table while
     /// marking them dead (every backend of a VIP down: the table keeps
     /// them all, regardless of health).
@@ -217,7 +217,7 @@ impl MapWrites for RecordingMaps {
         Ok(())
     }
 
-    fn set_client_prefix(&mut self, vip_id: u32, prefix: (IpAddr, u8), table: SteerTable) -> Result<()> {
+    fn set_client_prefix(&mut self, vip_id: u32, prefix: (IpAddr, u8), table: ClientTable) -> Result<()> {
         self.prefixes.insert((vip_id, prefix), table);
         self.record(Write::ClientPrefix { vip_id, prefix, table });
         self.check();

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, MapError, PerCpuArray};
 use aya::Ebpf;
-use gslb_common::{SteerTable, VipValue};
+use gslb_common::{ClientTable, VipValue};
 
 use crate::config::Limits;
 use crate::decide::plan::VipMatch;
@@ -40,7 +40,7 @@ pub trait MapWrites {
     /// Stops steering a VIP: its packets go to the kernel from now on.
     fn remove_vip(&mut self, vip: VipMatch) -> Result<()>;
     /// Points clients of VIP `vip_id` within `prefix` at a table.
-    fn set_client_prefix(&mut self, vip_id: u32, prefix: (IpAddr, u8), table: SteerTable) -> Result<()>;
+    fn set_client_prefix(&mut self, vip_id: u32, prefix: (IpAddr, u8), table: ClientTable) -> Result<()>;
     fn remove_client_prefix(&mut self, vip_id: u32, prefix: (IpAddr, u8)) -> Result<()>;
     /// Chooses which VIP's table fragments to `address`/`proto` use.
     fn set_fragment_vip(&mut self, address: IpAddr, proto: u8, port: u16) -> Result<()>;

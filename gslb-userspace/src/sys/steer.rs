@@ -15,9 +15,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use gslb_common::{
-    addr_from_ip, addr_to_ip, names, Backend, BackendStats, EdgeConfig, FlowKey, FlowValue, FragmentVipKey,
-    GlobalStats, SteerPrefix, SteerTable, VipKey, VipStats, VipValue, BACKEND_DEAD, STEER_VIP_BITS, TABLE_GENERATIONS,
-    VIP_SOURCE_IP_AFFINITY,
+    addr_from_ip, addr_to_ip, names, Backend, BackendStats, ClientPrefixKey, ClientTable, EdgeConfig, FlowKey,
+    FlowValue, FragmentVipKey, GlobalStats, VipKey, VipStats, VipValue, BACKEND_DEAD, CLIENT_PREFIX_VIP_BITS,
+    TABLE_GENERATIONS, VIP_SOURCE_IP_AFFINITY,
 };
 
 use super::maps::{sum, MapSource, MapWrites};
@@ -42,7 +42,7 @@ pub struct Steer {
     pub limits: Limits,
     vips: HashMap<MapData, VipKey, VipValue>,
     fragment_vips: HashMap<MapData, FragmentVipKey, u32>,
-    client_prefixes: LpmTrie<MapData, SteerPrefix, SteerTable>,
+    client_prefixes: LpmTrie<MapData, ClientPrefixKey, ClientTable>,
     backends: Array<MapData, Backend>,
     maglev: Array<MapData, u32>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
@@ -53,13 +53,16 @@ pub struct Steer {
 }
 
 /// A client prefix as installed: VIP id, (network, length), its table.
-pub type ClientPrefixEntry = (u32, (IpAddr, u8), SteerTable);
+pub type ClientPrefixEntry = (u32, (IpAddr, u8), ClientTable);
 
 /// The LPM key of a client prefix of one VIP. IPv4 prefixes are stored
 /// IPv4-mapped, so their length counts the 96 mapped bits too.
-fn client_prefix_key(vip_id: u32, (address, len): (IpAddr, u8)) -> LpmKey<SteerPrefix> {
+fn client_prefix_key(vip_id: u32, (address, len): (IpAddr, u8)) -> LpmKey<ClientPrefixKey> {
     let bits = if address.is_ipv4() { 96 + len as u32 } else { len as u32 };
-    LpmKey::new(STEER_VIP_BITS + bits, SteerPrefix { vip_id: vip_id.to_be_bytes(), addr: addr_from_ip(address) })
+    LpmKey::new(
+        CLIENT_PREFIX_VIP_BITS + bits,
+        ClientPrefixKey { vip_id: vip_id.to_be_bytes(), addr: addr_from_ip(address) },
+    )
 }
 
 impl Steer {
@@ -218,7 +221,7 @@ impl Steer {
             let (key, table) = entry.context("reading STEER_PREFIXES")?;
             let data = key.data();
             let address = addr_to_ip(&data.addr);
-            let bits = key.prefix_len() - STEER_VIP_BITS;
+            let bits = key.prefix_len() - CLIENT_PREFIX_VIP_BITS;
             let len = if address.is_ipv4() { bits.saturating_sub(96) } else { bits };
             entries.push((u32::from_be_bytes(data.vip_id), (address, len as u8), table));
         }
@@ -362,7 +365,7 @@ impl MapWrites for Steer {
         self.vips.remove(&vip.key()).with_context(|| format!("removing VIP {vip:?}"))
     }
 
-    fn set_client_prefix(&mut self, vip_id: u32, prefix: (IpAddr, u8), table: SteerTable) -> Result<()> {
+    fn set_client_prefix(&mut self, vip_id: u32, prefix: (IpAddr, u8), table: ClientTable) -> Result<()> {
         self.client_prefixes.insert(&client_prefix_key(vip_id, prefix), table, 0).context("writing STEER_PREFIXES")
     }
 
