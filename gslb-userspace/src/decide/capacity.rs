@@ -70,10 +70,11 @@ pub fn capacity(config: &Config, weights: &BTreeMap<IpAddr, u64>) -> Option<Verd
 mod tests {
     use super::*;
     use crate::config;
+    use crate::config::fixtures::EDGE;
 
     fn config_with(capacities: &str) -> Config {
         let text = format!(
-            "[edge]\nname = \"e\"\ninterfaces = [\"eth0\"]\ntunnel_source_v4 = \"192.0.2.1\"\n\n[[vip]]\nname = \"web\"\naddress = \"203.0.113.1\"\nport = 80\nprotocol = \"tcp\"\npools = [\"a\", \"b\", \"c\"]\n{capacities}"
+            "{EDGE}\n[[vip]]\nname = \"web\"\naddress = \"203.0.113.1\"\nport = 80\nprotocol = \"tcp\"\npools = [\"a\", \"b\", \"c\"]\n{capacities}"
         );
         config::parse(&text, std::path::Path::new("t.toml")).unwrap()
     }

@@ -1,11 +1,10 @@
 //! `[bgp]`: the daemon that announces the VIPs, and its timers.
 
-use std::net::SocketAddr;
 use std::ops::Range;
 
 use toml::Spanned;
 
-use super::values::{absolute_path, bounded};
+use super::values::{absolute_path, bounded, socket_address};
 use super::Result;
 use crate::config::raw::RawBgp;
 use crate::config::{
@@ -26,22 +25,8 @@ pub(super) fn check_bgp(src: &Source, raw: &RawBgp, span: Range<usize>) -> Resul
             None => None,
             Some(_) => Some(absolute_path(src, raw.bird_include.as_ref(), "", "bgp.bird_include")?),
         };
-    let gobgp_api = match &raw.gobgp_api {
-        None => DEFAULT_GOBGP_API.parse().expect("the default is a socket address"),
-        Some(value) => {
-            let text = value.get_ref();
-            let address: SocketAddr = text.parse().map_err(|_| {
-                src.error(
-                    value.span(),
-                    format!("bgp.gobgp_api {text:?} is not an address and port: write e.g. \"127.0.0.1:50051\""),
-                )
-            })?;
-            if address.port() == 0 {
-                return Err(src.error(value.span(), "bgp.gobgp_api must give a port other than 0"));
-            }
-            address
-        }
-    };
+    let gobgp_api =
+        socket_address(src, raw.gobgp_api.as_ref(), DEFAULT_GOBGP_API, "bgp.gobgp_api", "\"127.0.0.1:50051\"")?;
     let ms = |value: &Option<Spanned<i64>>, default: u32, key: &str| -> Result<u32> {
         match value {
             None => Ok(default),

@@ -2,14 +2,14 @@
 //! pin directory, admin socket and metrics address.
 
 use std::collections::HashSet;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 
 use gslb_common::maglev::is_prime;
 use gslb_common::TABLE_GENERATIONS;
 use toml::Spanned;
 
-use super::values::{absolute_path, hint, limit, next_prime, span_or, usable};
+use super::values::{absolute_path, hint, limit, next_prime, socket_address, span_or, usable};
 use super::Result;
 use crate::config::raw::RawEdge;
 use crate::config::{
@@ -83,25 +83,13 @@ pub(super) fn check_edge(src: &Source, raw: &RawEdge, span: Range<usize>) -> Res
         ));
     }
 
-    let metrics_listen = match &raw.metrics_listen {
-        None => DEFAULT_METRICS_LISTEN.parse().expect("the default is a socket address"),
-        Some(value) => {
-            let text = value.get_ref();
-            let address: SocketAddr = text.parse().map_err(|_| {
-                src.error(
-                    value.span(),
-                    format!(
-                        "edge.metrics_listen {text:?} is not an address and port: write e.g. \"127.0.0.1:9477\" \
-                         or \"[::1]:9477\""
-                    ),
-                )
-            })?;
-            if address.port() == 0 {
-                return Err(src.error(value.span(), "edge.metrics_listen must give a port other than 0"));
-            }
-            address
-        }
-    };
+    let metrics_listen = socket_address(
+        src,
+        raw.metrics_listen.as_ref(),
+        DEFAULT_METRICS_LISTEN,
+        "edge.metrics_listen",
+        "\"127.0.0.1:9477\" or \"[::1]:9477\"",
+    )?;
 
     Ok(Edge {
         name: name.clone(),

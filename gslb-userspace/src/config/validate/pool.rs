@@ -8,7 +8,7 @@ use std::ops::Range;
 use toml::Spanned;
 
 use super::monitor::{applies, monitor_difference, monitor_keys, resolve_monitor};
-use super::values::{bounded, fraction, parse_ip, parse_weight, tunnel_source_key, usable};
+use super::values::{bounded, fraction, parse_ip, parse_weight, tunnel_source_key, unique_name, usable};
 use super::{CheckedPool, CheckedVip, Result};
 use crate::config::raw::RawPool;
 use crate::config::{
@@ -34,16 +34,7 @@ pub(super) fn check_pools(
     for raw_pool in raws {
         let span = raw_pool.span();
         let raw = raw_pool.get_ref();
-        let name = raw.name.get_ref().as_str();
-        if name.is_empty() {
-            return Err(src.error(raw.name.span(), "pool name must not be empty"));
-        }
-        if let Some(line) = names.get(name) {
-            return Err(
-                src.error(raw.name.span(), format!("pool name {name:?} is already used by the pool at line {line}"))
-            );
-        }
-        names.insert(name, src.line(&span));
+        let name = unique_name(src, &mut names, &raw.name, &span, "pool")?;
         let weight = parse_weight(src, raw.weight.as_ref(), "pool weight")?;
         let who = format!("pool {name:?}");
         let max_latency_ms = match &raw.max_latency_ms {

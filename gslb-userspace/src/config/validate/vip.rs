@@ -3,10 +3,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::ops::Range;
 
 use toml::Spanned;
 
-use super::values::{bounded, fraction, integer, parse_ip, tunnel_source_key, usable};
+use super::values::{bounded, fraction, integer, parse_ip, tunnel_source_key, unique_name, usable};
 use super::{CheckedSteer, CheckedVip, Result};
 use crate::config::raw::{RawSteer, RawVip};
 use crate::config::{
@@ -32,16 +33,7 @@ pub(super) fn check_vips(src: &Source, edge: &Edge, raws: &[Spanned<RawVip>]) ->
             ));
         }
 
-        let name = raw.name.get_ref().as_str();
-        if name.is_empty() {
-            return Err(src.error(raw.name.span(), "VIP name must not be empty"));
-        }
-        if let Some(line) = names.get(name) {
-            return Err(
-                src.error(raw.name.span(), format!("VIP name {name:?} is already used by the VIP at line {line}"))
-            );
-        }
-        names.insert(name, src.line(&span));
+        let name = unique_name(src, &mut names, &raw.name, &span, "VIP")?;
 
         let address = parse_ip(src, &raw.address, "VIP address")?;
         usable(src, address, raw.address.span(), "VIP address")?;
@@ -67,20 +59,8 @@ pub(super) fn check_vips(src: &Source, edge: &Edge, raws: &[Spanned<RawVip>]) ->
         }
         identities.insert((address, port, protocol), (name, src.line(&span)));
 
-        let Some(pools) = &raw.pools else {
-            return Err(src.error(span, format!("VIP {name:?} lists no pools: add pools = [\"<pool name>\"]")));
-        };
-        if pools.get_ref().is_empty() {
-            return Err(src.error(pools.span(), format!("VIP {name:?} must list at least one pool")));
-        }
-        let mut listed = HashSet::new();
-        for pool in pools.get_ref() {
-            if !listed.insert(pool.get_ref().as_str()) {
-                return Err(
-                    src.error(pool.span(), format!("pool {:?} is listed twice by VIP {name:?}", pool.get_ref()))
-                );
-            }
-        }
+        let vip = format!("VIP {name:?}");
+        let pools = pool_list(src, raw.pools.as_ref(), &span, &vip, &vip)?;
 
         let policy = raw.policy.as_ref().map(|p| *p.get_ref()).unwrap_or_default();
         let min_healthy = match &raw.min_healthy {
@@ -163,32 +143,13 @@ pub(super) fn check_steer(
         }
         prefixes.insert(client_prefix, src.line(&at));
 
-        let Some(pools) = &raw.pools else {
-            return Err(src.error(
-                raw_rule.span(),
-                format!(
-                    "VIP {vip:?}: the steer rule for {client_prefix} lists no pools: add pools = [\"<pool name>\"]"
-                ),
-            ));
-        };
-        if pools.get_ref().is_empty() {
-            return Err(src.error(
-                pools.span(),
-                format!("VIP {vip:?}: the steer rule for {client_prefix} must list at least one pool"),
-            ));
-        }
-        let mut listed = HashSet::new();
-        for pool in pools.get_ref() {
-            if !listed.insert(pool.get_ref().as_str()) {
-                return Err(src.error(
-                    pool.span(),
-                    format!(
-                        "pool {:?} is listed twice by VIP {vip:?}'s steer rule for {client_prefix}",
-                        pool.get_ref()
-                    ),
-                ));
-            }
-        }
+        let pools = pool_list(
+            src,
+            raw.pools.as_ref(),
+            &raw_rule.span(),
+            &format!("VIP {vip:?}: the steer rule for {client_prefix}"),
+            &format!("VIP {vip:?}'s steer rule for {client_prefix}"),
+        )?;
         rules.push(SteerRule { client_prefix, pools: pools.get_ref().iter().map(|p| p.get_ref().clone()).collect() });
         spans.push(CheckedSteer {
             pools_span: pools.span(),
@@ -196,6 +157,30 @@ pub(super) fn check_steer(
         });
     }
     Ok((rules, spans))
+}
+
+/// The `pools` of a VIP or of a steer rule (`who` in messages, `owner` in
+/// "listed twice by"): present, not empty, no pool twice.
+fn pool_list<'a>(
+    src: &Source,
+    pools: Option<&'a Spanned<Vec<Spanned<String>>>>,
+    span: &Range<usize>,
+    who: &str,
+    owner: &str,
+) -> Result<&'a Spanned<Vec<Spanned<String>>>> {
+    let Some(pools) = pools else {
+        return Err(src.error(span.clone(), format!("{who} lists no pools: add pools = [\"<pool name>\"]")));
+    };
+    if pools.get_ref().is_empty() {
+        return Err(src.error(pools.span(), format!("{who} must list at least one pool")));
+    }
+    let mut listed = HashSet::new();
+    for pool in pools.get_ref() {
+        if !listed.insert(pool.get_ref().as_str()) {
+            return Err(src.error(pool.span(), format!("pool {:?} is listed twice by {owner}", pool.get_ref())));
+        }
+    }
+    Ok(pools)
 }
 
 /// A steer rule's `client_prefix`: `address/length`, no host bits, the VIP's
