@@ -142,6 +142,48 @@ pub(super) fn next_prime(n: u32) -> Option<u32> {
     (n..=u32::MAX).find(|&p| is_prime(p))
 }
 
+/// A name that is not empty and not taken by an earlier `what` (`names`:
+/// each name seen so far, with its line).
+pub(super) fn unique_name<'a>(
+    src: &Source,
+    names: &mut HashMap<&'a str, usize>,
+    name: &'a Spanned<String>,
+    span: &Range<usize>,
+    what: &str,
+) -> Result<&'a str> {
+    let text = name.get_ref().as_str();
+    if text.is_empty() {
+        return Err(src.error(name.span(), format!("{what} name must not be empty")));
+    }
+    if let Some(line) = names.get(text) {
+        return Err(
+            src.error(name.span(), format!("{what} name {text:?} is already used by the {what} at line {line}"))
+        );
+    }
+    names.insert(text, src.line(span));
+    Ok(text)
+}
+
+/// An address and port to listen on or connect to (`key` in messages,
+/// `example` in the advice); the port must not be 0.
+pub(super) fn socket_address(
+    src: &Source,
+    value: Option<&Spanned<String>>,
+    default: &str,
+    key: &str,
+    example: &str,
+) -> Result<SocketAddr> {
+    let Some(value) = value else { return Ok(default.parse().expect("the default is a socket address")) };
+    let text = value.get_ref();
+    let address: SocketAddr = text.parse().map_err(|_| {
+        src.error(value.span(), format!("{key} {text:?} is not an address and port: write e.g. {example}"))
+    })?;
+    if address.port() == 0 {
+        return Err(src.error(value.span(), format!("{key} must give a port other than 0")));
+    }
+    Ok(address)
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::fixtures::*;
@@ -205,46 +247,4 @@ mod tests {
         );
         parse_str(&with_v6).unwrap();
     }
-}
-
-/// A name that is not empty and not taken by an earlier `what` (`names`:
-/// each name seen so far, with its line).
-pub(super) fn unique_name<'a>(
-    src: &Source,
-    names: &mut HashMap<&'a str, usize>,
-    name: &'a Spanned<String>,
-    span: &Range<usize>,
-    what: &str,
-) -> Result<&'a str> {
-    let text = name.get_ref().as_str();
-    if text.is_empty() {
-        return Err(src.error(name.span(), format!("{what} name must not be empty")));
-    }
-    if let Some(line) = names.get(text) {
-        return Err(
-            src.error(name.span(), format!("{what} name {text:?} is already used by the {what} at line {line}"))
-        );
-    }
-    names.insert(text, src.line(span));
-    Ok(text)
-}
-
-/// An address and port to listen on or connect to (`key` in messages,
-/// `example` in the advice); the port must not be 0.
-pub(super) fn socket_address(
-    src: &Source,
-    value: Option<&Spanned<String>>,
-    default: &str,
-    key: &str,
-    example: &str,
-) -> Result<SocketAddr> {
-    let Some(value) = value else { return Ok(default.parse().expect("the default is a socket address")) };
-    let text = value.get_ref();
-    let address: SocketAddr = text.parse().map_err(|_| {
-        src.error(value.span(), format!("{key} {text:?} is not an address and port: write e.g. {example}"))
-    })?;
-    if address.port() == 0 {
-        return Err(src.error(value.span(), format!("{key} must give a port other than 0")));
-    }
-    Ok(address)
 }
