@@ -220,6 +220,7 @@ impl Object {
             .map_max_entries(names::STEER_PREFIXES, max_vips)
             .map_max_entries(names::BACKENDS, max_backends)
             .map_max_entries(names::BACKEND_STATS, max_backends)
+            .map_max_entries(names::NEXT_HOPS, max_backends)
             .map_max_entries(names::VIP_STATS, max_vips)
             .map_max_entries(names::MAGLEV, max_vips * TABLE_GENERATIONS * table_size)
             .map_max_entries(names::FLOWS, max_flows)

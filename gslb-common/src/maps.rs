@@ -10,6 +10,7 @@ pub mod names {
     pub const VIPS: &str = "VIPS";
     pub const FRAGMENT_VIPS: &str = "FRAGMENT_VIPS";
     pub const BACKENDS: &str = "BACKENDS";
+    pub const NEXT_HOPS: &str = "NEXT_HOPS";
     pub const MAGLEV: &str = "MAGLEV";
     pub const FLOWS: &str = "FLOWS";
     pub const EDGE_CONFIG: &str = "EDGE_CONFIG";
@@ -120,6 +121,28 @@ pub struct Backend {
     pub addr: Addr16,
     pub flags: u32,
     pub _pad: u32,
+}
+
+/// `NextHop::flags`: the entry is resolved and current; without it `steer`
+/// asks the kernel's routing table (`bpf_fib_lookup`) instead.
+pub const NEXT_HOP_VALID: u16 = 1;
+
+/// Value of `NEXT_HOPS`, indexed by backend id: where `steer` sends a tunnel
+/// packet to that backend without a route lookup per packet. The agent
+/// resolves it from the kernel's routes and neighbours and rewrites it when
+/// they change.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// The egress interface.
+    pub ifindex: u32,
+    /// The largest IP packet (tunnel header included) the route takes.
+    pub mtu: u16,
+    pub flags: u16,
+    /// The next hop's MAC (the backend's, or its gateway's).
+    pub dst_mac: [u8; 6],
+    /// The egress interface's MAC.
+    pub src_mac: [u8; 6],
 }
 
 /// Key of `FLOWS` and input of the flow hash. For fragments and for VIPs
@@ -256,6 +279,7 @@ mod pod {
     unsafe impl aya::Pod for ClientTable {}
     unsafe impl aya::Pod for FragmentVipKey {}
     unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for EdgeConfig {}

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use gslb_common::{
     Addr16, Backend, BackendStats, ClientPrefixKey, ClientTable, DecapStats, EdgeConfig, FlowKey, FlowValue,
-    FragmentVipKey, GlobalStats, VipKey, VipStats, VipValue, DEFAULT_TABLE_SIZE,
+    FragmentVipKey, GlobalStats, NextHop, VipKey, VipStats, VipValue, DEFAULT_TABLE_SIZE,
 };
 
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -26,6 +26,9 @@ pub static FRAGMENT_VIPS: HashMap<FragmentVipKey, u32> = HashMap::with_max_entri
 /// Backends by id (id 0 is never used).
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(1024, 0);
+/// Next hops by backend id, resolved by the agent (see `NextHop`).
+#[map]
+pub static NEXT_HOPS: Array<NextHop> = Array::with_max_entries(1024, 0);
 /// Client-prefix steering: (VIP, client prefix) to the table those clients
 /// use; longest prefix wins. LPM tries must not be preallocated.
 #[map]

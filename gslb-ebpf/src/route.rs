@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext,
 };
-use gslb_common::Addr16;
+use gslb_common::{Addr16, NextHop};
 use network_types::eth::EthHdr;
 
 use crate::parse::ptr_at;
@@ -78,15 +78,29 @@ pub fn forward(ctx: &XdpContext, fib: &FibParams, route: Route) -> Option<u32> {
     if route != Route::Next {
         return Some(xdp_action::XDP_PASS);
     }
+    out(ctx, fib.ifindex, fib.dmac, fib.smac)
+}
+
+/// Sends the packet to a next hop the agent resolved (no route lookup).
+/// `None`: it cannot be sent, the caller drops it.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, hop: &NextHop) -> Option<u32> {
+    out(ctx, hop.ifindex, hop.dst_mac, hop.src_mac)
+}
+
+/// Rewrites the MACs, then `XDP_TX` out of the ingress interface or a
+/// redirect to another one.
+#[inline(always)]
+fn out(ctx: &XdpContext, ifindex: u32, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Option<u32> {
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
     unsafe {
-        (*eth).dst_addr = fib.dmac;
-        (*eth).src_addr = fib.smac;
+        (*eth).dst_addr = dst_mac;
+        (*eth).src_addr = src_mac;
     }
-    if fib.ifindex == ctx.ingress_ifindex() as u32 {
+    if ifindex == ctx.ingress_ifindex() as u32 {
         return Some(xdp_action::XDP_TX);
     }
-    match unsafe { bpf_redirect(fib.ifindex, 0) } as u32 {
+    match unsafe { bpf_redirect(ifindex, 0) } as u32 {
         xdp_action::XDP_REDIRECT => Some(xdp_action::XDP_REDIRECT),
         _ => None,
     }

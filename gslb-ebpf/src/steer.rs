@@ -3,7 +3,7 @@
 use aya_ebpf::{maps::lpm_trie::Key as LpmKey, programs::XdpContext};
 use gslb_common::{
     flow_hash, maglev_index, Backend, ClientPrefixKey, FlowKey, FlowValue, FragmentVipKey, VipKey, VipValue,
-    BACKEND_DEAD, CLIENT_PREFIX_VIP_BITS, NO_BACKEND, VIP_CLIENT_STEERING, VIP_SOURCE_IP_AFFINITY,
+    BACKEND_DEAD, CLIENT_PREFIX_VIP_BITS, NEXT_HOP_VALID, NO_BACKEND, VIP_CLIENT_STEERING, VIP_SOURCE_IP_AFFINITY,
 };
 use gslb_ebpf::{
     encap,
@@ -14,8 +14,8 @@ use gslb_ebpf::{
 use crate::{
     counters::{count, drop, global, pass},
     maps::{
-        BACKENDS, BACKEND_STATS, EDGE_CONFIG, FIB_SCRATCH, FLOWS, FRAGMENT_VIPS, MAGLEV, STEER_PREFIXES, TABLE_SIZE,
-        VIPS, VIP_STATS,
+        BACKENDS, BACKEND_STATS, EDGE_CONFIG, FIB_SCRATCH, FLOWS, FRAGMENT_VIPS, MAGLEV, NEXT_HOPS, STEER_PREFIXES,
+        TABLE_SIZE, VIPS, VIP_STATS,
     },
     pmtu,
 };
@@ -43,10 +43,28 @@ pub fn run(ctx: &XdpContext) -> u32 {
         return drop();
     };
 
-    // Route: the tunnel's next hop, and whether the packet fits its MTU.
     let Some(mut tunnel) = EDGE_CONFIG.get(0).and_then(|config| encap::tunnel_to(&flow, backend, config)) else {
         return drop();
     };
+
+    // Route: the backend's next hop as the agent resolved it, when it has
+    // one and the packet fits it.
+    if let Some(hop) = NEXT_HOPS.get(backend_id) {
+        if hop.flags & NEXT_HOP_VALID != 0 && tunnel.len <= hop.mtu as usize {
+            // Encapsulate, forward.
+            if encap::encapsulate(ctx, &flow, &tunnel).is_none() {
+                return drop();
+            }
+            let Some(action) = route::send(ctx, hop) else {
+                return drop();
+            };
+            forwarded(&flow, vip.vip_id, backend_id, Route::Next);
+            return action;
+        }
+    }
+
+    // Otherwise the kernel's routing table: the tunnel's next hop, and
+    // whether the packet fits its MTU.
     let Some(fib) = FIB_SCRATCH.get_ptr_mut(0) else {
         return drop();
     };
@@ -69,7 +87,17 @@ pub fn run(ctx: &XdpContext) -> u32 {
     if encap::encapsulate(ctx, &flow, &tunnel).is_none() {
         return drop();
     }
-    count(&VIP_STATS, vip.vip_id, |s| {
+    forwarded(&flow, vip.vip_id, backend_id, next_hop);
+
+    // Forward.
+    route::forward(ctx, fib, next_hop).unwrap_or_else(drop)
+}
+
+/// Counts a packet tunnelled to a backend: sent (`Route::Next`) or handed
+/// to the kernel to resolve the neighbour.
+#[inline(always)]
+fn forwarded(flow: &Flow, vip_id: u32, backend_id: u32, next_hop: Route) {
+    count(&VIP_STATS, vip_id, |s| {
         s.packets += 1;
         s.bytes += flow.ip_len as u64;
     });
@@ -83,9 +111,6 @@ pub fn run(ctx: &XdpContext) -> u32 {
         s.passed += (next_hop == Route::Neighbour) as u64;
         s.icmp_errors += flow.icmp_error as u64;
     });
-
-    // Forward.
-    route::forward(ctx, fib, next_hop).unwrap_or_else(drop)
 }
 
 /// Finds the VIP a packet is addressed to: exact port first, then the

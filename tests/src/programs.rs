@@ -37,6 +37,7 @@ mod tests {
             names::VIPS,
             names::FRAGMENT_VIPS,
             names::BACKENDS,
+            names::NEXT_HOPS,
             names::MAGLEV,
             names::FLOWS,
             names::EDGE_CONFIG,

@@ -27,6 +27,7 @@ impl Decap {
             .map_max_entries(names::MAGLEV, 1)
             .map_max_entries(names::FLOWS, 1)
             .map_max_entries(names::BACKENDS, 1)
+            .map_max_entries(names::NEXT_HOPS, 1)
             .map_max_entries(names::BACKEND_STATS, 1)
             .load(OBJECT)
             .context("loading the gslb eBPF object")?;

@@ -16,7 +16,7 @@ use aya::{
 };
 use gslb_common::{
     addr_from_ip, addr_to_ip, names, Backend, BackendStats, ClientPrefixKey, ClientTable, EdgeConfig, FlowKey,
-    FlowValue, FragmentVipKey, GlobalStats, VipKey, VipStats, VipValue, BACKEND_DEAD, CLIENT_PREFIX_VIP_BITS,
+    FlowValue, FragmentVipKey, GlobalStats, NextHop, VipKey, VipStats, VipValue, BACKEND_DEAD, CLIENT_PREFIX_VIP_BITS,
     TABLE_GENERATIONS, VIP_SOURCE_IP_AFFINITY,
 };
 
@@ -44,6 +44,7 @@ pub struct Steer {
     fragment_vips: HashMap<MapData, FragmentVipKey, u32>,
     client_prefixes: LpmTrie<MapData, ClientPrefixKey, ClientTable>,
     backends: Array<MapData, Backend>,
+    next_hops: Array<MapData, NextHop>,
     maglev: Array<MapData, u32>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     edge_config: Array<MapData, EdgeConfig>,
@@ -78,6 +79,7 @@ impl Steer {
             .map_max_entries(names::STEER_PREFIXES, limits.max_vips)
             .map_max_entries(names::BACKENDS, limits.max_backends)
             .map_max_entries(names::BACKEND_STATS, limits.max_backends)
+            .map_max_entries(names::NEXT_HOPS, limits.max_backends)
             .map_max_entries(names::VIP_STATS, limits.max_vips)
             .map_max_entries(names::MAGLEV, maglev_slots)
             .map_max_entries(names::FLOWS, limits.max_flows)
@@ -94,7 +96,8 @@ impl Steer {
             source.take(names::MAGLEV)?,
             source.take(names::FLOWS)?,
         );
-        let (edge_config, global_stats, vip_stats, backend_stats) = (
+        let (next_hops, edge_config, global_stats, vip_stats, backend_stats) = (
+            source.take(names::NEXT_HOPS)?,
             source.take(names::EDGE_CONFIG)?,
             source.take(names::GLOBAL_STATS)?,
             source.take(names::VIP_STATS)?,
@@ -107,6 +110,7 @@ impl Steer {
             fragment_vips,
             client_prefixes,
             backends,
+            next_hops,
             maglev,
             flows,
             edge_config,
@@ -143,6 +147,7 @@ impl Steer {
             fragment_vips: source.take(names::FRAGMENT_VIPS)?,
             client_prefixes: source.take(names::STEER_PREFIXES)?,
             backends,
+            next_hops: source.take(names::NEXT_HOPS)?,
             maglev,
             flows,
             edge_config: source.take(names::EDGE_CONFIG)?,
@@ -163,11 +168,12 @@ impl Steer {
     pub fn pin(&mut self, dir: &Path) -> Result<()> {
         let maps_dir = dir.join(MAPS_DIR);
         std::fs::create_dir_all(&maps_dir).with_context(|| format!("creating {}", maps_dir.display()))?;
-        let maps: [(&str, &MapData); 10] = [
+        let maps: [(&str, &MapData); 11] = [
             (names::VIPS, self.vips.map()),
             (names::FRAGMENT_VIPS, self.fragment_vips.map()),
             (names::STEER_PREFIXES, self.client_prefixes.map()),
             (names::BACKENDS, self.backends.map()),
+            (names::NEXT_HOPS, self.next_hops.map()),
             (names::MAGLEV, self.maglev.map()),
             (names::FLOWS, self.flows.map()),
             (names::EDGE_CONFIG, self.edge_config.map()),
@@ -278,6 +284,20 @@ impl Steer {
     /// The backend recorded for a flow, if any.
     pub fn flow(&self, key: &FlowKey) -> Option<u32> {
         self.flows.get(key, 0).ok().map(|v| v.backend_id)
+    }
+
+    /// Where `steer` sends tunnel packets to backend `id` without a route
+    /// lookup (`flags` without `NEXT_HOP_VALID`: it asks the kernel).
+    pub fn next_hop(&self, id: u32) -> Result<NextHop> {
+        self.next_hops.get(&id, 0).with_context(|| format!("reading the next hop of backend {id}"))
+    }
+
+    /// Sets backend `id`'s next hop; `None` sends its packets through the
+    /// kernel's routing table again.
+    pub fn set_next_hop(&mut self, id: u32, hop: Option<NextHop>) -> Result<()> {
+        ensure!(id != 0 && id < self.limits.max_backends, "backend id {id} out of range");
+        let hop = hop.unwrap_or_default();
+        self.next_hops.set(id, hop, 0).with_context(|| format!("writing the next hop of backend {id}"))
     }
 
     pub fn global_stats(&self) -> Result<GlobalStats> {
