@@ -287,16 +287,26 @@ fn parse_icmp_error(ctx: &XdpContext, flow: &mut Flow) -> Result<(), Skip> {
 }
 
 /// Reads the ports; the whole fixed TCP or UDP header must be inside the IP
-/// packet.
+/// packet, and a TCP header's own length (data offset) must be at least
+/// its fixed 20 bytes and end inside the IP packet too.
 #[inline(always)]
 fn parse_ports(ctx: &XdpContext, flow: &mut Flow) -> Result<(), Skip> {
+    let end = flow.l2.len + flow.ip_len;
     let header_len = if flow.proto == proto::TCP { TcpHdr::LEN } else { UdpHdr::LEN };
-    if flow.l4_offset + header_len > flow.l2.len + flow.ip_len {
+    if flow.l4_offset + header_len > end {
         return Err(Skip::Malformed);
     }
-    let ports = ptr_at::<[u8; 4]>(ctx, flow.l4_offset).ok_or(Skip::Malformed)?;
-    let ports = unsafe { *ports };
-    flow.src_port = u16::from_be_bytes([ports[0], ports[1]]);
-    flow.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
+    if flow.proto == proto::TCP {
+        // The data offset: the high nibble of byte 12, in 32-bit words.
+        let offset_byte = ptr_at::<u8>(ctx, flow.l4_offset + 12).ok_or(Skip::Malformed)?;
+        let data_offset = (unsafe { *offset_byte } >> 4) as usize * 4;
+        if data_offset < TcpHdr::LEN || flow.l4_offset + data_offset > end {
+            return Err(Skip::Malformed);
+        }
+    }
+    let header = ptr_at::<[u8; 4]>(ctx, flow.l4_offset).ok_or(Skip::Malformed)?;
+    let header = unsafe { &*header };
+    flow.src_port = u16::from_be_bytes([header[0], header[1]]);
+    flow.dst_port = u16::from_be_bytes([header[2], header[3]]);
     Ok(())
 }

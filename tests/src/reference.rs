@@ -91,6 +91,13 @@ pub fn complete_vip_packet(frame: &[u8], vips: &[RefVip]) -> Option<Vec<u8>> {
     if ports_at + l4_len > packet.len() {
         return None;
     }
+    // A TCP header's own length: at least 20 bytes, inside the packet.
+    if proto == TCP {
+        let tcp_len = (packet[ports_at + 12] >> 4) as usize * 4;
+        if tcp_len < 20 || ports_at + tcp_len > packet.len() {
+            return None;
+        }
+    }
     serves(be16(packet, ports_at + 2)).then(|| packet.to_vec())
 }
 

@@ -247,3 +247,49 @@ fn random_and_mutated_frames_are_never_misrouted() {
         assert!(g.neighbour_pending > 0 && g.parse_failures > 0 && g.fragments > 0, "{g:?}");
     });
 }
+
+/// A TCP segment whose header length (data offset) is under the fixed 20
+/// bytes or reaches past the packet is malformed: counted, handed to the
+/// kernel untouched, never tunnelled. Lengths from 20 bytes to the packet's
+/// end are tunnelled.
+#[test]
+fn tcp_with_an_impossible_header_length_is_never_tunnelled() {
+    in_scratch_netns(|| {
+        let mut edge = test_edge();
+        let payload = [0u8; 12];
+        let frame = |words: u8, v6: bool| {
+            let mut segment = l4(TCP, 40000, if v6 { 443 } else { 80 }, &payload);
+            segment[12] = words << 4;
+            if v6 {
+                ethernet(&[], &ipv6("2001:db8:c::1", "2001:db8:f::10", TCP, &[], &segment, 0))
+            } else {
+                ethernet(&[], &V4::new("100.64.0.1", "203.0.113.10", TCP).packet(&segment))
+            }
+        };
+        for v6 in [false, true] {
+            // 20 bytes of header and 12 of payload: up to 8 words fit.
+            for words in 0..16u8 {
+                let before = edge.global_stats().unwrap().parse_failures;
+                let f = frame(words, v6);
+                let out = run_xdp(edge.program(), &f, None);
+                let failures = edge.global_stats().unwrap().parse_failures - before;
+                if (5..=8).contains(&words) {
+                    assert_eq!(
+                        out.action,
+                        XDP_REDIRECT,
+                        "v6 {v6}, data offset {words} words: {}",
+                        action_name(out.action)
+                    );
+                    assert_eq!(failures, 0);
+                } else {
+                    assert!(
+                        out.action == XDP_PASS && out.frame == f,
+                        "v6 {v6}, data offset {words} words: {} (must pass untouched)",
+                        action_name(out.action)
+                    );
+                    assert_eq!(failures, 1, "v6 {v6}, data offset {words} words: not counted as malformed");
+                }
+            }
+        }
+    });
+}
