@@ -30,16 +30,16 @@ use aya::{
     Ebpf, EbpfLoader, Pod,
 };
 use gslb_common::{
-    addr_from_ip,
+    addr_from_ip, flow_bucket, flow_buckets, flow_hash64,
     maglev::{build_table, MaglevBackend},
-    names,
+    names, stage,
     testing::{self, BenchFrame, BENCH_FRAME_WORDS, BENCH_MAX_FRAME},
-    Addr16, Backend, DecapStats, EdgeConfig, FlowKey, FlowValue, GlobalStats, VipKey, VipStats, VipValue,
-    DEFAULT_TABLE_SIZE, TABLE_GENERATIONS,
+    vip_filter_bit, Addr16, Backend, DecapStats, EdgeConfig, FlowBucket, FlowKey, GlobalStats, NextHop, VipKey,
+    VipStats, VipValue, DEFAULT_TABLE_SIZE, NEXT_HOP_VALID, TABLE_GENERATIONS,
 };
 use gslb_tests::{
     edge::{TUNNEL_V4, TUNNEL_V6},
-    netns::{ifindex, in_scratch_netns, sh, EDGE_IF},
+    netns::{ifindex, in_scratch_netns, sh, EDGE_IF, EDGE_MAC, ROUTER_MAC},
     packet::{ethernet, ipv6, l4, TCP, V4},
     programs::BENCH,
 };
@@ -90,10 +90,11 @@ struct Object {
     progs: ProgramArray<MapData>,
     frame: Array<MapData, BenchFrame>,
     vips: HashMap<MapData, VipKey, VipValue>,
+    vip_filter: Array<MapData, u64>,
     backends: Array<MapData, Backend>,
+    next_hops: Array<MapData, NextHop>,
     maglev: MapData,
     flows: MapData,
-    counter: Array<MapData, u64>,
     global: PerCpuArray<MapData, GlobalStats>,
     vip_stats: PerCpuArray<MapData, VipStats>,
     decap_addrs: HashMap<MapData, Addr16, u32>,
@@ -122,6 +123,8 @@ enum Expect {
     ForwardedNew,
     /// `decapsulated`.
     Decapsulated,
+    /// `received` (a stage of `steer` reached; it then drops).
+    Received,
     /// Nothing counted (baselines, the wrapper alone).
     Nothing,
 }
@@ -155,17 +158,11 @@ fn take<M: TryFrom<Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &st
 }
 
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
 /// BPF_MAP_UPDATE_BATCH: aya 0.14 has no batch writes, and filling a
 /// million-entry table one syscall at a time takes too long.
 fn update_batch<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V]) -> Result<()> {
     batch(BPF_MAP_UPDATE_BATCH, map, keys, Some(values))
-}
-
-/// BPF_MAP_DELETE_BATCH of keys that must all be present.
-fn delete_batch<K: Pod>(map: &MapData, keys: &[K]) -> Result<()> {
-    batch::<K, u8>(BPF_MAP_DELETE_BATCH, map, keys, None)
 }
 
 fn batch<K: Pod, V: Pod>(cmd: libc::c_long, map: &MapData, keys: &[K], values: Option<&[V]>) -> Result<()> {
@@ -213,8 +210,21 @@ impl Object {
     /// Loads the object with the given sizes and verifies every program
     /// this benchmark runs.
     fn load(max_vips: u32, max_backends: u32, max_flows: u32, table_size: u32) -> Result<Object> {
+        Self::load_stopping(max_vips, max_backends, max_flows, table_size, 0)
+    }
+
+    /// `load`, with `steer` stopping after `stop_after` (a `stage`; 0: none).
+    fn load_stopping(
+        max_vips: u32,
+        max_backends: u32,
+        max_flows: u32,
+        table_size: u32,
+        stop_after: u32,
+    ) -> Result<Object> {
         let mut product = EbpfLoader::new()
             .override_global(names::TABLE_SIZE, &table_size, true)
+            .override_global(names::STOP_AFTER, &stop_after, true)
+            .override_global(names::FLOW_BUCKETS, &flow_buckets(max_flows), true)
             .map_max_entries(names::VIPS, max_vips)
             .map_max_entries(names::FRAGMENT_VIPS, max_vips)
             .map_max_entries(names::STEER_PREFIXES, max_vips)
@@ -223,7 +233,7 @@ impl Object {
             .map_max_entries(names::NEXT_HOPS, max_backends)
             .map_max_entries(names::VIP_STATS, max_vips)
             .map_max_entries(names::MAGLEV, max_vips * TABLE_GENERATIONS * table_size)
-            .map_max_entries(names::FLOWS, max_flows)
+            .map_max_entries(names::FLOWS, flow_buckets(max_flows))
             .load(OBJECT)
             .context("loading the gslb eBPF object")?;
         let mut bench = EbpfLoader::new().load(BENCH).context("loading the bench eBPF object")?;
@@ -240,9 +250,10 @@ impl Object {
         }
         let progs = take(&mut bench, testing::names::BENCH_PROGS)?;
         let frame = take(&mut bench, testing::names::BENCH_FRAME)?;
-        let counter = take(&mut bench, testing::names::BENCH_COUNTER)?;
         let vips = take(&mut product, names::VIPS)?;
+        let vip_filter = take(&mut product, names::VIP_FILTER)?;
         let backends = take(&mut product, names::BACKENDS)?;
+        let next_hops = take(&mut product, names::NEXT_HOPS)?;
         let maglev = take_data(&mut product, names::MAGLEV)?;
         let flows = take_data(&mut product, names::FLOWS)?;
         let mut edge_config: Array<MapData, EdgeConfig> = take(&mut product, names::EDGE_CONFIG)?;
@@ -259,10 +270,11 @@ impl Object {
             progs,
             frame,
             vips,
+            vip_filter,
             backends,
+            next_hops,
             maglev,
             flows,
-            counter,
             global,
             vip_stats,
             decap_addrs,
@@ -294,54 +306,64 @@ impl Object {
             let keys: Vec<u32> = (base..base + self.table_size).collect();
             update_batch(&self.maglev, &keys, &table)?;
             let key = VipKey { addr: addr_from_ip(addr), port, proto: TCP, _pad: 0 };
+            let (word, bit) = vip_filter_bit(&key.addr);
+            let current = self.vip_filter.get(&word, 0)?;
+            self.vip_filter.set(word, current | bit, 0)?;
             self.vips.insert(key, VipValue { vip_id, flags: 0, generation: 0, table_id: vip_id }, 0)?;
         }
         Ok(())
     }
 
-    /// Fills the flow table with `count` random IPv4 flows to the VIPs.
+    /// Gives every backend the next hop the agent would resolve here (the
+    /// scratch router, out of the edge link), so `steer` needs no route
+    /// lookup; `None` clears them, so it falls back to `bpf_fib_lookup`.
+    fn set_next_hops(&mut self, backends: u32, resolved: bool) -> Result<()> {
+        let hop =
+            NextHop { ifindex: self.ingress, mtu: 1500, flags: NEXT_HOP_VALID, dst_mac: ROUTER_MAC, src_mac: EDGE_MAC };
+        for id in 1..=backends {
+            self.next_hops.set(id, if resolved { hop } else { NextHop::default() }, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Fills the flow table with `count` random IPv4 flows to the VIPs, each
+    /// seen again since it was recorded (as established flows are).
     fn prefill_flows(&mut self, count: u32, vips: &[(IpAddr, u16)], backends: u32) -> Result<()> {
         let mut rng = StdRng::seed_from_u64(0x6e5b);
-        let mut keys = Vec::with_capacity(count as usize);
-        let mut values = Vec::with_capacity(count as usize);
-        while keys.len() < count as usize {
+        let buckets = self.flows_len()?;
+        let mut table = vec![FlowBucket::default(); buckets as usize];
+        for _ in 0..count {
             // 10.0.0.0/8 clients: never the benchmark's own flows.
             let src = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | rng.gen_range(0..1u32 << 24)));
             let (dst, dst_port) = vips[rng.gen_range(0..vips.len())];
-            keys.push(FlowKey {
+            let key = FlowKey {
                 src: addr_from_ip(src),
                 dst: addr_from_ip(dst),
                 src_port: rng.gen(),
                 dst_port,
                 proto: TCP,
                 _pad: [0; 3],
-            });
-            values.push(FlowValue { backend_id: rng.gen_range(1..=backends), _pad: 0 });
+            };
+            let hash = flow_hash64(&key);
+            let bucket = &mut table[flow_bucket(hash, buckets) as usize];
+            bucket.record(hash, rng.gen_range(1..=backends));
+            let (way, _) = bucket.find(hash).context("a flow just recorded")?;
+            bucket.touch(way);
         }
-        update_batch(&self.flows, &keys, &values)?;
-        Ok(())
+        let keys: Vec<u32> = (0..buckets).collect();
+        update_batch(&self.flows, &keys, &table)
     }
 
-    /// Removes the flows `bench_restore` made fresh with counter values
-    /// `from..to` (IPv4 frames varying the source address).
-    fn delete_fresh_flows(&self, frame: &[u8], from: u64, to: u64) -> Result<()> {
-        let base = u32::from_be_bytes(frame[26..30].try_into()?);
-        let dst = addr_from_ip(IpAddr::V4(Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33])));
-        let keys: Vec<FlowKey> = (from..to)
-            .map(|n| FlowKey {
-                src: addr_from_ip(IpAddr::V4(Ipv4Addr::from(base.wrapping_add(n as u32)))),
-                dst,
-                src_port: u16::from_be_bytes([frame[34], frame[35]]),
-                dst_port: u16::from_be_bytes([frame[36], frame[37]]),
-                proto: frame[23],
-                _pad: [0; 3],
-            })
-            .collect();
-        delete_batch(&self.flows, &keys).context("removing the benchmark's new flows")
+    /// Empties the flow table.
+    fn clear_flows(&self) -> Result<()> {
+        let buckets = self.flows_len()?;
+        let keys: Vec<u32> = (0..buckets).collect();
+        update_batch(&self.flows, &keys, &vec![FlowBucket::default(); buckets as usize])
+            .context("emptying the flow table")
     }
 
-    fn counter(&self) -> Result<u64> {
-        Ok(self.counter.get(&0, 0)?)
+    fn flows_len(&self) -> Result<u32> {
+        Ok(self.flows.info()?.max_entries())
     }
 
     fn counters(&self, vip_id: u32) -> Result<Counters> {
@@ -414,21 +436,19 @@ struct Case<'a> {
 /// any run's counters or action disagree. Returns the samples and the
 /// check line.
 fn sample(obj: &Object, case: &Case, plan: Plan) -> Result<(Vec<f64>, String)> {
-    let c0 = obj.counter()?;
     obj.test_run(case.prog, case.frame, 1)?;
     if case.clear_new_flows {
-        obj.delete_fresh_flows(case.frame, c0, obj.counter()?)?;
+        obj.clear_flows()?;
     }
     let mut samples = Vec::new();
     let n = plan.repeat as u64;
     let mut checked = 0u64;
     for _ in 0..plan.runs {
         let before = obj.counters(case.vip_id)?;
-        let c0 = obj.counter()?;
         let (ns, action, out) = obj.test_run(case.prog, case.frame, plan.repeat)?;
         let after = obj.counters(case.vip_id)?;
         if case.clear_new_flows {
-            obj.delete_fresh_flows(case.frame, c0, obj.counter()?)?;
+            obj.clear_flows()?;
         }
         ensure!(action == case.action, "{}: action {action}, want {}", case.name, case.action);
         ensure!(
@@ -445,6 +465,7 @@ fn sample(obj: &Object, case: &Case, plan: Plan) -> Result<(Vec<f64>, String)> {
             Expect::ForwardedHit => [g.forwarded - g0.forwarded, v.flow_hits - v0.flow_hits],
             Expect::ForwardedNew => [g.forwarded - g0.forwarded, v.new_flows - v0.new_flows],
             Expect::Decapsulated => [d.received - d0.received, d.decapsulated - d0.decapsulated],
+            Expect::Received => [g.received - g0.received, g.dropped - g0.dropped],
             Expect::Nothing => [n, n],
         };
         ensure!(got == [n, n], "{}: counters {got:?} after {n} repetitions ({:?} -> {:?})", case.name, before, after);
@@ -456,6 +477,7 @@ fn sample(obj: &Object, case: &Case, plan: Plan) -> Result<(Vec<f64>, String)> {
         Expect::ForwardedHit => format!("forwarded {checked} of {checked}, flow-table hits {checked}"),
         Expect::ForwardedNew => format!("forwarded {checked} of {checked}, new flows {checked}"),
         Expect::Decapsulated => format!("decapsulated {checked} of {checked}"),
+        Expect::Received => format!("received and stopped {checked} of {checked}"),
         Expect::Nothing => format!("action {} on all {checked}", action_name(case.action)),
     };
     Ok((samples, check))
@@ -562,6 +584,36 @@ impl Runner<'_> {
         Ok(())
     }
 
+    /// The net cost of a program behind the wrapper (nothing pushed).
+    fn net(&mut self, obj: &mut Object, w: Wrapped) -> Result<f64> {
+        let vary_offset = if w.vary { V4_SRC_OFFSET } else { 0 };
+        obj.arm(&w.frame, vary_offset, "bench_drop")?;
+        let alone = Case {
+            name: format!("restore wrapper alone ({})", w.name),
+            prog: "bench_restore",
+            frame: &w.frame,
+            action: XDP_DROP,
+            expect: Expect::Nothing,
+            vip_id: w.vip_id,
+            grow: 0,
+            clear_new_flows: false,
+        };
+        let (wrapper, _) = sample(obj, &alone, self.plan)?;
+        obj.arm(&w.frame, vary_offset, w.target)?;
+        let case = Case {
+            name: w.name.clone(),
+            prog: "bench_restore",
+            frame: &w.frame,
+            action: w.action,
+            expect: w.expect,
+            vip_id: w.vip_id,
+            grow: w.grow,
+            clear_new_flows: w.clear_new_flows,
+        };
+        let (raw, _) = sample(obj, &case, self.plan)?;
+        Ok(median(&raw) - (median(&wrapper) - self.floor))
+    }
+
     fn direct(
         &mut self,
         obj: &Object,
@@ -633,6 +685,7 @@ fn measure(plan: Plan) -> Result<Vec<Measurement>> {
     let mut small = Object::load(1, 16, small_flows, DEFAULT_TABLE_SIZE)?;
     let small_backends: Vec<IpAddr> = (1..=8).map(|i| v4(&format!("198.51.100.{i}"))).collect();
     small.program_edge(&[(vip, 80)], &small_backends)?;
+    small.set_next_hops(8, true)?;
 
     let mut r = Runner { plan, floor: 0.0, out: &mut out };
     // Baselines.
@@ -700,7 +753,26 @@ fn measure(plan: Plan) -> Result<Vec<Measurement>> {
             )
         },
     )?;
+    // The same established flow without agent-resolved next hops: the
+    // route lookup per packet that `steer` falls back to.
+    small.set_next_hops(8, false)?;
+    r.wrapped(
+        &mut small,
+        Wrapped {
+            budget: None,
+            ..steer(
+                format!("steer: established TCP flow, no resolved next hop (bpf_fib_lookup fallback), {cfg}"),
+                established.clone(),
+                false,
+                Expect::ForwardedHit,
+                20,
+                0.0,
+            )
+        },
+    )?;
     drop(small);
+
+    stage_breakdown(&mut r, vip, &small_backends, &established, small_flows)?;
 
     // IPv6: 1 VIP, 8 IPv6 backends, empty flow table, IPv6 tunnel.
     let mut small6 = Object::load(1, 16, small_flows, DEFAULT_TABLE_SIZE)?;
@@ -708,6 +780,7 @@ fn measure(plan: Plan) -> Result<Vec<Measurement>> {
     let backends6: Vec<IpAddr> =
         (1..=8u16).map(|i| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, i))).collect();
     small6.program_edge(&[(vip6, 443)], &backends6)?;
+    small6.set_next_hops(8, true)?;
     let frame6 = tcp_frame("2001:db8:c::1".parse()?, vip6, 40_000, 443);
     r.wrapped(
         &mut small6,
@@ -720,6 +793,7 @@ fn measure(plan: Plan) -> Result<Vec<Measurement>> {
     let vips: Vec<(IpAddr, u16)> = (0..512u32).map(|i| (IpAddr::V4(Ipv4Addr::from(0xcb00_7100 + i)), 80)).collect(); // 203.0.113.0 on
     let big_backends: Vec<IpAddr> = (1..=1000u32).map(|i| IpAddr::V4(Ipv4Addr::from(0xc612_0000 + i))).collect();
     big.program_edge(&vips, &big_backends)?;
+    big.set_next_hops(1000, true)?;
     let fill = (plan.big_flows as u64 * 9 / 10) as u32;
     big.prefill_flows(fill, &vips, 1000)?;
     let big_cfg = format!(
@@ -776,6 +850,63 @@ fn measure(plan: Plan) -> Result<Vec<Measurement>> {
     )?;
     drop(backend);
     Ok(out)
+}
+
+/// Where `steer`'s time goes: the small configuration loaded once per stage
+/// with `STOP_AFTER` at that stage, for an established flow (a flow-table
+/// hit) and a new flow each packet (miss, table lookup, record). Each row
+/// is the cost of one stage: the run stopping after it, less the run
+/// stopping after the stage before (the first: less the floor); the last,
+/// "forward", is the whole program less the run stopping after
+/// encapsulation.
+fn stage_breakdown(r: &mut Runner, vip: IpAddr, backends: &[IpAddr], established: &[u8], flows: u32) -> Result<()> {
+    for (path, vary) in [("established TCP flow", false), ("new TCP flow each packet", true)] {
+        let mut previous = r.floor;
+        let stages: Vec<(u32, &str)> = stage::ALL
+            .iter()
+            .copied()
+            .filter(|&(s, _)| vary || !matches!(s, stage::TABLE_LOOKUP | stage::RECORD))
+            .chain([(0, "forward")])
+            .collect();
+        for (stop, name) in stages {
+            let mut obj = Object::load_stopping(1, 16, flows, DEFAULT_TABLE_SIZE, stop)?;
+            obj.program_edge(&[(vip, 80)], backends)?;
+            obj.set_next_hops(backends.len() as u32, true)?;
+            let expect = match stop {
+                0 if vary => Expect::ForwardedNew,
+                0 => Expect::ForwardedHit,
+                _ => Expect::Received,
+            };
+            let cumulative = r.net(
+                &mut obj,
+                Wrapped {
+                    name: format!("steer stages, {path}: through {name}"),
+                    target: "steer",
+                    frame: established.to_vec(),
+                    vary,
+                    action: if stop == 0 { XDP_TX } else { XDP_DROP },
+                    expect,
+                    vip_id: 0,
+                    grow: if stop == 0 || stop == stage::ENCAPSULATE { 20 } else { 0 },
+                    budget: None,
+                    clear_new_flows: vary,
+                },
+            )?;
+            let cost = cumulative - previous;
+            r.out.push(Measurement {
+                group: GROUP.into(),
+                name: format!("stage: {path}: {name}"),
+                value: cost,
+                unit: UNIT.into(),
+                baseline: None,
+                samples: vec![cost],
+                target: None,
+                check: Some(format!("through {name}: {cumulative:.0} ns net, the stage before: {previous:.0} ns")),
+            });
+            previous = cumulative;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The flow hash and the Maglev slot lookup: one implementation, compiled
 //! into the XDP program and into the agent, so both pick the same backend.
 
-use crate::{FlowKey, TABLE_GENERATIONS};
+use crate::{Addr16, FlowKey, TABLE_GENERATIONS, VIP_FILTER_BITS_LOG2};
 
 const SEED: u64 = 0x6a09_e667_f3bc_c908;
 const MUL: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -32,22 +32,41 @@ fn addr_words(a: &[u8; 16]) -> (u64, u64) {
 /// Hash of the full 5-tuple.
 #[inline(always)]
 pub fn hash_five_tuple(k: &FlowKey) -> u32 {
-    let (s0, s1) = addr_words(&k.src);
-    let (d0, d1) = addr_words(&k.dst);
-    let tail = (k.src_port as u64) | (k.dst_port as u64) << 16 | (k.proto as u64) << 32;
+    flow_hash64(k) as u32
+}
+
+/// The 64-bit hash of the full 5-tuple: the flow table's key, and (its low
+/// 32 bits) the Maglev hash of a flow.
+#[inline(always)]
+pub fn flow_hash64(k: &FlowKey) -> u64 {
+    hash_flow(&k.src, &k.dst, k.src_port, k.dst_port, k.proto)
+}
+
+/// `flow_hash64` of a flow's fields (no key built: the XDP stack is small).
+#[inline(always)]
+pub fn hash_flow(src: &Addr16, dst: &Addr16, src_port: u16, dst_port: u16, proto: u8) -> u64 {
+    let (s0, s1) = addr_words(src);
+    let (d0, d1) = addr_words(dst);
+    let tail = (src_port as u64) | (dst_port as u64) << 16 | (proto as u64) << 32;
     let mut h = SEED;
     h = absorb(h, s0);
     h = absorb(h, s1);
     h = absorb(h, d0);
     h = absorb(h, d1);
     h = absorb(h, tail);
-    fmix64(h) as u32
+    fmix64(h)
 }
 
 /// Hash of the source address alone (source-ip affinity).
 #[inline(always)]
 pub fn hash_source(k: &FlowKey) -> u32 {
-    let (s0, s1) = addr_words(&k.src);
+    hash_address(&k.src)
+}
+
+/// `hash_source` of an address.
+#[inline(always)]
+pub fn hash_address(src: &Addr16) -> u32 {
+    let (s0, s1) = addr_words(src);
     fmix64(absorb(absorb(SEED, s0), s1)) as u32
 }
 
@@ -59,6 +78,15 @@ pub fn flow_hash(k: &FlowKey, source_ip_affinity: bool) -> u32 {
     } else {
         hash_five_tuple(k)
     }
+}
+
+/// Where VIP address `addr` sits in `VIP_FILTER`: the word and its bit.
+/// A multiplicative hash: its top bits depend on every address bit.
+#[inline(always)]
+pub fn vip_filter_bit(addr: &[u8; 16]) -> (u32, u64) {
+    let (a0, a1) = addr_words(addr);
+    let bit = ((a0 ^ a1).wrapping_mul(MUL) >> (64 - VIP_FILTER_BITS_LOG2)) as u32;
+    (bit / 64, 1u64 << (bit % 64))
 }
 
 /// Index into the `MAGLEV` array of a flow's slot: the array holds, for each
@@ -103,6 +131,20 @@ mod tests {
         for c in counts {
             assert!((3_600..4_400).contains(&c), "uneven bucket: {counts:?}");
         }
+    }
+
+    #[test]
+    fn vip_addresses_spread_over_the_filter() {
+        let mut seen = alloc::collections::BTreeSet::new();
+        for i in 0..512u32 {
+            let (word, bit) = vip_filter_bit(&crate::addr_from_v4((0xcb00_7100 + i).to_be_bytes()));
+            assert!(word < crate::VIP_FILTER_WORDS && bit.count_ones() == 1);
+            seen.insert((word, bit));
+        }
+        // 512 addresses in 65,536 bits: a handful may share one.
+        assert!(seen.len() >= 500, "{} distinct bits", seen.len());
+        let v6 = vip_filter_bit(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10]);
+        assert!(v6.0 < crate::VIP_FILTER_WORDS);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod flows;
 pub mod hash;
 #[cfg(any(test, feature = "alloc"))]
 pub mod maglev;
@@ -18,5 +19,6 @@ pub mod maps;
 pub mod testing;
 
 pub use addr::*;
+pub use flows::*;
 pub use hash::*;
 pub use maps::*;

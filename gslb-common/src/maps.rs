@@ -8,6 +8,7 @@ use crate::Addr16;
 /// Names of the maps in the eBPF object, so both sides spell them once.
 pub mod names {
     pub const VIPS: &str = "VIPS";
+    pub const VIP_FILTER: &str = "VIP_FILTER";
     pub const FRAGMENT_VIPS: &str = "FRAGMENT_VIPS";
     pub const BACKENDS: &str = "BACKENDS";
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
@@ -22,6 +23,39 @@ pub mod names {
     pub const DECAP_STATS: &str = "DECAP_STATS";
     /// Global (`.rodata`) holding the Maglev table size, set at load time.
     pub const TABLE_SIZE: &str = "TABLE_SIZE";
+    /// Global (`.rodata`) holding the number of `FLOWS` buckets.
+    pub const FLOW_BUCKETS: &str = "FLOW_BUCKETS";
+    /// Global (`.rodata`): the stage after which `steer` stops (benchmarks
+    /// only, see `stage`).
+    pub const STOP_AFTER: &str = "STOP_AFTER";
+}
+
+/// `steer`'s stages, for the benchmark's cost breakdown: loaded with
+/// `STOP_AFTER` set to one of these, `steer` drops every packet that gets
+/// past that stage. The agent leaves it 0 (run everything); the verifier
+/// then knows the value (`.rodata` is frozen) and removes the checks.
+pub mod stage {
+    /// Link, IP and TCP/UDP headers, and the VIP address filter.
+    pub const PARSE: u32 = 1;
+    /// The VIP lookup.
+    pub const CLASSIFY: u32 = 2;
+    /// The flow table lookup (a hit ends selection).
+    pub const FLOW_LOOKUP: u32 = 3;
+    /// On a miss: the Maglev table slot and its backend.
+    pub const TABLE_LOOKUP: u32 = 4;
+    /// On a miss: recording the flow.
+    pub const RECORD: u32 = 5;
+    /// The tunnel, the next hop, the outer headers written.
+    pub const ENCAPSULATE: u32 = 6;
+    /// Stages in order, with their names.
+    pub const ALL: [(u32, &str); 6] = [
+        (PARSE, "parse"),
+        (CLASSIFY, "classify"),
+        (FLOW_LOOKUP, "flow lookup"),
+        (TABLE_LOOKUP, "table lookup"),
+        (RECORD, "record flow"),
+        (ENCAPSULATE, "encapsulate"),
+    ];
 }
 
 /// IP protocol numbers the data plane cares about.
@@ -54,6 +88,13 @@ pub struct VipKey {
     pub proto: u8,
     pub _pad: u8,
 }
+
+/// `VIP_FILTER`: one bit per hash of a VIP address, set for every address
+/// that has a VIP, so `steer` hands other traffic to the kernel after one
+/// array read instead of hash lookups (see `vip_filter_bit`).
+pub const VIP_FILTER_BITS_LOG2: u32 = 16;
+/// Words (u64) in `VIP_FILTER`.
+pub const VIP_FILTER_WORDS: u32 = (1 << VIP_FILTER_BITS_LOG2) / 64;
 
 /// `VipValue::flags`: hash on the source address alone.
 pub const VIP_SOURCE_IP_AFFINITY: u32 = 1;
@@ -145,8 +186,8 @@ pub struct NextHop {
     pub src_mac: [u8; 6],
 }
 
-/// Key of `FLOWS` and input of the flow hash. For fragments and for VIPs
-/// with source-ip affinity the ports are zero.
+/// Input of the flow hash, which keys `FLOWS` (see `flows`). For fragments
+/// and for VIPs with source-ip affinity the ports are zero.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -156,14 +197,6 @@ pub struct FlowKey {
     pub dst_port: u16,
     pub proto: u8,
     pub _pad: [u8; 3],
-}
-
-/// Value of `FLOWS`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowValue {
-    pub backend_id: u32,
-    pub _pad: u32,
 }
 
 /// Value of `EDGE_CONFIG` (one entry): outer source addresses.
@@ -281,7 +314,7 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for crate::FlowBucket {}
     unsafe impl aya::Pod for EdgeConfig {}
     unsafe impl aya::Pod for GlobalStats {}
     unsafe impl aya::Pod for VipStats {}

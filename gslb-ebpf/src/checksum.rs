@@ -19,13 +19,3 @@ pub fn finish(mut sum: u32) -> [u8; 2] {
     sum = (sum & 0xffff) + (sum >> 16);
     (!(sum as u16)).to_be_bytes()
 }
-
-/// Fills in the checksum (bytes 10 and 11) of a 20-byte IPv4 header.
-#[inline(always)]
-pub fn set_ipv4(h: &mut [u8; 20]) {
-    h[10] = 0;
-    h[11] = 0;
-    let check = finish(add_words(0, h));
-    h[10] = check[0];
-    h[11] = check[1];
-}

@@ -1,44 +1,41 @@
-//! The per-CPU counters: bumping them, and the verdicts that count
-//! themselves (`pass`, `drop`).
+//! The per-CPU counters: found once per packet, bumped in place, and the
+//! verdicts that count themselves (`pass`, `drop`).
 
 use aya_ebpf::{bindings::xdp_action, maps::PerCpuArray};
 use gslb_common::{DecapStats, GlobalStats};
 
 use crate::maps::{DECAP_STATS, GLOBAL_STATS};
 
-/// Bumps per-CPU counters in place.
+/// This CPU's entry `index` of a counter map.
 #[inline(always)]
-pub fn count<T>(map: &PerCpuArray<T>, index: u32, f: impl FnOnce(&mut T)) {
-    if let Some(stats) = map.get_ptr_mut(index) {
-        f(unsafe { &mut *stats });
-    }
+pub fn entry<T>(map: &PerCpuArray<T>, index: u32) -> Option<&'static mut T> {
+    map.get_ptr_mut(index).map(|stats| unsafe { &mut *stats })
 }
 
-/// `steer`'s global counters.
+/// `steer`'s global counters on this CPU.
 #[inline(always)]
-pub fn global(f: impl FnOnce(&mut GlobalStats)) {
-    count(&GLOBAL_STATS, 0, f);
+pub fn global() -> Option<&'static mut GlobalStats> {
+    entry(&GLOBAL_STATS, 0)
 }
 
 /// `decap`'s counters.
 #[inline(always)]
 pub fn decap(f: impl FnOnce(&mut DecapStats)) {
-    count(&DECAP_STATS, 0, f);
+    if let Some(stats) = entry(&DECAP_STATS, 0) {
+        f(stats)
+    }
 }
 
-/// Hands the packet to the kernel, counted as passed (and by `f`).
+/// Hands the packet to the kernel, counted as passed.
 #[inline(always)]
-pub fn pass(f: impl FnOnce(&mut GlobalStats)) -> u32 {
-    global(|s| {
-        s.passed += 1;
-        f(s)
-    });
+pub fn pass(stats: &mut GlobalStats) -> u32 {
+    stats.passed += 1;
     xdp_action::XDP_PASS
 }
 
 /// Drops the packet, counted.
 #[inline(always)]
-pub fn drop() -> u32 {
-    global(|s| s.dropped += 1);
+pub fn drop(stats: &mut GlobalStats) -> u32 {
+    stats.dropped += 1;
     xdp_action::XDP_DROP
 }

@@ -3,11 +3,11 @@
 //! outer IPv4 or IPv6 header.
 
 use aya_ebpf::{
-    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
     EbpfContext,
 };
-use gslb_common::{addr_as_v4, addr_from_v4, flow_hash, proto, Backend, EdgeConfig, FlowKey, OUTER_TTL};
+use gslb_common::{addr_as_v4, addr_from_v4, hash_flow, proto, Backend, EdgeConfig, OUTER_TTL};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -100,7 +100,9 @@ pub fn encapsulate(ctx: &XdpContext, flow: &Flow, tunnel: &Outbound) -> Option<(
 #[inline(always)]
 pub fn reframe(ctx: &XdpContext, flow: &Flow, keep: usize, headers: usize, ether_type: u16) -> Option<()> {
     let macs = *unsafe { &*ptr_at::<[u8; 12]>(ctx, 0)? };
-    let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.as_ptr() as *mut _) } as usize;
+    // The programs are not loaded for multi-buffer frames, so the frame is
+    // all in one buffer (no helper call to measure it).
+    let frame_len = ctx.data_end() - ctx.data();
     let cut = frame_len.checked_sub(flow.l2.len + keep)?;
     if cut > 0 && unsafe { bpf_xdp_adjust_tail(ctx.as_ptr() as *mut _, -(cut as i32)) } != 0 {
         return None;
@@ -120,6 +122,5 @@ pub fn reframe(ctx: &XdpContext, flow: &Flow, keep: usize, headers: usize, ether
 
 #[inline(always)]
 fn flow_label(flow: &Flow) -> u32 {
-    let key = FlowKey { src: flow.src, dst: flow.dst, ..Default::default() };
-    flow_hash(&key, false) & 0x000f_ffff
+    hash_flow(&flow.src, &flow.dst, 0, 0, 0) as u32 & 0x000f_ffff
 }

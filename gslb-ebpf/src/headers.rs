@@ -22,18 +22,30 @@ pub struct Ipv4Header {
     pub dst: [u8; 4],
 }
 
-/// Writes `f` as a 20-byte IPv4 header, checksum filled in.
+/// Writes `f` as a 20-byte IPv4 header, checksum filled in. The checksum is
+/// summed from the fields, in registers, not read back from the packet.
 #[inline(always)]
 pub fn write_ipv4(h: &mut [u8; Ipv4Hdr::LEN], f: &Ipv4Header) {
     let len = f.total_len.to_be_bytes();
     let id = f.id.to_be_bytes();
-    let frags = if f.df { IPV4_DF } else { 0 }.to_be_bytes();
+    let frags = if f.df { IPV4_DF } else { 0 };
     let (s, d) = (f.src, f.dst);
+    let word = |a: u8, b: u8| u16::from_be_bytes([a, b]) as u32;
+    let sum = word(0x45, f.tos)
+        + f.total_len as u32
+        + f.id as u32
+        + frags as u32
+        + word(f.ttl, f.proto)
+        + word(s[0], s[1])
+        + word(s[2], s[3])
+        + word(d[0], d[1])
+        + word(d[2], d[3]);
+    let check = checksum::finish(sum);
+    let frags = frags.to_be_bytes();
     *h = [
-        0x45, f.tos, len[0], len[1], id[0], id[1], frags[0], frags[1], f.ttl, f.proto, 0, 0, s[0], s[1], s[2], s[3],
-        d[0], d[1], d[2], d[3],
+        0x45, f.tos, len[0], len[1], id[0], id[1], frags[0], frags[1], f.ttl, f.proto, check[0], check[1], s[0], s[1],
+        s[2], s[3], d[0], d[1], d[2], d[3],
     ];
-    checksum::set_ipv4(h);
 }
 
 /// The fields of a 20-byte IPv4 header, read back (a template's).

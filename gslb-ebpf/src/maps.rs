@@ -8,11 +8,11 @@
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
 use gslb_common::{
-    Addr16, Backend, BackendStats, ClientPrefixKey, ClientTable, DecapStats, EdgeConfig, FlowKey, FlowValue,
-    FragmentVipKey, GlobalStats, NextHop, VipKey, VipStats, VipValue, DEFAULT_TABLE_SIZE,
+    Addr16, Backend, BackendStats, ClientPrefixKey, ClientTable, DecapStats, EdgeConfig, FlowBucket, FragmentVipKey,
+    GlobalStats, NextHop, VipKey, VipStats, VipValue, DEFAULT_TABLE_SIZE, VIP_FILTER_WORDS,
 };
 
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -20,6 +20,9 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 /// VIP lookup: (address, port, protocol) to the VIP's id, flags, generation.
 #[map]
 pub static VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(64, 0);
+/// A bit per hash of every VIP address (`gslb_common::vip_filter_bit`).
+#[map]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 /// Fragments carry no port: (address, protocol) to the port of the VIP to use.
 #[map]
 pub static FRAGMENT_VIPS: HashMap<FragmentVipKey, u32> = HashMap::with_max_entries(64, 0);
@@ -36,10 +39,11 @@ pub static STEER_PREFIXES: LpmTrie<ClientPrefixKey, ClientTable> = LpmTrie::with
 /// Maglev tables: per table id two generations of `TABLE_SIZE` backend ids.
 #[map]
 pub static MAGLEV: Array<u32> = Array::with_max_entries(1, 0);
-/// The flow table: one LRU shared by all CPUs, so a flow stays put even if
-/// its packets arrive on different queues.
+/// The flow table: buckets of flows by flow hash, shared by all CPUs so a
+/// flow stays put even if its packets arrive on different queues (see
+/// `gslb_common::flows`).
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(1024, 0);
+pub static FLOWS: Array<FlowBucket> = Array::with_max_entries(1, 0);
 /// Outer source addresses (one entry).
 #[map]
 pub static EDGE_CONFIG: Array<EdgeConfig> = Array::with_max_entries(1, 0);
@@ -63,3 +67,10 @@ pub static DECAP_STATS: PerCpuArray<DecapStats> = PerCpuArray::with_max_entries(
 /// Slots per Maglev table; a prime, set at load time.
 #[unsafe(no_mangle)]
 pub static TABLE_SIZE: u32 = DEFAULT_TABLE_SIZE;
+/// Benchmarks only: the stage after which `steer` stops
+/// (`gslb_common::stage`); 0 in the agent.
+#[unsafe(no_mangle)]
+pub static STOP_AFTER: u32 = 0;
+/// Buckets in `FLOWS`, set at load time.
+#[unsafe(no_mangle)]
+pub static FLOW_BUCKETS: u32 = 1;

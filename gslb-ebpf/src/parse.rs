@@ -102,18 +102,40 @@ pub struct Flow {
     pub ip_id: u16,
 }
 
-/// Parses Ethernet, IP and the TCP/UDP ports, or the flow an ICMP error is
-/// about.
+/// The IP destination address, read before anything else is checked (so
+/// traffic that is not for a VIP costs little); `None` if the header is not
+/// in the frame.
 #[inline(always)]
-pub fn parse_flow(ctx: &XdpContext) -> Result<Flow, Skip> {
-    let l2 = parse_l2(ctx)?;
-    let mut flow = if l2.ether_type == ETH_P_IPV4 { parse_ipv4(ctx, l2)? } else { parse_ipv6(ctx, l2)? };
-    match flow.proto {
-        _ if flow.fragment => {}
-        proto::TCP | proto::UDP => parse_ports(ctx, &mut flow)?,
-        _ => parse_icmp_error(ctx, &mut flow)?,
+pub fn destination(ctx: &XdpContext, l2: &L2) -> Option<Addr16> {
+    if l2.ether_type == ETH_P_IPV4 {
+        let dst = ptr_at::<[u8; 4]>(ctx, l2.len + 16)?;
+        Some(addr_from_v4(unsafe { *dst }))
+    } else {
+        let dst = ptr_at::<Addr16>(ctx, l2.len + 24)?;
+        Some(unsafe { *dst })
     }
-    Ok(flow)
+}
+
+/// Parses the IP header after the link layer `l2`. The ports are zero until
+/// `parse_l4`.
+#[inline(always)]
+pub fn parse_ip(ctx: &XdpContext, l2: L2) -> Result<Flow, Skip> {
+    if l2.ether_type == ETH_P_IPV4 {
+        parse_ipv4(ctx, l2)
+    } else {
+        parse_ipv6(ctx, l2)
+    }
+}
+
+/// Completes a flow from `parse_ip`: the TCP/UDP ports, or for an ICMP
+/// error the flow it is about.
+#[inline(always)]
+pub fn parse_l4(ctx: &XdpContext, flow: &mut Flow) -> Result<(), Skip> {
+    match flow.proto {
+        _ if flow.fragment => Ok(()),
+        proto::TCP | proto::UDP => parse_ports(ctx, flow),
+        _ => parse_icmp_error(ctx, flow),
+    }
 }
 
 #[inline(always)]

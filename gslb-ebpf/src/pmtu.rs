@@ -2,7 +2,10 @@
 //! would, with ICMP "fragmentation needed" or ICMPv6 "packet too big", so
 //! the client lowers its packet size by the tunnel's overhead.
 
-use aya_ebpf::{bindings::bpf_fib_lookup as FibParams, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup as FibParams, xdp_action},
+    programs::XdpContext,
+};
 use gslb_common::proto;
 use gslb_ebpf::{
     checksum::{self, add_words},
@@ -34,12 +37,17 @@ const REPLY_TTL: u8 = 64;
 /// is small).
 #[inline(never)]
 pub fn too_big(ctx: &XdpContext, flow: &Flow, mtu: u16, packet: &mut Outbound, fib: &mut FibParams) -> u32 {
+    // A rare path: its own lookup of the counters (BPF calls take five
+    // arguments at most).
+    let Some(stats) = global() else {
+        return xdp_action::XDP_DROP;
+    };
     if flow.icmp_error || (!flow.is_v6 && !flow.df) || flow.ip_len < QUOTE {
-        global(|s| s.too_big_dropped += 1);
-        return drop();
+        stats.too_big_dropped += 1;
+        return drop(stats);
     }
     let Some(len) = build(ctx, flow, mtu) else {
-        return drop();
+        return drop(stats);
     };
     // Back to the client, by the routing table.
     packet.v6 = flow.is_v6;
@@ -49,12 +57,12 @@ pub fn too_big(ctx: &XdpContext, flow: &Flow, mtu: u16, packet: &mut Outbound, f
     *fib = unsafe { core::mem::zeroed() };
     match route::lookup(ctx, packet, fib) {
         r @ (Route::Next | Route::Neighbour) => {
-            global(|s| s.too_big_answered += 1);
-            route::forward(ctx, fib, r).unwrap_or_else(drop)
+            stats.too_big_answered += 1;
+            route::forward(ctx, fib, r).unwrap_or_else(|| drop(stats))
         }
         _ => {
-            global(|s| s.fib_failures += 1);
-            drop()
+            stats.fib_failures += 1;
+            drop(stats)
         }
     }
 }

@@ -1,50 +1,73 @@
 //! `steer`: parse, classify, select, route, encapsulate, forward.
 
-use aya_ebpf::{maps::lpm_trie::Key as LpmKey, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key as LpmKey, programs::XdpContext};
 use gslb_common::{
-    flow_hash, maglev_index, Backend, ClientPrefixKey, FlowKey, FlowValue, FragmentVipKey, VipKey, VipValue,
-    BACKEND_DEAD, CLIENT_PREFIX_VIP_BITS, NEXT_HOP_VALID, NO_BACKEND, VIP_CLIENT_STEERING, VIP_SOURCE_IP_AFFINITY,
+    flow_bucket, hash_address, hash_flow, maglev_index, stage, vip_filter_bit, Addr16, Backend, ClientPrefixKey,
+    FragmentVipKey, GlobalStats, VipKey, VipStats, VipValue, BACKEND_DEAD, CLIENT_PREFIX_VIP_BITS, NEXT_HOP_VALID,
+    NO_BACKEND, VIP_CLIENT_STEERING, VIP_SOURCE_IP_AFFINITY,
 };
 use gslb_ebpf::{
     encap,
-    parse::{parse_flow, Flow, Skip},
+    parse::{destination, parse_ip, parse_l2, parse_l4, Flow, Skip},
     route::{self, Route},
 };
 
 use crate::{
-    counters::{count, drop, global, pass},
+    counters::{drop, entry, global, pass},
     maps::{
-        BACKENDS, BACKEND_STATS, EDGE_CONFIG, FIB_SCRATCH, FLOWS, FRAGMENT_VIPS, MAGLEV, NEXT_HOPS, STEER_PREFIXES,
-        TABLE_SIZE, VIPS, VIP_STATS,
+        BACKENDS, BACKEND_STATS, EDGE_CONFIG, FIB_SCRATCH, FLOWS, FLOW_BUCKETS, FRAGMENT_VIPS, MAGLEV, NEXT_HOPS,
+        STEER_PREFIXES, STOP_AFTER, TABLE_SIZE, VIPS, VIP_FILTER, VIP_STATS,
     },
     pmtu,
 };
 
 pub fn run(ctx: &XdpContext) -> u32 {
-    global(|s| s.received += 1);
-
-    // Parse.
-    let flow = match parse_flow(ctx) {
-        Ok(flow) => flow,
-        Err(Skip::NotOurs) => return pass(|_| {}),
-        Err(Skip::Malformed) => return pass(|s| s.parse_failures += 1),
+    // One lookup of this CPU's counters serves the whole packet.
+    let Some(stats) = global() else {
+        return xdp_action::XDP_PASS;
     };
+    stats.received += 1;
+
+    // Parse. Traffic to addresses without a VIP goes to the kernel as soon
+    // as its destination is known.
+    let l2 = match parse_l2(ctx) {
+        Ok(l2) => l2,
+        Err(skip) => return skipped(stats, skip),
+    };
+    if destination(ctx, &l2).is_some_and(|dst| !may_have_vip(&dst)) {
+        return pass(stats);
+    }
+    let mut flow = match parse_ip(ctx, l2) {
+        Ok(flow) => flow,
+        Err(skip) => return skipped(stats, skip),
+    };
+    if let Err(skip) = parse_l4(ctx, &mut flow) {
+        return skipped(stats, skip);
+    }
     if flow.fragment {
-        global(|s| s.fragments += 1);
+        stats.fragments += 1;
+    }
+    if stops_after(stage::PARSE) {
+        return drop(stats);
     }
 
     // Classify.
     let Some(vip) = classify(&flow) else {
-        return pass(|_| {});
+        return pass(stats);
     };
+    let Some(vip_stats) = entry(&VIP_STATS, vip.vip_id) else {
+        return drop(stats);
+    };
+    if stops_after(stage::CLASSIFY) {
+        return drop(stats);
+    }
 
     // Select.
-    let Some((backend_id, backend)) = select(&flow, &vip) else {
-        return drop();
+    let Some((backend_id, backend)) = select(&flow, &vip, vip_stats) else {
+        return drop(stats);
     };
-
     let Some(mut tunnel) = EDGE_CONFIG.get(0).and_then(|config| encap::tunnel_to(&flow, backend, config)) else {
-        return drop();
+        return drop(stats);
     };
 
     // Route: the backend's next hop as the agent resolved it, when it has
@@ -52,13 +75,13 @@ pub fn run(ctx: &XdpContext) -> u32 {
     if let Some(hop) = NEXT_HOPS.get(backend_id) {
         if hop.flags & NEXT_HOP_VALID != 0 && tunnel.len <= hop.mtu as usize {
             // Encapsulate, forward.
-            if encap::encapsulate(ctx, &flow, &tunnel).is_none() {
-                return drop();
+            if encap::encapsulate(ctx, &flow, &tunnel).is_none() || stops_after(stage::ENCAPSULATE) {
+                return drop(stats);
             }
             let Some(action) = route::send(ctx, hop) else {
-                return drop();
+                return drop(stats);
             };
-            forwarded(&flow, vip.vip_id, backend_id, Route::Next);
+            forwarded(&flow, vip_stats, backend_id, stats, Route::Next);
             return action;
         }
     }
@@ -66,7 +89,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     // Otherwise the kernel's routing table: the tunnel's next hop, and
     // whether the packet fits its MTU.
     let Some(fib) = FIB_SCRATCH.get_ptr_mut(0) else {
-        return drop();
+        return drop(stats);
     };
     let fib = unsafe { &mut *fib };
     *fib = unsafe { core::mem::zeroed() };
@@ -78,39 +101,61 @@ pub fn run(ctx: &XdpContext) -> u32 {
             return pmtu::too_big(ctx, &flow, inner_mtu, &mut tunnel, fib);
         }
         Route::Unroutable => {
-            global(|s| s.fib_failures += 1);
-            return drop();
+            stats.fib_failures += 1;
+            return drop(stats);
         }
     }
 
     // Encapsulate.
     if encap::encapsulate(ctx, &flow, &tunnel).is_none() {
-        return drop();
+        return drop(stats);
     }
-    forwarded(&flow, vip.vip_id, backend_id, next_hop);
+    forwarded(&flow, vip_stats, backend_id, stats, next_hop);
 
     // Forward.
-    route::forward(ctx, fib, next_hop).unwrap_or_else(drop)
+    route::forward(ctx, fib, next_hop).unwrap_or_else(|| drop(stats))
+}
+
+/// Whether a benchmark asked `steer` to stop after `stage`.
+#[inline(always)]
+fn stops_after(stage: u32) -> bool {
+    unsafe { core::ptr::read_volatile(&STOP_AFTER) == stage }
+}
+
+/// A packet `steer` does not parse: to the kernel, counted.
+#[inline(always)]
+fn skipped(stats: &mut GlobalStats, skip: Skip) -> u32 {
+    if let Skip::Malformed = skip {
+        stats.parse_failures += 1;
+    }
+    pass(stats)
+}
+
+/// Whether some VIP may have address `dst`: its bit in `VIP_FILTER` (a
+/// clear bit is certain, a set one may be another address's).
+#[inline(always)]
+fn may_have_vip(dst: &Addr16) -> bool {
+    let (word, bit) = vip_filter_bit(dst);
+    VIP_FILTER.get(word).is_some_and(|w| w & bit != 0)
 }
 
 /// Counts a packet tunnelled to a backend: sent (`Route::Next`) or handed
 /// to the kernel to resolve the neighbour.
 #[inline(always)]
-fn forwarded(flow: &Flow, vip_id: u32, backend_id: u32, next_hop: Route) {
-    count(&VIP_STATS, vip_id, |s| {
-        s.packets += 1;
-        s.bytes += flow.ip_len as u64;
-    });
-    count(&BACKEND_STATS, backend_id, |s| {
-        s.packets += 1;
-        s.bytes += flow.ip_len as u64;
-    });
-    global(|s| {
-        s.forwarded += (next_hop == Route::Next) as u64;
-        s.neighbour_pending += (next_hop == Route::Neighbour) as u64;
-        s.passed += (next_hop == Route::Neighbour) as u64;
-        s.icmp_errors += flow.icmp_error as u64;
-    });
+fn forwarded(flow: &Flow, vip: &mut VipStats, backend_id: u32, stats: &mut GlobalStats, next_hop: Route) {
+    vip.packets += 1;
+    vip.bytes += flow.ip_len as u64;
+    if let Some(backend) = entry(&BACKEND_STATS, backend_id) {
+        backend.packets += 1;
+        backend.bytes += flow.ip_len as u64;
+    }
+    if next_hop == Route::Next {
+        stats.forwarded += 1;
+    } else {
+        stats.neighbour_pending += 1;
+        stats.passed += 1;
+    }
+    stats.icmp_errors += flow.icmp_error as u64;
 }
 
 /// Finds the VIP a packet is addressed to: exact port first, then the
@@ -132,8 +177,9 @@ fn classify(flow: &Flow) -> Option<VipValue> {
 }
 
 /// The table a new flow uses: the one for the client's longest matching
-/// prefix if the VIP steers by client prefix, else the VIP's own.
-#[inline(always)]
+/// prefix if the VIP steers by client prefix, else the VIP's own. Not
+/// inlined: its key stays off `select`'s stack.
+#[inline(never)]
 fn table_for(flow: &Flow, vip: &VipValue) -> (u32, u32) {
     if vip.flags & VIP_CLIENT_STEERING != 0 {
         let data = ClientPrefixKey { vip_id: vip.vip_id.to_be_bytes(), addr: flow.src };
@@ -148,47 +194,56 @@ fn table_for(flow: &Flow, vip: &VipValue) -> (u32, u32) {
 /// Picks the backend: the flow table first, unless its backend is dead;
 /// otherwise the VIP's live Maglev table, recording the choice.
 #[inline(never)]
-fn select(flow: &Flow, vip: &VipValue) -> Option<(u32, &'static Backend)> {
+fn select(flow: &Flow, vip: &VipValue, stats: &mut VipStats) -> Option<(u32, &'static Backend)> {
     let source_ip = vip.flags & VIP_SOURCE_IP_AFFINITY != 0;
     // Fragments and source-ip VIPs are keyed by addresses alone, so every
     // fragment of a datagram, and every flow of a client, lands together.
     let by_address = source_ip || flow.fragment;
-    let key = FlowKey {
-        src: flow.src,
-        dst: flow.dst,
-        src_port: if by_address { 0 } else { flow.src_port },
-        dst_port: if by_address { 0 } else { flow.dst_port },
-        proto: flow.proto,
-        _pad: [0; 3],
-    };
+    let (src_port, dst_port) = if by_address { (0, 0) } else { (flow.src_port, flow.dst_port) };
+    let hash = hash_flow(&flow.src, &flow.dst, src_port, dst_port, flow.proto);
 
-    if let Some(recorded) = unsafe { FLOWS.get(&key) } {
-        let id = recorded.backend_id;
+    let buckets = unsafe { core::ptr::read_volatile(&FLOW_BUCKETS) };
+    let bucket = unsafe { &mut *FLOWS.get_ptr_mut(flow_bucket(hash, buckets))? };
+    if let Some((way, id)) = bucket.find(hash) {
         if let Some(backend) = BACKENDS.get(id) {
             if backend.flags & BACKEND_DEAD == 0 {
-                count(&VIP_STATS, vip.vip_id, |s| s.flow_hits += 1);
+                bucket.touch(way);
+                stats.flow_hits += 1;
+                if stops_after(stage::FLOW_LOOKUP) {
+                    return None;
+                }
                 return Some((id, backend));
             }
         }
     }
-    count(&VIP_STATS, vip.vip_id, |s| s.flow_misses += 1);
+    stats.flow_misses += 1;
+    if stops_after(stage::FLOW_LOOKUP) {
+        return None;
+    }
 
     let table_size = unsafe { core::ptr::read_volatile(&TABLE_SIZE) };
     if table_size == 0 {
         return None;
     }
     let (table_id, generation) = table_for(flow, vip);
-    let index = maglev_index(table_id, generation, table_size, flow_hash(&key, source_ip));
+    let slot_hash = if source_ip { hash_address(&flow.src) } else { hash as u32 };
+    let index = maglev_index(table_id, generation, table_size, slot_hash);
     let id = *MAGLEV.get(index)?;
     if id == NO_BACKEND {
         return None;
     }
     let backend = BACKENDS.get(id)?;
-    let value = FlowValue { backend_id: id, _pad: 0 };
+    if stops_after(stage::TABLE_LOOKUP) {
+        return None;
+    }
     // An ICMP error follows its flow but never creates one: spoofed errors
     // must not fill the flow table.
-    if !flow.icmp_error && FLOWS.insert(&key, &value, 0).is_ok() {
-        count(&VIP_STATS, vip.vip_id, |s| s.new_flows += 1);
+    if !flow.icmp_error {
+        bucket.record(hash, id);
+        stats.new_flows += 1;
+    }
+    if stops_after(stage::RECORD) {
+        return None;
     }
     Some((id, backend))
 }

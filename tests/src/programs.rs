@@ -35,6 +35,7 @@ mod tests {
         assert_eq!(programs, set(["steer", "decap"]));
         let product = [
             names::VIPS,
+            names::VIP_FILTER,
             names::FRAGMENT_VIPS,
             names::BACKENDS,
             names::NEXT_HOPS,

@@ -10,6 +10,8 @@ pub struct Limits {
     pub max_vips: u32,
     /// Backend ids run from 1 to `max_backends - 1` (0 means none).
     pub max_backends: u32,
+    /// Flows the flow table holds: a whole number of buckets
+    /// (`gslb_common::flow_capacity`).
     pub max_flows: u32,
     /// Slots per Maglev table; must be prime.
     pub table_size: u32,

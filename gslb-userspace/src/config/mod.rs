@@ -349,7 +349,7 @@ impl Edge {
         Limits {
             max_vips: self.max_vips,
             max_backends: self.max_backends,
-            max_flows: self.max_flows,
+            max_flows: gslb_common::flow_capacity(self.max_flows),
             table_size: self.table_size,
         }
     }

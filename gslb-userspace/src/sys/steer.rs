@@ -15,10 +15,11 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use gslb_common::{
-    addr_from_ip, addr_to_ip, names, Backend, BackendStats, ClientPrefixKey, ClientTable, EdgeConfig, FlowKey,
-    FlowValue, FragmentVipKey, GlobalStats, NextHop, VipKey, VipStats, VipValue, BACKEND_DEAD, CLIENT_PREFIX_VIP_BITS,
+    addr_from_ip, addr_to_ip, names, Backend, BackendStats, ClientPrefixKey, ClientTable, EdgeConfig, FlowBucket,
+    FlowKey, FragmentVipKey, GlobalStats, NextHop, VipKey, VipStats, VipValue, BACKEND_DEAD, CLIENT_PREFIX_VIP_BITS,
     TABLE_GENERATIONS, VIP_SOURCE_IP_AFFINITY,
 };
+use gslb_common::{flow_bucket, flow_buckets, flow_capacity, flow_hash64, vip_filter_bit, FLOW_WAYS};
 
 use super::maps::{sum, MapSource, MapWrites};
 use super::OBJECT;
@@ -41,12 +42,13 @@ pub struct Steer {
     program: SteerProgram,
     pub limits: Limits,
     vips: HashMap<MapData, VipKey, VipValue>,
+    vip_filter: Array<MapData, u64>,
     fragment_vips: HashMap<MapData, FragmentVipKey, u32>,
     client_prefixes: LpmTrie<MapData, ClientPrefixKey, ClientTable>,
     backends: Array<MapData, Backend>,
     next_hops: Array<MapData, NextHop>,
     maglev: Array<MapData, u32>,
-    flows: HashMap<MapData, FlowKey, FlowValue>,
+    flows: Array<MapData, FlowBucket>,
     edge_config: Array<MapData, EdgeConfig>,
     global_stats: PerCpuArray<MapData, GlobalStats>,
     vip_stats: PerCpuArray<MapData, VipStats>,
@@ -71,9 +73,11 @@ impl Steer {
     /// `steer` here.
     pub fn load(limits: Limits) -> Result<Steer> {
         limits.validate()?;
+        let limits = Limits { max_flows: flow_capacity(limits.max_flows), ..limits };
         let maglev_slots = limits.max_vips * TABLE_GENERATIONS * limits.table_size;
         let mut ebpf = EbpfLoader::new()
             .override_global(names::TABLE_SIZE, &limits.table_size, true)
+            .override_global(names::FLOW_BUCKETS, &flow_buckets(limits.max_flows), true)
             .map_max_entries(names::VIPS, limits.max_vips)
             .map_max_entries(names::FRAGMENT_VIPS, limits.max_vips)
             .map_max_entries(names::STEER_PREFIXES, limits.max_vips)
@@ -82,12 +86,13 @@ impl Steer {
             .map_max_entries(names::NEXT_HOPS, limits.max_backends)
             .map_max_entries(names::VIP_STATS, limits.max_vips)
             .map_max_entries(names::MAGLEV, maglev_slots)
-            .map_max_entries(names::FLOWS, limits.max_flows)
+            .map_max_entries(names::FLOWS, flow_buckets(limits.max_flows))
             .load(OBJECT)
             .context("loading the gslb eBPF object")?;
         let program: &mut Xdp = ebpf.program_mut("steer").context("no steer program")?.try_into()?;
         program.load().context("the verifier refused steer")?;
         let mut source = MapSource::Loaded(&mut ebpf);
+        let vip_filter = source.take(names::VIP_FILTER)?;
         let (vips, fragment_vips, client_prefixes, backends, maglev, flows) = (
             source.take(names::VIPS)?,
             source.take(names::FRAGMENT_VIPS)?,
@@ -107,6 +112,7 @@ impl Steer {
             program: SteerProgram::Loaded(Box::new(ebpf)),
             limits,
             vips,
+            vip_filter,
             fragment_vips,
             client_prefixes,
             backends,
@@ -131,12 +137,12 @@ impl Steer {
         let vips: HashMap<MapData, VipKey, VipValue> = source.take(names::VIPS)?;
         let max_vips = vips.map().info()?.max_entries();
         let maglev: Array<MapData, u32> = source.take(names::MAGLEV)?;
-        let flows: HashMap<MapData, FlowKey, FlowValue> = source.take(names::FLOWS)?;
+        let flows: Array<MapData, FlowBucket> = source.take(names::FLOWS)?;
         let backends: Array<MapData, Backend> = source.take(names::BACKENDS)?;
         let limits = Limits {
             max_vips,
             max_backends: backends.len(),
-            max_flows: flows.map().info()?.max_entries(),
+            max_flows: flow_capacity(flows.len() * FLOW_WAYS as u32),
             table_size: maglev.len() / (max_vips * TABLE_GENERATIONS),
         };
         limits.validate().context("the pinned maps have inconsistent sizes")?;
@@ -144,6 +150,7 @@ impl Steer {
             program: SteerProgram::Pinned(Box::new(program)),
             limits,
             vips,
+            vip_filter: source.take(names::VIP_FILTER)?,
             fragment_vips: source.take(names::FRAGMENT_VIPS)?,
             client_prefixes: source.take(names::STEER_PREFIXES)?,
             backends,
@@ -168,8 +175,9 @@ impl Steer {
     pub fn pin(&mut self, dir: &Path) -> Result<()> {
         let maps_dir = dir.join(MAPS_DIR);
         std::fs::create_dir_all(&maps_dir).with_context(|| format!("creating {}", maps_dir.display()))?;
-        let maps: [(&str, &MapData); 11] = [
+        let maps: [(&str, &MapData); 12] = [
             (names::VIPS, self.vips.map()),
+            (names::VIP_FILTER, self.vip_filter.map()),
             (names::FRAGMENT_VIPS, self.fragment_vips.map()),
             (names::STEER_PREFIXES, self.client_prefixes.map()),
             (names::BACKENDS, self.backends.map()),
@@ -283,7 +291,9 @@ impl Steer {
 
     /// The backend recorded for a flow, if any.
     pub fn flow(&self, key: &FlowKey) -> Option<u32> {
-        self.flows.get(key, 0).ok().map(|v| v.backend_id)
+        let hash = flow_hash64(key);
+        let bucket = self.flows.get(&flow_bucket(hash, self.flows.len()), 0).ok()?;
+        bucket.find(hash).map(|(_, backend)| backend)
     }
 
     /// Where `steer` sends tunnel packets to backend `id` without a route
@@ -378,11 +388,30 @@ impl MapWrites for Steer {
 
     fn set_vip_entry(&mut self, vip: VipMatch, value: VipValue) -> Result<()> {
         ensure!(value.vip_id < self.limits.max_vips, "vip id {} out of range", value.vip_id);
-        self.vips.insert(vip.key(), value, 0).context("writing VIPS")
+        // The filter lets the address's packets in before the entry exists.
+        let key = vip.key();
+        let (word, bit) = vip_filter_bit(&key.addr);
+        let current = self.vip_filter.get(&word, 0).context("reading VIP_FILTER")?;
+        if current & bit == 0 {
+            self.vip_filter.set(word, current | bit, 0).context("writing VIP_FILTER")?;
+        }
+        self.vips.insert(key, value, 0).context("writing VIPS")
     }
 
     fn remove_vip(&mut self, vip: VipMatch) -> Result<()> {
-        self.vips.remove(&vip.key()).with_context(|| format!("removing VIP {vip:?}"))
+        let key = vip.key();
+        self.vips.remove(&key).with_context(|| format!("removing VIP {vip:?}"))?;
+        // Clear the address's bit once no VIP left needs it (another port
+        // of the address, or another address with the same bit).
+        let slot = vip_filter_bit(&key.addr);
+        for entry in self.vips.keys() {
+            if vip_filter_bit(&entry.context("reading VIPS")?.addr) == slot {
+                return Ok(());
+            }
+        }
+        let (word, bit) = slot;
+        let current = self.vip_filter.get(&word, 0).context("reading VIP_FILTER")?;
+        self.vip_filter.set(word, current & !bit, 0).context("writing VIP_FILTER")
     }
 
     fn set_client_prefix(&mut self, vip_id: u32, prefix: (IpAddr, u8), table: ClientTable) -> Result<()> {
