@@ -294,7 +294,9 @@ fn write_if_changed(maps: &mut impl MapWrites, slot: &mut InstalledTable, planne
         return Ok(true);
     }
     match &slot.idle {
-        Some(old) if old.len() == planned.table.len() => maps.patch_table(slot.table_id, idle, old, &planned.table)?,
+        Some(old) if old.len() == planned.table.len() => {
+            maps.patch_table(slot.table_id, idle, &planned.table)?;
+        }
         _ => maps.write_table(slot.table_id, idle, &planned.table)?,
     }
     slot.generation = idle;
