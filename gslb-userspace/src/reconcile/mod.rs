@@ -96,13 +96,15 @@ impl InstalledTable {
     }
 }
 
-/// Slots per backend id.
+/// Slots per backend id (counted in an array: ids are small, and a map
+/// entry per slot costs as much as building the table).
 fn slot_counts(table: &[u32]) -> BTreeMap<u32, u32> {
-    let mut slots = BTreeMap::new();
+    let top = table.iter().copied().max().unwrap_or(0) as usize;
+    let mut counts = vec![0u32; top + 1];
     for &id in table {
-        *slots.entry(id).or_default() += 1;
+        counts[id as usize] += 1;
     }
-    slots
+    counts.into_iter().enumerate().filter(|&(_, n)| n > 0).map(|(id, n)| (id as u32, n)).collect()
 }
 
 /// What one apply changed.
