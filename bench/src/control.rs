@@ -226,10 +226,15 @@ fn config_load(reps: usize, table_size: u32) -> Result<Vec<Measurement>> {
     }
     let size = if table_size == M { "M = 65,537".to_string() } else { format!("M = {table_size} (quick)") };
     let load_name = format!("config load, 512 VIPs x 1,000 backends into empty maps: parse + plan + apply, {size}");
-    Ok(vec![
-        measure(load_name.clone(), loads).check(load_check),
+    let load = measure(load_name.clone(), loads).check(load_check);
+    let reload =
         measure(format!("config reload, 512 VIPs, every table changed (one weight per pool), {size}"), reloads)
             .baseline(load_name)
-            .check(reload_check),
-    ])
+            .check(reload_check);
+    // The targets (cold start under 1 s, full reload under 0.5 s)
+    // are for M = 65,537, not the quick size.
+    if table_size == M {
+        return Ok(vec![load.at_most(1000.0), reload.at_most(500.0)]);
+    }
+    Ok(vec![load, reload])
 }
