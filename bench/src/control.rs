@@ -11,7 +11,7 @@ use anyhow::{ensure, Context, Result};
 use gslb_common::maglev::{build_table, MaglevBackend};
 use gslb_common::{addr_from_ip, NO_BACKEND};
 use gslb_userspace::config::{self, Config, Limits};
-use gslb_userspace::decide::plan::{plan, Condition, Conditions, VipMatch};
+use gslb_userspace::decide::plan::{plan, Condition, Conditions};
 use gslb_userspace::reconcile::{reconcile, Installed};
 use gslb_userspace::sys::maps::MapWrites;
 use gslb_userspace::sys::steer::Steer;
@@ -112,11 +112,13 @@ fn table_writes(reps: usize) -> Result<Vec<Measurement>> {
     let mut patches = Vec::new();
     for _ in 0..reps {
         let start = Instant::now();
-        steer.patch_table(0, 0, &full, &patched)?;
+        let written = steer.patch_table(0, 0, &patched)?;
         patches.push(ms(start));
+        ensure!(written == changed, "patched {written} slots, {changed} differ");
         ensure!(steer.read_table(0, 0)? == patched, "a patched table reads back different");
-        steer.patch_table(0, 0, &patched, &full)?;
+        steer.patch_table(0, 0, &full)?;
     }
+    ensure!(steer.tables_mapped(), "MAGLEV is not memory-mapped");
     let full_name = "write a full table into MAGLEV (65,537 slots)";
     Ok(vec![
         measure(full_name.into(), writes).check(format!("read back: {M} of {M} slots equal")),
@@ -143,18 +145,23 @@ fn health_decision(reps: usize) -> Result<Measurement> {
     let healthy = Conditions::new();
     let (initial, _) = reconcile(&config, &healthy, &mut installed, &mut steer)?;
     let matcher = *initial.vips.keys().next().context("a VIP")?;
-    let healthy_table = installed.vips[&matcher].default.contents.clone();
+    let healthy_table = steer.vip_table(matcher)?;
     let victim: IpAddr = gen::backend_address(37).parse()?;
     let mut conditions = Conditions::new();
     conditions.insert(victim, Condition { down: true, failing: true, ..Condition::default() });
 
-    let (mut samples, mut plan_ms) = (Vec::new(), Vec::new());
+    let (mut samples, mut plan_ms, mut build_ms) = (Vec::new(), Vec::new(), Vec::new());
     let mut evidence = String::new();
     for _ in 0..reps {
-        // The planning share alone, untimed in the total: planning is pure.
+        // The planning and table-building shares alone, untimed in the
+        // total: both are pure. The plan names the table's members; apply
+        // builds the table.
         let start = Instant::now();
-        plan(&config, &installed.backend_ids, limits.max_backends, limits.table_size, &conditions)?;
+        let planned = plan(&config, &installed.backend_ids, limits.max_backends, limits.table_size, &conditions)?;
         plan_ms.push(ms(start));
+        let start = Instant::now();
+        std::hint::black_box(planned.vips[&matcher].default.build());
+        build_ms.push(ms(start));
 
         let start = Instant::now();
         let (_, changes) = reconcile(&config, &conditions, &mut installed, &mut steer)?;
@@ -171,14 +178,13 @@ fn health_decision(reps: usize) -> Result<Measurement> {
         // next repetition would find the down table already written there
         // and patch nothing.
         reconcile(&config, &healthy, &mut installed, &mut steer)?;
-        let table = &mut installed.vips.get_mut(&matcher).context("installed VIP")?.default;
+        let table = &installed.vips.get(&matcher).context("installed VIP")?.default;
         steer.write_table(table.table_id, table.generation ^ 1, &healthy_table)?;
-        table.idle = Some(healthy_table.clone());
     }
-    let plan_median = crate::report::median(&plan_ms);
+    let (plan_median, build_median) = (crate::report::median(&plan_ms), crate::report::median(&build_ms));
     Ok(measure("health decision to live table, 1 of 100 backends down, M = 65,537".into(), samples)
         .at_most(5.0)
-        .check(format!("plan {plan_median:.2} ms of it; {evidence}")))
+        .check(format!("plan {plan_median:.2} ms and table build {build_median:.2} ms of it; {evidence}")))
 }
 
 /// A generated config of 512 VIPs over 1,000 backends: parsed, planned and
@@ -203,26 +209,32 @@ fn config_load(reps: usize, table_size: u32) -> Result<Vec<Measurement>> {
             changes.backends_added.len(),
             512 * 2 * table_size as u64
         );
-        let loaded: BTreeMap<VipMatch, Vec<u32>> =
-            installed.vips.iter().map(|(m, v)| (*m, v.default.contents.clone())).collect();
+        // Read back untimed: the agent keeps no copy of the tables.
+        let loaded =
+            installed.vips.keys().map(|m| Ok((*m, steer.vip_table(*m)?))).collect::<Result<BTreeMap<_, _>>>()?;
 
         let start = Instant::now();
         let config = parse(&changed_text)?;
         let (_, changes) = reconcile(&config, &Conditions::new(), &mut installed, &mut steer)?;
         reloads.push(ms(start));
         ensure!(changes.vips_changed.len() == 512, "{} VIPs changed", changes.vips_changed.len());
-        let slots: usize = loaded
-            .iter()
-            .map(|(m, table)| table.iter().zip(&installed.vips[m].default.contents).filter(|(a, b)| a != b).count())
-            .sum();
+        let mut slots = 0;
+        for (matcher, table) in &loaded {
+            slots += table.iter().zip(&steer.vip_table(*matcher)?).filter(|(a, b)| a != b).count();
+        }
         reload_check = format!("{} VIPs changed; {slots} slots patched", changes.vips_changed.len());
     }
     let size = if table_size == M { "M = 65,537".to_string() } else { format!("M = {table_size} (quick)") };
     let load_name = format!("config load, 512 VIPs x 1,000 backends into empty maps: parse + plan + apply, {size}");
-    Ok(vec![
-        measure(load_name.clone(), loads).check(load_check),
+    let load = measure(load_name.clone(), loads).check(load_check);
+    let reload =
         measure(format!("config reload, 512 VIPs, every table changed (one weight per pool), {size}"), reloads)
             .baseline(load_name)
-            .check(reload_check),
-    ])
+            .check(reload_check);
+    // The targets (cold start under 1 s, full reload under 0.5 s)
+    // are for M = 65,537, not the quick size.
+    if table_size == M {
+        return Ok(vec![load.at_most(1000.0), reload.at_most(500.0)]);
+    }
+    Ok(vec![load, reload])
 }

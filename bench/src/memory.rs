@@ -123,7 +123,9 @@ pub fn run(quick: bool) -> Result<Vec<Measurement>> {
     let table_size = if quick { 4_099 } else { DEFAULT_TABLE_SIZE };
     let size = if quick { "M = 4099 (quick)".to_string() } else { "M = 65,537".to_string() };
     let name = format!("agent resident memory: 512 VIPs x 1,000 backends, {size}");
-    results.push(agent_rss(&name, &Shape::new(512, 1000, table_size))?.baseline(small));
+    let large = agent_rss(&name, &Shape::new(512, 1000, table_size))?.baseline(small);
+    // The target is for M = 65,537.
+    results.push(if quick { large } else { large.at_most(150.0) });
     Ok(results)
 }
 

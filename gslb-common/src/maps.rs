@@ -73,6 +73,10 @@ pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
 /// Each VIP has two table generations; the agent fills the inactive one and
 /// then flips `VipValue::generation`, so a table is never seen half-written.
 pub const TABLE_GENERATIONS: u32 = 2;
+/// `MAGLEV` is created with this flag (`BPF_F_MMAPABLE`): the agent writes
+/// and reads tables through a shared memory mapping of the map instead of
+/// one system call per slot.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// Backend id 0 is never assigned: a table slot holding it means "no backend".
 pub const NO_BACKEND: u32 = 0;
 /// Outer TTL / hop limit of encapsulated packets.

@@ -37,8 +37,10 @@ pub static NEXT_HOPS: Array<NextHop> = Array::with_max_entries(1024, 0);
 #[map]
 pub static STEER_PREFIXES: LpmTrie<ClientPrefixKey, ClientTable> = LpmTrie::with_max_entries(64, BPF_F_NO_PREALLOC);
 /// Maglev tables: per table id two generations of `TABLE_SIZE` backend ids.
+/// Memory-mappable, so the agent writes whole tables without a system call
+/// per slot.
 #[map]
-pub static MAGLEV: Array<u32> = Array::with_max_entries(1, 0);
+pub static MAGLEV: Array<u32> = Array::with_max_entries(1, gslb_common::BPF_F_MMAPABLE);
 /// The flow table: buckets of flows by flow hash, shared by all CPUs so a
 /// flow stays put even if its packets arrive on different queues (see
 /// `gslb_common::flows`).

@@ -92,6 +92,13 @@ impl Agent {
                 backends = installed.backend_ids.len(),
                 "adopted the pinned data plane; recorded flows carry on"
             );
+            if !steer.tables_mapped() {
+                warn!(
+                    pin_dir = %pin_dir.display(),
+                    "the pinned MAGLEV map is not memory-mappable (pinned by an older gslb): tables are written one map update per slot and kept in memory, as then; start afresh (remove {}) to write them through a memory mapping",
+                    pin_dir.display()
+                );
+            }
             let wanted = config.edge.limits();
             if wanted != steer.limits {
                 warn!(

@@ -11,7 +11,7 @@ use super::Agent;
 use crate::config::MonitorProtocol;
 use crate::decide::capacity::capacity;
 use crate::decide::plan::latency_factor;
-use crate::reconcile::Installed;
+use crate::reconcile::{Installed, InstalledTable};
 use crate::sys::interfaces::Interface;
 use crate::view::status::{
     BackendStatus, CapacityStatus, ClientRuleStatus, FailoverStatus, InterfaceEvent, InterfaceStatus, LastReload,
@@ -36,13 +36,13 @@ impl Agent {
                 .filter_map(|rule| {
                     let key = (rule.client_prefix.address, rule.client_prefix.len);
                     let table = planned.client_tables.get(&key)?;
-                    let contents = &installed.client_tables.get(&key)?.contents;
+                    let live = installed.client_tables.get(&key)?;
                     Some(ClientRuleStatus {
                         client_prefix: rule.client_prefix.to_string(),
                         pools: rule.pools.clone(),
                         active_pools: table.pools.clone(),
                         fallback: table.fallback,
-                        backends: table_backends(&agent.installed, &table.weights, contents),
+                        backends: table_backends(&agent.installed, &table.weights, live),
                     })
                 })
                 .collect();
@@ -64,7 +64,7 @@ impl Agent {
                 active_pools: planned.default.pools.clone(),
                 backends_down: planned.down,
                 backends_total: planned.total,
-                backends: table_backends(&agent.installed, &planned.default.weights, &installed.default.contents),
+                backends: table_backends(&agent.installed, &planned.default.weights, &installed.default),
                 steer: steer_rules,
                 capacity: capacity(&agent.config, &planned.default.weights)
                     .map(|v| CapacityStatus { ok: v.ok, message: v.message }),
@@ -169,22 +169,14 @@ impl Agent {
 }
 
 /// The backends of one table: weight, slots, share.
-fn table_backends(installed: &Installed, weights: &BTreeMap<IpAddr, u64>, contents: &[u32]) -> Vec<VipBackend> {
-    let mut slots: BTreeMap<u32, u32> = BTreeMap::new();
-    for &id in contents {
-        *slots.entry(id).or_default() += 1;
-    }
+fn table_backends(installed: &Installed, weights: &BTreeMap<IpAddr, u64>, live: &InstalledTable) -> Vec<VipBackend> {
+    let size = live.size();
     weights
         .iter()
         .map(|(address, &effective_weight)| {
             let id = installed.backend_ids.get(address).copied().unwrap_or(0);
-            let slots = slots.get(&id).copied().unwrap_or(0);
-            VipBackend {
-                address: *address,
-                effective_weight,
-                slots,
-                share: slots as f64 / contents.len().max(1) as f64,
-            }
+            let slots = live.slots.get(&id).copied().unwrap_or(0);
+            VipBackend { address: *address, effective_weight, slots, share: slots as f64 / size.max(1) as f64 }
         })
         .collect()
 }

@@ -364,7 +364,8 @@ mod tests {
             weights: backends.iter().map(|a| (a.parse().unwrap(), 100)).collect(),
             pools: vec!["p".into()],
             fallback,
-            table: Vec::new(),
+            members: Vec::new(),
+            table_size: 0,
         }
     }
 

@@ -105,20 +105,19 @@ pub struct PlannedTable {
     pub pools: Vec<String>,
     /// No listed pool could serve: the fallback pool does.
     pub fallback: bool,
-    pub table: Vec<u32>,
+    /// What the Maglev table is built from: the backends in rotation with
+    /// their ids and weights. The table itself (`build`) is built only when
+    /// it is installed, one at a time: at 512 VIPs and M = 65,537 all tables
+    /// take 128 MiB.
+    pub members: Vec<MaglevBackend>,
+    pub table_size: u32,
 }
 
-impl Plan {
-    /// Drops the tables once they are installed: the installed state holds
-    /// them (live and idle), and the plan is kept only for its weights,
-    /// pools and flags.
-    pub fn forget_tables(&mut self) {
-        for vip in self.vips.values_mut() {
-            vip.default.table = Vec::new();
-            for table in vip.client_tables.values_mut() {
-                table.table = Vec::new();
-            }
-        }
+impl PlannedTable {
+    /// The Maglev table: a pure function of `members` and `table_size`, so
+    /// equal members build equal tables.
+    pub fn build(&self) -> Vec<u32> {
+        build_table(&self.members, self.table_size)
     }
 }
 
@@ -225,8 +224,7 @@ impl Chooser<'_> {
                 weight: weight.min(u32::MAX as u64) as u32,
             })
             .collect();
-        let table = build_table(&members, self.table_size);
-        Ok((PlannedTable { weights, pools: used, fallback, table }, ignored_health))
+        Ok((PlannedTable { weights, pools: used, fallback, members, table_size: self.table_size }, ignored_health))
     }
 
     /// Weights per backend, the pools used, whether the fallback pool is in

@@ -194,14 +194,22 @@ impl MapWrites for RecordingMaps {
         Ok(())
     }
 
-    fn patch_table(&mut self, table_id: u32, generation: u32, old: &[u32], new: &[u32]) -> Result<()> {
+    fn patch_table(&mut self, table_id: u32, generation: u32, table: &[u32]) -> Result<usize> {
         self.writable(table_id, generation);
-        if self.tables.get(&(table_id, generation & 1)).map(Vec::as_slice) != Some(old) {
-            self.violations.push(format!("patched table {table_id}/{generation} from contents it does not hold"));
-        }
-        self.tables.insert((table_id, generation & 1), new.to_vec());
+        let Some(held) = self.tables.get_mut(&(table_id, generation & 1)) else {
+            self.violations.push(format!("patched table {table_id}/{generation}, which was never written whole"));
+            self.tables.insert((table_id, generation & 1), table.to_vec());
+            self.record(Write::Table { table_id, generation, patch: true });
+            return Ok(table.len());
+        };
+        let written = held.iter().zip(table).filter(|(a, b)| a != b).count();
+        held.copy_from_slice(table);
         self.record(Write::Table { table_id, generation, patch: true });
-        Ok(())
+        Ok(written)
+    }
+
+    fn table_holds(&mut self, table_id: u32, generation: u32, table: &[u32]) -> Result<bool> {
+        Ok(self.tables.get(&(table_id, generation & 1)).is_some_and(|held| held.as_slice() == table))
     }
 
     fn set_vip_entry(&mut self, vip: VipMatch, value: VipValue) -> Result<()> {

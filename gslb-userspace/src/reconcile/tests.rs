@@ -224,9 +224,14 @@ fn random_health_and_config_changes_never_expose_an_unsafe_state() {
             maps.violations,
             maps.log
         );
-        for matcher in plan.vips.keys() {
+        for (matcher, planned) in &plan.vips {
             let live = maps.live_table(matcher).unwrap();
-            assert_eq!(live, &installed.vips[matcher].default.contents, "seed {seed}, round {round}");
+            assert_eq!(live, &planned.default.build(), "seed {seed}, round {round}");
+            let slots = &installed.vips[matcher].default.slots;
+            assert_eq!(slots.values().sum::<u32>(), LIMITS.table_size, "seed {seed}, round {round}");
+            for (id, count) in slots {
+                assert_eq!(live.iter().filter(|&s| s == id).count() as u32, *count, "seed {seed}, round {round}");
+            }
         }
         maps.take_log();
     }
@@ -236,7 +241,7 @@ fn random_health_and_config_changes_never_expose_an_unsafe_state() {
 fn dead_in_tables(config: &Config, conditions: &Conditions, installed: &Installed) -> BTreeSet<u32> {
     let plan = plan(config, &installed.backend_ids, LIMITS.max_backends, LIMITS.table_size, conditions).unwrap();
     let tables = plan.vips.values().flat_map(|v| std::iter::once(&v.default).chain(v.client_tables.values()));
-    let in_tables: BTreeSet<u32> = tables.flat_map(|t| t.table.iter().copied()).collect();
+    let in_tables: BTreeSet<u32> = tables.flat_map(|t| t.build()).collect();
     plan.dead.iter().map(|a| plan.backend_ids[a]).filter(|id| in_tables.contains(id)).collect()
 }
 

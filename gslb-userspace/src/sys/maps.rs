@@ -1,6 +1,7 @@
 //! Opening maps (from a loaded object or from pins), reading per-CPU
 //! counters, and [`MapWrites`]: the writes that bring the data plane to a
-//! plan, as a trait so their order can be tested without a kernel.
+//! plan (and the one read they need), as a trait so their order can be
+//! tested without a kernel.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -29,12 +30,16 @@ pub trait MapWrites {
     fn reset_backend_stats(&mut self, id: u32) -> Result<()>;
     /// Zeroes a VIP's counters, so a reused slot starts from nothing.
     fn reset_vip_stats(&mut self, vip_id: u32) -> Result<()>;
-    /// Writes one generation of a table. Only ever write the generation
-    /// that is not live.
+    /// Writes every slot of one generation of a table. Only ever write the
+    /// generation that is not live.
     fn write_table(&mut self, table_id: u32, generation: u32, table: &[u32]) -> Result<()>;
-    /// Rewrites the slots of one generation of a table that differ between
-    /// what it holds (`old`) and `new`. Only ever patch the idle generation.
-    fn patch_table(&mut self, table_id: u32, generation: u32, old: &[u32], new: &[u32]) -> Result<()>;
+    /// Rewrites the slots of one generation of a table that differ from
+    /// `table`, comparing with what that generation holds in the map; returns
+    /// how many it rewrote. Only ever patch the idle generation.
+    fn patch_table(&mut self, table_id: u32, generation: u32, table: &[u32]) -> Result<usize>;
+    /// Whether one generation of a table holds exactly `table` (the one
+    /// read a reconcile makes: the agent keeps no copy of the tables).
+    fn table_holds(&mut self, table_id: u32, generation: u32, table: &[u32]) -> Result<bool>;
     /// Writes a VIP's entry: which table and generation it uses, its flags.
     fn set_vip_entry(&mut self, vip: VipMatch, value: VipValue) -> Result<()>;
     /// Stops steering a VIP: its packets go to the kernel from now on.

@@ -1,6 +1,7 @@
 //! Everything that touches the kernel: the BPF object and its maps
-//! (`steer`, `decap`, `maps`), XDP attachment (`attach`), the interfaces
-//! (`interfaces`), bpffs (`bpffs`), and raw ICMP sockets (`tunnel_errors`).
+//! (`steer`, `decap`, `maps`, and `tables` for the Maglev tables), XDP
+//! attachment (`attach`), the interfaces (`interfaces`), bpffs (`bpffs`),
+//! and raw ICMP sockets (`tunnel_errors`).
 
 pub mod attach;
 pub mod bpffs;
@@ -8,6 +9,7 @@ pub mod decap;
 pub mod interfaces;
 pub mod maps;
 pub mod steer;
+mod tables;
 pub mod tunnel_errors;
 
 /// The compiled XDP object (`steer` and `decap`), built by `build.rs`.

@@ -22,6 +22,7 @@ use gslb_common::{
 use gslb_common::{flow_bucket, flow_buckets, flow_capacity, flow_hash64, vip_filter_bit, FLOW_WAYS};
 
 use super::maps::{sum, MapSource, MapWrites};
+use super::tables::Tables;
 use super::OBJECT;
 use crate::config::Limits;
 use crate::decide::plan::VipMatch;
@@ -47,7 +48,7 @@ pub struct Steer {
     client_prefixes: LpmTrie<MapData, ClientPrefixKey, ClientTable>,
     backends: Array<MapData, Backend>,
     next_hops: Array<MapData, NextHop>,
-    maglev: Array<MapData, u32>,
+    maglev: Tables,
     flows: Array<MapData, FlowBucket>,
     edge_config: Array<MapData, EdgeConfig>,
     global_stats: PerCpuArray<MapData, GlobalStats>,
@@ -101,6 +102,7 @@ impl Steer {
             source.take(names::MAGLEV)?,
             source.take(names::FLOWS)?,
         );
+        let maglev = Tables::new(maglev, limits.table_size)?;
         let (next_hops, edge_config, global_stats, vip_stats, backend_stats) = (
             source.take(names::NEXT_HOPS)?,
             source.take(names::EDGE_CONFIG)?,
@@ -146,6 +148,9 @@ impl Steer {
             table_size: maglev.len() / (max_vips * TABLE_GENERATIONS),
         };
         limits.validate().context("the pinned maps have inconsistent sizes")?;
+        // A MAGLEV pinned by an agent from before it was memory-mappable
+        // still works, one system call per slot as then (see `Tables`).
+        let maglev = Tables::new(maglev, limits.table_size)?;
         Ok(Steer {
             program: SteerProgram::Pinned(Box::new(program)),
             limits,
@@ -224,8 +229,14 @@ impl Steer {
 
     /// Reads one generation of a table.
     pub fn read_table(&self, table_id: u32, generation: u32) -> Result<Vec<u32>> {
-        let base = (table_id * TABLE_GENERATIONS + (generation & 1)) * self.limits.table_size;
-        (0..self.limits.table_size).map(|i| Ok(self.maglev.get(&(base + i), 0)?)).collect()
+        self.maglev.read(table_id, generation)
+    }
+
+    /// Whether `MAGLEV` is written through a memory mapping; false for a
+    /// map pinned by an agent from before that, written one system call
+    /// per slot.
+    pub fn tables_mapped(&self) -> bool {
+        self.maglev.mapped()
     }
 
     /// Every client prefix installed: (VIP id, prefix, table).
@@ -360,30 +371,15 @@ impl MapWrites for Steer {
     }
 
     fn write_table(&mut self, table_id: u32, generation: u32, table: &[u32]) -> Result<()> {
-        ensure!(table_id < self.limits.max_vips, "table id {table_id} out of range");
-        ensure!(
-            table.len() == self.limits.table_size as usize,
-            "table has {} slots, want {}",
-            table.len(),
-            self.limits.table_size
-        );
-        let base = (table_id * TABLE_GENERATIONS + (generation & 1)) * self.limits.table_size;
-        for (slot, &backend) in table.iter().enumerate() {
-            self.maglev.set(base + slot as u32, backend, 0).context("writing the Maglev table")?;
-        }
-        Ok(())
+        self.maglev.write(table_id, generation, table)
     }
 
-    fn patch_table(&mut self, table_id: u32, generation: u32, old: &[u32], new: &[u32]) -> Result<()> {
-        ensure!(table_id < self.limits.max_vips, "table id {table_id} out of range");
-        ensure!(old.len() == new.len() && new.len() == self.limits.table_size as usize, "table sizes differ");
-        let base = (table_id * TABLE_GENERATIONS + (generation & 1)) * self.limits.table_size;
-        for (slot, (&before, &after)) in old.iter().zip(new).enumerate() {
-            if before != after {
-                self.maglev.set(base + slot as u32, after, 0).context("writing the Maglev table")?;
-            }
-        }
-        Ok(())
+    fn patch_table(&mut self, table_id: u32, generation: u32, table: &[u32]) -> Result<usize> {
+        self.maglev.patch(table_id, generation, table)
+    }
+
+    fn table_holds(&mut self, table_id: u32, generation: u32, table: &[u32]) -> Result<bool> {
+        self.maglev.holds(table_id, generation, table)
     }
 
     fn set_vip_entry(&mut self, vip: VipMatch, value: VipValue) -> Result<()> {

@@ -84,7 +84,7 @@ fn same_config_same_plan_whatever_the_order_and_edge() {
     let b = plan(&parse(SHUFFLED), &BTreeMap::new(), 4096, 4099, &Conditions::new()).unwrap();
     assert_eq!(a.backend_ids, b.backend_ids);
     for (vip, planned) in &a.vips {
-        assert_eq!(planned.default.table, b.vips[vip].default.table, "{vip:?}");
+        assert_eq!(planned.default.build(), b.vips[vip].default.build(), "{vip:?}");
         assert_eq!(planned.default.weights, b.vips[vip].default.weights, "{vip:?}");
     }
     let web = VipMatch { address: "203.0.113.10".parse().unwrap(), port: 80, proto: 6 };
@@ -273,7 +273,7 @@ fn steer_rules_get_their_own_table() {
     let rule = &steered.client_tables[&(ip("198.51.100.0"), 24)];
     assert_eq!(in_table(rule), vec![ip("10.0.2.1"), ip("10.0.2.2")]);
     assert_eq!(steered.default.weights.len(), 4);
-    assert_ne!(rule.table, steered.default.table);
+    assert_ne!(rule.build(), steered.default.build());
 }
 
 #[test]
