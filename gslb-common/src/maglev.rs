@@ -119,8 +119,65 @@ mod tests {
     use super::*;
     use crate::addr_from_v4;
     use alloc::collections::BTreeMap;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
 
     const M: u32 = 65_537;
+
+    /// The builder as it was before it was made faster, kept to prove the
+    /// fast one gives the same tables.
+    fn reference_build_table(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
+        assert!(is_prime(size), "Maglev table size {size} is not prime");
+        let mut live: Vec<MaglevBackend> = backends.iter().copied().filter(|b| b.weight > 0).collect();
+        let mut table = vec![NO_BACKEND; size as usize];
+        if live.is_empty() {
+            return table;
+        }
+        assert!((live.len() as u32) < size, "more backends than table slots");
+        live.sort_by(|a, b| a.addr.cmp(&b.addr).then(a.id.cmp(&b.id)));
+
+        let quotas = quotas(&live, size);
+        let max_weight = live.iter().map(|b| b.weight as u64).max().unwrap_or(1);
+        struct Walk {
+            offset: u64,
+            skip: u64,
+            step: u64,
+            credit: u64,
+            left: u32,
+        }
+        let m = size as u64;
+        let mut walks: Vec<Walk> = live
+            .iter()
+            .zip(&quotas)
+            .map(|(b, &left)| {
+                let (h1, h2) = backend_hashes(&b.addr);
+                Walk { offset: h1 % m, skip: h2 % (m - 1) + 1, step: 0, credit: 0, left }
+            })
+            .collect();
+
+        let mut filled = 0u32;
+        let mut taken = vec![false; size as usize];
+        while filled < size {
+            for (b, w) in live.iter().zip(walks.iter_mut()) {
+                w.credit += b.weight as u64;
+                while w.credit >= max_weight && w.left > 0 {
+                    w.credit -= max_weight;
+                    loop {
+                        let slot = ((w.offset + w.step * w.skip) % m) as usize;
+                        w.step += 1;
+                        if !taken[slot] {
+                            taken[slot] = true;
+                            table[slot] = b.id;
+                            break;
+                        }
+                    }
+                    w.left -= 1;
+                    filled += 1;
+                }
+            }
+        }
+        table
+    }
 
     fn backend(i: u32, weight: u32) -> MaglevBackend {
         MaglevBackend { id: i + 1, addr: addr_from_v4([198, 51, 100, i as u8]), weight }
@@ -179,6 +236,52 @@ mod tests {
         assert!(build_table(&[], 13).iter().all(|&s| s == NO_BACKEND));
         let t = build_table(&[backend(0, 0), backend(1, 5)], 13);
         assert!(t.iter().all(|&s| s == 2));
+    }
+
+    /// Backends as pools may come: IPv4 and IPv6 addresses (a few shared),
+    /// ids 1..=n with a few 0 or repeated, weights in one of several styles
+    /// from all equal to anything up to u32::MAX, often with zeros.
+    fn random_backends(rng: &mut StdRng, n: usize) -> Vec<MaglevBackend> {
+        let style = rng.gen_range(0..5);
+        (0..n as u32)
+            .map(|i| {
+                let addr = match rng.gen_range(0..20) {
+                    0 => addr_from_v4([10, 0, 0, rng.gen_range(0..4)]),
+                    1..=10 => addr_from_v4(rng.gen()),
+                    _ => rng.gen(),
+                };
+                let id = match rng.gen_range(0..30) {
+                    0 => NO_BACKEND,
+                    1 => rng.gen_range(1..=n as u32),
+                    _ => i + 1,
+                };
+                let weight = match style {
+                    0 => 100,
+                    1 => rng.gen_range(0..=3),
+                    2 => rng.gen_range(0..=1_000),
+                    3 => [0, 1, 7, 1_000_000, u32::MAX][rng.gen_range(0..5)],
+                    _ => rng.gen(),
+                };
+                MaglevBackend { id, addr, weight }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn same_tables_as_the_reference_builder() {
+        let mut rng = StdRng::seed_from_u64(0x6d61_676c_6576);
+        for (size, cases) in [(13u32, 300), (251, 200), (4_099, 60), (65_537, 12)] {
+            let most = (size - 1).min(1_200) as usize;
+            for case in 0..cases {
+                let n = match case {
+                    0..=3 => [0, 1, 2, most][case],
+                    _ => rng.gen_range(0..=most),
+                };
+                let backends = random_backends(&mut rng, n);
+                let want = reference_build_table(&backends, size);
+                assert_eq!(build_table(&backends, size), want, "size {size}, {backends:?}");
+            }
+        }
     }
 
     #[test]
