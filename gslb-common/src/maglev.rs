@@ -64,54 +64,90 @@ fn quotas(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
 pub fn build_table(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
     assert!(is_prime(size), "Maglev table size {size} is not prime");
     let mut live: Vec<MaglevBackend> = backends.iter().copied().filter(|b| b.weight > 0).collect();
-    let mut table = vec![NO_BACKEND; size as usize];
     if live.is_empty() {
-        return table;
+        return vec![NO_BACKEND; size as usize];
     }
     assert!((live.len() as u32) < size, "more backends than table slots");
     live.sort_by(|a, b| a.addr.cmp(&b.addr).then(a.id.cmp(&b.id)));
 
     let quotas = quotas(&live, size);
     let max_weight = live.iter().map(|b| b.weight as u64).max().unwrap_or(1);
-    struct Walk {
-        offset: u64,
-        skip: u64,
-        step: u64,
-        credit: u64,
-        left: u32,
-    }
     let m = size as u64;
     let mut walks: Vec<Walk> = live
         .iter()
         .zip(&quotas)
         .map(|(b, &left)| {
             let (h1, h2) = backend_hashes(&b.addr);
-            Walk { offset: h1 % m, skip: h2 % (m - 1) + 1, step: 0, credit: 0, left }
+            Walk { id: b.id, weight: b.weight as u64, pos: h1 % m, skip: h2 % (m - 1) + 1, credit: 0, left }
         })
         .collect();
 
-    let mut filled = 0u32;
-    let mut taken = vec![false; size as usize];
-    while filled < size {
-        for (b, w) in live.iter().zip(walks.iter_mut()) {
-            w.credit += b.weight as u64;
+    // The table itself tells a free slot, so no separate "taken" array.
+    let free = free_marker(&live);
+    let mut table = vec![free; size as usize];
+    let mut free_left = size;
+    while free_left > 0 {
+        for w in walks.iter_mut() {
+            w.credit += w.weight;
             while w.credit >= max_weight && w.left > 0 {
                 w.credit -= max_weight;
-                loop {
-                    let slot = ((w.offset + w.step * w.skip) % m) as usize;
-                    w.step += 1;
-                    if !taken[slot] {
-                        taken[slot] = true;
-                        table[slot] = b.id;
-                        break;
-                    }
-                }
+                let slot = w.next_free(&table, free, m);
+                table[slot] = w.id;
                 w.left -= 1;
-                filled += 1;
+                free_left -= 1;
             }
         }
     }
     table
+}
+
+/// A backend's progress along its permutation `offset + k * skip (mod m)`.
+struct Walk {
+    id: u32,
+    weight: u64,
+    /// The next slot of the permutation to look at.
+    pos: u64,
+    skip: u64,
+    credit: u64,
+    /// Slots still to claim.
+    left: u32,
+}
+
+impl Walk {
+    fn advance(pos: u64, skip: u64, m: u64) -> u64 {
+        // pos, skip < m, so one subtraction replaces `% m`.
+        let next = pos + skip;
+        if next >= m {
+            next - m
+        } else {
+            next
+        }
+    }
+
+    /// Claims the next free slot of the permutation, walking to it.
+    fn next_free(&mut self, table: &[u32], free: u32, m: u64) -> usize {
+        loop {
+            let slot = self.pos as usize;
+            self.pos = Self::advance(self.pos, self.skip, m);
+            if table[slot] == free {
+                return slot;
+            }
+        }
+    }
+}
+
+/// A value no live backend has as its id, to mark free slots while building:
+/// `NO_BACKEND` unless some backend uses it (ids are not checked here).
+fn free_marker(live: &[MaglevBackend]) -> u32 {
+    if !live.iter().any(|b| b.id == NO_BACKEND) {
+        return NO_BACKEND;
+    }
+    let mut ids: Vec<u32> = live.iter().map(|b| b.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    // ids starts at 0; the first gap is unused. There are fewer ids than
+    // u32 values (fewer backends than slots), so ids.len() fits.
+    ids.iter().zip(0u32..).find(|&(&id, v)| id != v).map_or(ids.len() as u32, |(_, v)| v)
 }
 
 #[cfg(test)]
