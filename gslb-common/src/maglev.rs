@@ -62,6 +62,12 @@ fn quotas(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
 /// backends). Backends with weight 0 get no slots; with none left every
 /// slot is `NO_BACKEND`.
 pub fn build_table(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
+    build(backends, size, tail_threshold(size))
+}
+
+/// `build_table`, looking through the free slots rather than walking once at
+/// most `tail_at` are left (a parameter so the tests can try both ways).
+fn build(backends: &[MaglevBackend], size: u32, tail_at: u32) -> Vec<u32> {
     assert!(is_prime(size), "Maglev table size {size} is not prime");
     let mut live: Vec<MaglevBackend> = backends.iter().copied().filter(|b| b.weight > 0).collect();
     if live.is_empty() {
@@ -78,7 +84,7 @@ pub fn build_table(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
         .zip(&quotas)
         .map(|(b, &left)| {
             let (h1, h2) = backend_hashes(&b.addr);
-            Walk { id: b.id, weight: b.weight as u64, pos: h1 % m, skip: h2 % (m - 1) + 1, credit: 0, left }
+            Walk { id: b.id, weight: b.weight as u64, pos: h1 % m, skip: h2 % (m - 1) + 1, inverse: 0, credit: 0, left }
         })
         .collect();
 
@@ -86,12 +92,22 @@ pub fn build_table(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
     let free = free_marker(&live);
     let mut table = vec![free; size as usize];
     let mut free_left = size;
+    // Once few slots are free, walking a permutation to the next one takes
+    // about size / free_left steps; instead look through the list of free
+    // slots for the one the walk would reach first (same slot, fewer steps).
+    let mut tail: Option<Vec<u32>> = None;
     while free_left > 0 {
         for w in walks.iter_mut() {
             w.credit += w.weight;
             while w.credit >= max_weight && w.left > 0 {
                 w.credit -= max_weight;
-                let slot = w.next_free(&table, free, m);
+                if tail.is_none() && free_left <= tail_at {
+                    tail = Some((0..size).filter(|&s| table[s as usize] == free).collect());
+                }
+                let slot = match &mut tail {
+                    None => w.next_free(&table, free, m),
+                    Some(free_slots) => w.first_reached(free_slots, m),
+                };
                 table[slot] = w.id;
                 w.left -= 1;
                 free_left -= 1;
@@ -108,6 +124,8 @@ struct Walk {
     /// The next slot of the permutation to look at.
     pos: u64,
     skip: u64,
+    /// `skip`'s inverse mod m, computed when first needed (0 until then).
+    inverse: u64,
     credit: u64,
     /// Slots still to claim.
     left: u32,
@@ -134,6 +152,47 @@ impl Walk {
             }
         }
     }
+
+    /// Claims, and removes from `free_slots`, the free slot the walk would
+    /// reach first: every slot it already passed is taken, and the walk never
+    /// wraps (a walk with slots left to claim always finds one), so this is
+    /// the slot `next_free` would return.
+    fn first_reached(&mut self, free_slots: &mut Vec<u32>, m: u64) -> usize {
+        if self.inverse == 0 {
+            self.inverse = inverse_mod(self.skip, m);
+        }
+        // Steps from pos to slot s: (s - pos) / skip (mod m).
+        let steps = |s: u64| Self::advance(s, m - self.pos, m) * self.inverse % m;
+        let (i, _) = free_slots.iter().enumerate().min_by_key(|&(_, &s)| steps(s as u64)).expect("a free slot");
+        let slot = free_slots.swap_remove(i) as u64;
+        self.pos = Self::advance(slot, self.skip, m);
+        slot as usize
+    }
+}
+
+/// Free slots left when `build_table` stops walking and looks through them
+/// instead: walking costs about size / free steps per slot, looking costs
+/// free, so they cross near the square root of size.
+fn tail_threshold(size: u32) -> u32 {
+    let mut t = 1u32;
+    while (t as u64 * t as u64) < size as u64 {
+        t += 1;
+    }
+    t
+}
+
+/// `x`'s inverse mod prime `m` (0 < x < m), by the extended Euclidean algorithm.
+fn inverse_mod(x: u64, m: u64) -> u64 {
+    // Invariant: r_i == t_i * x (mod m).
+    let (mut r0, mut r1) = (m as i64, x as i64);
+    let (mut t0, mut t1) = (0i64, 1i64);
+    while r1 != 0 {
+        let q = r0 / r1;
+        (r0, r1) = (r1, r0 - q * r1);
+        (t0, t1) = (t1, t0 - q * t1);
+    }
+    // r0 == gcd == 1
+    t0.rem_euclid(m as i64) as u64
 }
 
 /// A value no live backend has as its id, to mark free slots while building:
@@ -316,6 +375,22 @@ mod tests {
                 let backends = random_backends(&mut rng, n);
                 let want = reference_build_table(&backends, size);
                 assert_eq!(build_table(&backends, size), want, "size {size}, {backends:?}");
+                // Walking all the way, and looking through the free slots from the start.
+                if size <= 4_099 {
+                    assert_eq!(build(&backends, size, 0), want, "size {size}, walking, {backends:?}");
+                }
+                if size <= 251 {
+                    assert_eq!(build(&backends, size, size), want, "size {size}, looking, {backends:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn inverses() {
+        for m in [2u64, 3, 13, 251, 65_537, 4_294_967_291] {
+            for x in (1..m).step_by(((m / 1000) as usize).max(1)).chain([m - 1]) {
+                assert_eq!(x as u128 * inverse_mod(x, m) as u128 % m as u128, 1, "{x} mod {m}");
             }
         }
     }
