@@ -1,12 +1,14 @@
 //! Everything that touches the kernel: the BPF object and its maps
 //! (`steer`, `decap`, `maps`), XDP attachment (`attach`), the interfaces
-//! (`interfaces`), bpffs (`bpffs`), and raw ICMP sockets (`tunnel_errors`).
+//! (`interfaces`), next hops per backend (`next_hops`), bpffs (`bpffs`),
+//! and raw ICMP sockets (`tunnel_errors`).
 
 pub mod attach;
 pub mod bpffs;
 pub mod decap;
 pub mod interfaces;
 pub mod maps;
+pub mod next_hops;
 pub mod steer;
 pub mod tunnel_errors;
 
