@@ -65,6 +65,7 @@ pub fn run_agent(config_path: &Path, remove_on_exit: bool, drain_on_exit: bool) 
     runtime()?.block_on(async {
         let (events, mut health) = tokio::sync::mpsc::unbounded_channel();
         lock(&agent).start_monitoring(events);
+        lock(&agent).start_next_hops();
         let answered = agent.clone();
         let handler: serve::admin::Handler = Arc::new(move |request| lock(&answered).answer(request));
         let server = tokio::spawn(serve::admin::serve(listener, handler));

@@ -80,3 +80,38 @@ fn an_unusable_next_hop_falls_back_to_the_routing_table() {
         assert_eq!(run_xdp(edge.program(), &big, Some(edge_if)).action, XDP_TX, "1,020 bytes fit MTU 1,020");
     });
 }
+
+#[test]
+fn a_next_hop_belongs_to_the_address_its_backend_id_holds() {
+    use gslb_userspace::sys::maps::MapWrites;
+    in_scratch_netns(|| {
+        let mut edge = test_edge();
+        let next_hops = edge.next_hops();
+        let edge_if = ifindex(EDGE_IF);
+        let (old, new) = ("198.51.101.1".parse().unwrap(), "198.51.101.99".parse().unwrap());
+        assert!(next_hops.update(BACKEND, old, Some(hop(edge_if, 1500, 0))).unwrap(), "written, marked valid");
+        assert_eq!(edge.next_hop(BACKEND).unwrap(), hop(edge_if, 1500, NEXT_HOP_VALID));
+        assert!(!next_hops.update(BACKEND, old, Some(hop(edge_if, 1500, 0))).unwrap(), "unchanged: not rewritten");
+
+        // The id is reused for another address: its next hop goes with the
+        // old one, and a hop resolved for the old address is refused.
+        edge.set_backend(BACKEND, new, false).unwrap();
+        assert_eq!(edge.next_hop(BACKEND).unwrap().flags, 0, "cleared when the backend's address changed");
+        assert!(!next_hops.update(BACKEND, old, Some(hop(edge_if, 1500, 0))).unwrap(), "stale answer refused");
+        assert_eq!(edge.next_hop(BACKEND).unwrap().flags, 0);
+        assert!(next_hops.update(BACKEND, new, Some(hop(edge_if, 1500, 0))).unwrap());
+        assert_eq!(run_xdp(edge.program(), &frame(), Some(edge_if)).action, XDP_TX, "the new address's hop is used");
+
+        // Marking it dead keeps the hop; clearing the backend does not.
+        edge.set_backend(BACKEND, new, true).unwrap();
+        assert_eq!(edge.next_hop(BACKEND).unwrap().flags, NEXT_HOP_VALID);
+        assert!(next_hops.update(BACKEND, new, None).unwrap(), "invalidated");
+        assert_eq!(edge.next_hop(BACKEND).unwrap().flags, 0);
+        assert_eq!(edge.next_hop(BACKEND).unwrap().dst_mac, HOP_MAC, "only the flag changed");
+        assert!(next_hops.update(BACKEND, new, Some(hop(edge_if, 1500, 0))).unwrap());
+        edge.clear_backend(BACKEND).unwrap();
+        assert_eq!(edge.next_hop(BACKEND).unwrap(), NextHop::default(), "cleared with its backend");
+        assert!(!next_hops.update(BACKEND, new, Some(hop(edge_if, 1500, 0))).unwrap(), "a freed id takes no hop");
+        assert!(!next_hops.targets().backends.contains_key(&BACKEND));
+    });
+}

@@ -20,6 +20,7 @@ use crate::decide::plan::{Conditions, Plan};
 use crate::health::{HealthEvent, HealthTable, Monitors};
 use crate::reconcile::{reconcile, Changes, Installed};
 use crate::sys::interfaces::Interfaces;
+use crate::sys::next_hops;
 use crate::sys::steer::Steer;
 use crate::sys::tunnel_errors::{self, TunnelErrors};
 use crate::sys::{attach, bpffs};
@@ -173,6 +174,15 @@ impl Agent {
         self.monitors = Some(monitors);
         if let Err(error) = tunnel_errors::spawn(self.tunnel_errors.clone()) {
             warn!("tunnel errors (ICMP from backends about tunnel packets) will not be counted: {error:#}");
+        }
+    }
+
+    /// Starts resolving each backend's next hop in the agent, kept current
+    /// from the kernel's notifications (`sys::next_hops`). Must run inside a
+    /// tokio runtime.
+    pub fn start_next_hops(&self) {
+        if let Err(error) = next_hops::spawn(self.steer.next_hops()) {
+            warn!("next hops will not be resolved by the agent; steer asks the kernel's routing table for every packet: {error:#}");
         }
     }
 

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use anyhow::Result;
+use gslb_common::NEXT_HOP_VALID;
 use serde::Serialize;
 
 use super::Agent;
@@ -13,9 +14,11 @@ use crate::decide::capacity::capacity;
 use crate::decide::plan::latency_factor;
 use crate::reconcile::{Installed, InstalledTable};
 use crate::sys::interfaces::Interface;
+use crate::sys::next_hops;
+use crate::sys::steer::Steer;
 use crate::view::status::{
     BackendStatus, CapacityStatus, ClientRuleStatus, FailoverStatus, InterfaceEvent, InterfaceStatus, LastReload,
-    Limits, PoolStatus, Status, TransitionStatus, VipBackend, VipStatus,
+    Limits, NextHopStatus, PoolStatus, Status, TransitionStatus, VipBackend, VipStatus,
 };
 use crate::view::time::{unix_ms, unix_secs};
 
@@ -106,6 +109,7 @@ impl Agent {
                         })
                         .unwrap_or_default(),
                     tunnel_errors: agent.tunnel_errors.counts(backend.address),
+                    next_hop: next_hop_status(steer, id),
                 });
             }
             pools.push(PoolStatus {
@@ -179,6 +183,17 @@ fn table_backends(installed: &Installed, weights: &BTreeMap<IpAddr, u64>, live: 
             VipBackend { address: *address, effective_weight, slots, share: slots as f64 / size.max(1) as f64 }
         })
         .collect()
+}
+
+/// Backend `id`'s next hop, when `steer` has a valid one.
+fn next_hop_status(steer: &Steer, id: u32) -> Option<NextHopStatus> {
+    let hop = steer.next_hop(id).ok().filter(|h| id != 0 && h.flags & NEXT_HOP_VALID != 0)?;
+    Some(NextHopStatus {
+        interface: next_hops::interface_name(hop.ifindex).unwrap_or_default(),
+        ifindex: hop.ifindex,
+        mac: next_hops::format_mac(hop.dst_mac),
+        mtu: hop.mtu,
+    })
 }
 
 /// One configured interface, as status reports it.

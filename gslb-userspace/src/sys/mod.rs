@@ -1,6 +1,7 @@
 //! Everything that touches the kernel: the BPF object and its maps
 //! (`steer`, `decap`, `maps`, and `tables` for the Maglev tables), XDP
-//! attachment (`attach`), the interfaces (`interfaces`), bpffs (`bpffs`),
+//! attachment (`attach`), the interfaces (`interfaces`), next hops per
+//! backend (`next_hops`), bpffs (`bpffs`),
 //! and raw ICMP sockets (`tunnel_errors`).
 
 pub mod attach;
@@ -8,6 +9,7 @@ pub mod bpffs;
 pub mod decap;
 pub mod interfaces;
 pub mod maps;
+pub mod next_hops;
 pub mod steer;
 mod tables;
 pub mod tunnel_errors;

@@ -22,6 +22,7 @@ use gslb_common::{
 use gslb_common::{flow_bucket, flow_buckets, flow_capacity, flow_hash64, vip_filter_bit, FLOW_WAYS};
 
 use super::maps::{sum, MapSource, MapWrites};
+use super::next_hops::NextHopMap;
 use super::tables::Tables;
 use super::OBJECT;
 use crate::config::Limits;
@@ -47,7 +48,7 @@ pub struct Steer {
     fragment_vips: HashMap<MapData, FragmentVipKey, u32>,
     client_prefixes: LpmTrie<MapData, ClientPrefixKey, ClientTable>,
     backends: Array<MapData, Backend>,
-    next_hops: Array<MapData, NextHop>,
+    next_hops: NextHopMap,
     maglev: Tables,
     flows: Array<MapData, FlowBucket>,
     edge_config: Array<MapData, EdgeConfig>,
@@ -104,7 +105,7 @@ impl Steer {
         );
         let maglev = Tables::new(maglev, limits.table_size)?;
         let (next_hops, edge_config, global_stats, vip_stats, backend_stats) = (
-            source.take(names::NEXT_HOPS)?,
+            NextHopMap::new(source.take(names::NEXT_HOPS)?, std::collections::BTreeMap::new()),
             source.take(names::EDGE_CONFIG)?,
             source.take(names::GLOBAL_STATS)?,
             source.take(names::VIP_STATS)?,
@@ -151,6 +152,11 @@ impl Steer {
         // A MAGLEV pinned by an agent from before it was memory-mappable
         // still works, one system call per slot as then (see `Tables`).
         let maglev = Tables::new(maglev, limits.table_size)?;
+        // The backends already written keep their next hops until the
+        // watcher has checked them.
+        let written = (1..backends.len())
+            .filter_map(|id| backends.get(&id, 0).ok().filter(|b| b.addr != [0; 16]).map(|b| (id, addr_to_ip(&b.addr))))
+            .collect();
         Ok(Steer {
             program: SteerProgram::Pinned(Box::new(program)),
             limits,
@@ -159,7 +165,7 @@ impl Steer {
             fragment_vips: source.take(names::FRAGMENT_VIPS)?,
             client_prefixes: source.take(names::STEER_PREFIXES)?,
             backends,
-            next_hops: source.take(names::NEXT_HOPS)?,
+            next_hops: NextHopMap::new(source.take(names::NEXT_HOPS)?, written),
             maglev,
             flows,
             edge_config: source.take(names::EDGE_CONFIG)?,
@@ -180,13 +186,12 @@ impl Steer {
     pub fn pin(&mut self, dir: &Path) -> Result<()> {
         let maps_dir = dir.join(MAPS_DIR);
         std::fs::create_dir_all(&maps_dir).with_context(|| format!("creating {}", maps_dir.display()))?;
-        let maps: [(&str, &MapData); 12] = [
+        let maps: [(&str, &MapData); 11] = [
             (names::VIPS, self.vips.map()),
             (names::VIP_FILTER, self.vip_filter.map()),
             (names::FRAGMENT_VIPS, self.fragment_vips.map()),
             (names::STEER_PREFIXES, self.client_prefixes.map()),
             (names::BACKENDS, self.backends.map()),
-            (names::NEXT_HOPS, self.next_hops.map()),
             (names::MAGLEV, self.maglev.map()),
             (names::FLOWS, self.flows.map()),
             (names::EDGE_CONFIG, self.edge_config.map()),
@@ -201,6 +206,11 @@ impl Steer {
             }
             map.pin(&path).with_context(|| format!("pinning map {}", path.display()))?;
         }
+        let path = maps_dir.join(names::NEXT_HOPS);
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("removing a stale pin {}", path.display()))?;
+        }
+        self.next_hops.pin(&path)?;
         let path = dir.join(PROGRAM_PIN);
         self.program().pin(&path).with_context(|| format!("pinning the program at {}", path.display()))
     }
@@ -310,15 +320,20 @@ impl Steer {
     /// Where `steer` sends tunnel packets to backend `id` without a route
     /// lookup (`flags` without `NEXT_HOP_VALID`: it asks the kernel).
     pub fn next_hop(&self, id: u32) -> Result<NextHop> {
-        self.next_hops.get(&id, 0).with_context(|| format!("reading the next hop of backend {id}"))
+        self.next_hops.get(id)
     }
 
     /// Sets backend `id`'s next hop; `None` sends its packets through the
     /// kernel's routing table again.
     pub fn set_next_hop(&mut self, id: u32, hop: Option<NextHop>) -> Result<()> {
         ensure!(id != 0 && id < self.limits.max_backends, "backend id {id} out of range");
-        let hop = hop.unwrap_or_default();
-        self.next_hops.set(id, hop, 0).with_context(|| format!("writing the next hop of backend {id}"))
+        self.next_hops.set(id, hop.unwrap_or_default())
+    }
+
+    /// `NEXT_HOPS` for the next-hop watcher (`sys::next_hops`), which
+    /// keeps it resolved.
+    pub fn next_hops(&self) -> NextHopMap {
+        self.next_hops.clone()
     }
 
     pub fn global_stats(&self) -> Result<GlobalStats> {
@@ -345,17 +360,22 @@ impl MapWrites for Steer {
             has_v6: v6.is_some() as u32,
             tunnel_source_v6: v6.map(|a| a.octets()).unwrap_or_default(),
         };
+        self.next_hops.set_sources(v4, v6);
         self.edge_config.set(0, config, 0).context("writing EDGE_CONFIG")
     }
 
     fn set_backend(&mut self, id: u32, address: IpAddr, dead: bool) -> Result<()> {
         ensure!(id != 0 && id < self.limits.max_backends, "backend id {id} out of range");
+        // A reused id loses its old address's next hop first.
+        self.next_hops.claim(id, address)?;
         let backend = Backend { addr: addr_from_ip(address), flags: if dead { BACKEND_DEAD } else { 0 }, _pad: 0 };
         self.backends.set(id, backend, 0).with_context(|| format!("writing backend {id}"))
     }
 
     fn clear_backend(&mut self, id: u32) -> Result<()> {
         ensure!(id != 0 && id < self.limits.max_backends, "backend id {id} out of range");
+        // The next hop first: an id without a backend never keeps one.
+        self.next_hops.release(id)?;
         let backend = Backend { addr: [0; 16], flags: BACKEND_DEAD, _pad: 0 };
         self.backends.set(id, backend, 0).with_context(|| format!("clearing backend {id}"))
     }

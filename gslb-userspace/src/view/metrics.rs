@@ -266,11 +266,17 @@ pub fn render(status: &Status) -> String {
         "gslb_backend_tunnel_errors",
         "ICMP errors about tunnel packets to the backend, by kind (protocol_unreachable: is decap attached?)",
     );
+    let next_hop = int_gauge_family(
+        r,
+        "gslb_backend_next_hop_resolved",
+        "1 when steer sends to the backend by a next hop the agent resolved; 0 when it asks the kernel's routing table per packet",
+    );
     let mut reported = std::collections::BTreeSet::new();
     for b in status.pools.iter().flat_map(|p| &p.backends) {
         if !reported.insert(b.address) {
             continue;
         }
+        set_int(&next_hop, vec![("backend", b.address.to_string())], b.next_hop.is_some().into());
         for kind in crate::sys::tunnel_errors::Kind::ALL {
             let labels = vec![("backend", b.address.to_string()), ("kind", kind.name().to_string())];
             set_counter(&tunnel_errors, labels, b.tunnel_errors.get(kind.name()).copied().unwrap_or(0));
@@ -421,6 +427,8 @@ mod tests {
                 r#"gslb_backend_tunnel_errors_total{backend="10.0.0.1",kind="protocol_unreachable"} 7"#,
                 r#"gslb_backend_tunnel_errors_total{backend="10.0.0.1",kind="unreachable"} 0"#,
                 r#"gslb_backend_tunnel_errors_total{backend="2001:db8::2",kind="protocol_unreachable"} 0"#,
+                r#"gslb_backend_next_hop_resolved{backend="10.0.0.1"} 1"#,
+                r#"gslb_backend_next_hop_resolved{backend="2001:db8::2"} 0"#,
                 r#"gslb_config_reloads_total{result="ok"} 3"#,
                 r#"gslb_config_reloads_total{result="refused"} 2"#,
                 "# TYPE gslb_failover_seconds histogram",

@@ -34,6 +34,13 @@ impl Status {
             "path MTU: too big answered {}  too big dropped {}  ICMP errors steered to their flow {}",
             c.too_big_answered, c.too_big_dropped, c.icmp_errors
         );
+        let backends: Vec<_> = self.pools.iter().flat_map(|p| &p.backends).collect();
+        let resolved = backends.iter().filter(|b| b.next_hop.is_some()).count();
+        let _ = writeln!(
+            out,
+            "next hops: {resolved} of {} backends resolved by the agent; the rest take the kernel's route lookup per packet",
+            backends.len()
+        );
         if let Some(r) = &self.last_reload {
             let _ = writeln!(
                 out,
@@ -96,8 +103,8 @@ impl Status {
             let _ = writeln!(out, "\npool {} weight {}{}", pool.name, pool.weight, worst);
             let _ = writeln!(
                 out,
-                "  {:<28} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7} {:>12} {:>8}  last change",
-                "backend", "weight", "id", "health", "rtt ms", "p99 ms", "factor", "packets", "tun errs"
+                "  {:<28} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7} {:>12} {:>8}  {:<26} last change",
+                "backend", "weight", "id", "health", "rtt ms", "p99 ms", "factor", "packets", "tun errs", "next hop"
             );
             for b in &pool.backends {
                 let mut health = b.health.clone();
@@ -114,7 +121,7 @@ impl Status {
                 });
                 let _ = writeln!(
                     out,
-                    "  {:<28} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7.2} {:>12} {:>8}  {}",
+                    "  {:<28} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7.2} {:>12} {:>8}  {:<26} {}",
                     b.address.to_string(),
                     b.weight,
                     b.id,
@@ -124,6 +131,7 @@ impl Status {
                     b.latency_factor,
                     b.packets,
                     b.tunnel_errors.values().sum::<u64>(),
+                    b.next_hop.as_ref().map_or("route lookup".to_string(), |h| format!("{} {}", h.interface, h.mac)),
                     last.or(b.reason.clone()).unwrap_or_default()
                 );
                 if !b.tunnel_errors.is_empty() {
@@ -236,5 +244,20 @@ fn render_table(out: &mut String, indent: &str, backends: &[VipBackend]) {
             b.slots,
             b.share * 100.0
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::view::status::sample_status;
+
+    #[test]
+    fn status_shows_each_backends_next_hop_or_the_route_lookup() {
+        let text = sample_status().render();
+        assert!(text.contains("next hops: 1 of 2 backends resolved by the agent"), "{text}");
+        let pool = &text[text.find("\npool a").unwrap()..text.find("\nfailovers").unwrap()];
+        let line = |address: &str| pool.lines().find(|l| l.trim_start().starts_with(address)).unwrap().to_string();
+        assert!(line("10.0.0.1 ").contains("eth0 02:00:5e:00:01:01"), "{pool}");
+        assert!(line("2001:db8::2 ").contains("route lookup"), "{pool}");
     }
 }

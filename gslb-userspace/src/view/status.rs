@@ -175,6 +175,22 @@ pub struct BackendStatus {
     /// (`crate::sys::tunnel_errors::Kind`): reported, never acted on.
     #[serde(default)]
     pub tunnel_errors: BTreeMap<String, u64>,
+    /// Where `steer` sends its tunnel packets without a route lookup;
+    /// `None`: it asks the kernel's routing table per packet.
+    #[serde(default)]
+    pub next_hop: Option<NextHopStatus>,
+}
+
+/// A backend's next hop as the agent resolved it (`NEXT_HOPS`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextHopStatus {
+    pub interface: String,
+    pub ifindex: u32,
+    /// The next hop's MAC (the gateway's, or the backend's on-link).
+    pub mac: String,
+    /// The largest tunnel packet sent this way; bigger ones take the
+    /// kernel's route lookup (and its path-MTU answers).
+    pub mtu: u16,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -231,7 +247,8 @@ pub(crate) fn sample_status() -> Status {
                     "address": "10.0.0.1", "weight": 100, "id": 1, "packets": 600, "bytes": 80_000,
                     "health": "up", "reason": null, "rtt_avg_ms": 12.5, "rtt_p99_ms": 40.0,
                     "latency_factor": 1.0, "drained": false, "drain_until_unix": null, "dead": false,
-                    "transitions": [], "tunnel_errors": {"protocol_unreachable": 7}
+                    "transitions": [], "tunnel_errors": {"protocol_unreachable": 7},
+                    "next_hop": {"interface": "eth0", "ifindex": 2, "mac": "02:00:5e:00:01:01", "mtu": 1520}
                 },
                 {
                     "address": "2001:db8::2", "weight": 100, "id": 2, "packets": 300, "bytes": 43_456,
