@@ -198,8 +198,9 @@ impl Installed {
         }
 
         let planned_vips: Vec<(&VipMatch, &PlannedVip)> = plan.vips.iter().collect();
+        let mut recent = Recent::default();
         for chunk in planned_vips.chunks(BUILD_AHEAD) {
-            let mut built = self.build_changed(chunk);
+            let mut built = self.build_changed(chunk, &mut recent);
             for &(matcher, planned) in chunk {
                 self.apply_vip(maps, matcher, planned, &mut built, &mut changes)?;
             }
@@ -315,7 +316,7 @@ impl Installed {
     /// every core: building dominates a large apply (about 1.5 ms a table
     /// at M = 65,537), and a batch of `BUILD_AHEAD` VIPs keeps only a few
     /// tables in memory at once.
-    fn build_changed<'p>(&self, vips: &[(&VipMatch, &'p PlannedVip)]) -> Built<'p> {
+    fn build_changed<'p>(&self, vips: &[(&VipMatch, &'p PlannedVip)], recent: &mut Recent) -> Built<'p> {
         let mut wanted: Vec<&'p PlannedTable> = Vec::new();
         for &(matcher, planned) in vips {
             let installed = self.vips.get(matcher);
@@ -328,8 +329,17 @@ impl Installed {
                 wanted.push(&planned.default);
             }
         }
-        let tables = build_all(&wanted);
-        Built(wanted.into_iter().zip(tables).collect())
+        // Each distinct table once: VIPs over the same pools share it.
+        let mut unique: Vec<&PlannedTable> = Vec::new();
+        for table in &wanted {
+            if recent.get(table).is_none() && !unique.iter().any(|u| same_input(u, table)) {
+                unique.push(table);
+            }
+        }
+        for (table, slots) in unique.iter().zip(build_all(&unique)) {
+            recent.keep(table, slots);
+        }
+        Built(wanted.into_iter().filter_map(|t| Some((t, recent.get(t)?.clone()))).collect())
     }
 
     fn free_vip_id(&self, max_vips: u32) -> Option<u32> {
@@ -383,6 +393,34 @@ fn live_members(table: Option<&InstalledTable>) -> Option<&Vec<MaglevBackend>> {
 
 /// VIPs whose tables are built together, ahead of being applied.
 const BUILD_AHEAD: usize = 32;
+
+/// Tables built during one apply, by what they were built from, so VIPs
+/// over the same pools (a service on several ports, or on IPv4 and IPv6)
+/// share one build. Bounded: at M = 65,537 a table takes 256 KiB.
+#[derive(Default)]
+struct Recent(std::collections::VecDeque<(Vec<MaglevBackend>, u32, Vec<u32>)>);
+
+/// Tables kept in `Recent`.
+const RECENT_TABLES: usize = 64;
+
+impl Recent {
+    fn get(&self, planned: &PlannedTable) -> Option<&Vec<u32>> {
+        self.0.iter().find(|(m, size, _)| *m == planned.members && *size == planned.table_size).map(|(_, _, t)| t)
+    }
+
+    fn keep(&mut self, planned: &PlannedTable, table: Vec<u32>) {
+        if self.0.len() == RECENT_TABLES {
+            self.0.pop_front();
+        }
+        self.0.push_back((planned.members.clone(), planned.table_size, table));
+    }
+}
+
+/// Whether two planned tables are built from the same input (and so are
+/// the same table).
+fn same_input(a: &PlannedTable, b: &PlannedTable) -> bool {
+    a.members == b.members && a.table_size == b.table_size
+}
 
 /// Tables built ahead of their apply, each with the plan's entry it was
 /// built from.
