@@ -43,6 +43,7 @@ use gslb_common::{
         names, LiveGenConfig, LIVE_HEADER_SPACE, LIVE_SINK_ALL as SINK_ALL, LIVE_SINK_IPIP as SINK_IPIP,
         LIVE_SINK_TO_BACKENDS as SINK_TO_BACKENDS,
     },
+    NextHop, NEXT_HOP_VALID,
 };
 use gslb_tests::programs::LIVE;
 use gslb_userspace::{config::Limits, decide::plan::VipMatch, sys::maps::MapWrites, sys::steer::Steer};
@@ -225,6 +226,14 @@ impl<'a> Bench<'a> {
             }
             Case::Steer => {
                 let mut steer = bench_edge()?;
+                // The next hop the agent resolves here (S's MAC, out of F),
+                // as `sys::next_hops` does: no route lookup per packet.
+                let f_ifindex = lab.ifindex(&lab.edge, &lab.f)?;
+                let hop =
+                    NextHop { ifindex: f_ifindex, mtu: 1500, flags: NEXT_HOP_VALID, dst_mac: S_MAC, src_mac: F_MAC };
+                for id in 1..=BACKENDS {
+                    steer.set_next_hop(id, Some(hop))?;
+                }
                 let link = {
                     let _in = InNs::enter(&lab.edge)?;
                     steer.program().attach(&lab.e, XdpMode::Driver).context("attaching steer")?
