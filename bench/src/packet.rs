@@ -816,12 +816,12 @@ fn measure(plan: Plan) -> Result<Vec<Measurement>> {
     r.wrapped(
         &mut big,
         big_steer(steer(
-            format!("steer: new TCP flow each packet (lookup + insert; table fills, then LRU evicts), {big_cfg}"),
+            format!("steer: new TCP flow each packet (lookup + insert; the flow table full, evicting), {big_cfg}"),
             established.clone(),
             true,
             Expect::ForwardedNew,
             20,
-            120.0,
+            200.0,
         )),
     )?;
     drop(big);

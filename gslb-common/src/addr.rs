@@ -6,17 +6,15 @@ pub type Addr16 = [u8; 16];
 /// `::ffff:0:0/96`, the prefix of IPv4-mapped addresses.
 const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
 
-/// Maps an IPv4 address (network byte order) into the 16-byte form.
+/// Maps an IPv4 address (network byte order) into the 16-byte form. Built
+/// from two words, so the XDP programs store it with two 8-byte writes
+/// rather than a byte loop for the zeros.
 #[inline(always)]
 pub fn addr_from_v4(v4: [u8; 4]) -> Addr16 {
-    let mut a = [0u8; 16];
-    a[10] = 0xff;
-    a[11] = 0xff;
-    a[12] = v4[0];
-    a[13] = v4[1];
-    a[14] = v4[2];
-    a[15] = v4[3];
-    a
+    let low = u64::from_ne_bytes([0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]);
+    let words: [u64; 2] = [0, low];
+    // SAFETY: two u64 are 16 plain bytes, in memory order.
+    unsafe { core::mem::transmute::<[u64; 2], Addr16>(words) }
 }
 
 /// The IPv4 address inside an IPv4-mapped address, if it is one.
