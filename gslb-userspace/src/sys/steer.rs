@@ -132,6 +132,17 @@ impl Steer {
     /// Adopts the program and maps a previous agent pinned under `dir`:
     /// every recorded flow, table and counter carries on.
     pub fn open_pinned(dir: &Path) -> Result<Steer> {
+        Self::adopt(dir).with_context(|| {
+            format!(
+                "cannot adopt the pinned state under {} (left by an agent whose maps differ from this one's?); \
+                 to start afresh, dropping recorded flows, stop the agent and remove that directory (docs/operations.md, \
+                 \"Starting afresh\")",
+                dir.display()
+            )
+        })
+    }
+
+    fn adopt(dir: &Path) -> Result<Steer> {
         let path = dir.join(PROGRAM_PIN);
         let program = Xdp::from_pin(&path, aya_obj::programs::XdpAttachType::Interface)
             .with_context(|| format!("opening the pinned program {}", path.display()))?;
