@@ -162,10 +162,6 @@ const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 /// BPF_MAP_UPDATE_BATCH: aya 0.14 has no batch writes, and filling a
 /// million-entry table one syscall at a time takes too long.
 fn update_batch<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V]) -> Result<()> {
-    batch(BPF_MAP_UPDATE_BATCH, map, keys, Some(values))
-}
-
-fn batch<K: Pod, V: Pod>(cmd: libc::c_long, map: &MapData, keys: &[K], values: Option<&[V]>) -> Result<()> {
     #[repr(C)]
     struct BatchAttr {
         in_batch: u64,
@@ -179,7 +175,7 @@ fn batch<K: Pod, V: Pod>(cmd: libc::c_long, map: &MapData, keys: &[K], values: O
     }
     const CHUNK: usize = 1 << 16;
     for (i, k) in keys.chunks(CHUNK).enumerate() {
-        let v = values.map(|v| v[i * CHUNK..i * CHUNK + k.len()].as_ptr() as u64).unwrap_or(0);
+        let v = values[i * CHUNK..i * CHUNK + k.len()].as_ptr() as u64;
         let mut attr = BatchAttr {
             in_batch: 0,
             out_batch: 0,
@@ -192,15 +188,15 @@ fn batch<K: Pod, V: Pod>(cmd: libc::c_long, map: &MapData, keys: &[K], values: O
         };
         // SAFETY: the attribute points at live buffers of `count` entries.
         let rc = unsafe {
-            libc::syscall(libc::SYS_bpf, cmd, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>() as u32)
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>() as u32,
+            )
         };
         if rc != 0 {
-            bail!(
-                "batch map command {cmd}: {} ({} of {} written)",
-                std::io::Error::last_os_error(),
-                attr.count,
-                k.len()
-            );
+            bail!("BPF_MAP_UPDATE_BATCH: {} ({} of {} written)", std::io::Error::last_os_error(), attr.count, k.len());
         }
     }
     Ok(())
@@ -523,8 +519,17 @@ struct Wrapped<'a> {
     clear_new_flows: bool,
 }
 
+/// One measured program behind the wrapper: the wrapper alone on the same
+/// frame, then the program; samples and check lines of each.
+struct WrappedRun {
+    wrapper: Vec<f64>,
+    wrapper_check: String,
+    raw: Vec<f64>,
+    check: String,
+}
+
 impl Runner<'_> {
-    fn wrapped(&mut self, obj: &mut Object, w: Wrapped) -> Result<()> {
+    fn run_wrapped(&self, obj: &mut Object, w: &Wrapped) -> Result<WrappedRun> {
         let vary_offset = if w.vary { V4_SRC_OFFSET } else { 0 };
         // The wrapper's own cost: restore the same frame, tail-call a
         // program that drops.
@@ -540,7 +545,6 @@ impl Runner<'_> {
             clear_new_flows: false,
         };
         let (wrapper, wrapper_check) = sample(obj, &alone, self.plan)?;
-        let overhead = median(&wrapper) - self.floor;
 
         obj.arm(&w.frame, vary_offset, w.target)?;
         let case = Case {
@@ -554,6 +558,14 @@ impl Runner<'_> {
             clear_new_flows: w.clear_new_flows,
         };
         let (raw, check) = sample(obj, &case, self.plan)?;
+        Ok(WrappedRun { wrapper, wrapper_check, raw, check })
+    }
+
+    /// Measures a program behind the wrapper; pushes the wrapper, raw and
+    /// net figures.
+    fn wrapped(&mut self, obj: &mut Object, w: Wrapped) -> Result<()> {
+        let WrappedRun { wrapper, wrapper_check, raw, check } = self.run_wrapped(obj, &w)?;
+        let overhead = median(&wrapper) - self.floor;
         let net: Vec<f64> = raw.iter().map(|r| r - overhead).collect();
 
         let frame_desc =
@@ -586,32 +598,8 @@ impl Runner<'_> {
 
     /// The net cost of a program behind the wrapper (nothing pushed).
     fn net(&mut self, obj: &mut Object, w: Wrapped) -> Result<f64> {
-        let vary_offset = if w.vary { V4_SRC_OFFSET } else { 0 };
-        obj.arm(&w.frame, vary_offset, "bench_drop")?;
-        let alone = Case {
-            name: format!("restore wrapper alone ({})", w.name),
-            prog: "bench_restore",
-            frame: &w.frame,
-            action: XDP_DROP,
-            expect: Expect::Nothing,
-            vip_id: w.vip_id,
-            grow: 0,
-            clear_new_flows: false,
-        };
-        let (wrapper, _) = sample(obj, &alone, self.plan)?;
-        obj.arm(&w.frame, vary_offset, w.target)?;
-        let case = Case {
-            name: w.name.clone(),
-            prog: "bench_restore",
-            frame: &w.frame,
-            action: w.action,
-            expect: w.expect,
-            vip_id: w.vip_id,
-            grow: w.grow,
-            clear_new_flows: w.clear_new_flows,
-        };
-        let (raw, _) = sample(obj, &case, self.plan)?;
-        Ok(median(&raw) - (median(&wrapper) - self.floor))
+        let run = self.run_wrapped(obj, &w)?;
+        Ok(median(&run.raw) - (median(&run.wrapper) - self.floor))
     }
 
     fn direct(

@@ -71,49 +71,46 @@ pub fn run(ctx: &XdpContext) -> u32 {
     };
 
     // Route: the backend's next hop as the agent resolved it, when it has
-    // one and the packet fits it.
-    if let Some(hop) = NEXT_HOPS.get(backend_id) {
-        if hop.flags & NEXT_HOP_VALID != 0 && tunnel.len <= hop.mtu as usize {
-            // Encapsulate, forward.
-            if encap::encapsulate(ctx, &flow, &tunnel).is_none() || stops_after(stage::ENCAPSULATE) {
-                return drop(stats);
-            }
-            let Some(action) = route::send(ctx, hop) else {
+    // one and the packet fits it; otherwise the kernel's routing table,
+    // which also says whether the packet fits the route's MTU.
+    let hop = NEXT_HOPS.get(backend_id).filter(|h| h.flags & NEXT_HOP_VALID != 0 && tunnel.len <= h.mtu as usize);
+    let mut fib = None;
+    let next_hop = match hop {
+        Some(_) => Route::Next,
+        None => {
+            // The lookup's parameters live in per-CPU scratch space: the
+            // BPF stack is too small for them.
+            let Some(scratch) = FIB_SCRATCH.get_ptr_mut(0) else {
                 return drop(stats);
             };
-            forwarded(&flow, vip_stats, backend_id, stats, Route::Next);
-            return action;
+            let scratch = unsafe { &mut *scratch };
+            *scratch = unsafe { core::mem::zeroed() };
+            let next_hop = route::lookup(ctx, &tunnel, scratch);
+            if let Route::TooBig(mtu) = next_hop {
+                let inner_mtu = mtu.saturating_sub(encap::overhead(&tunnel) as u16);
+                return pmtu::too_big(ctx, &flow, inner_mtu, &mut tunnel, scratch);
+            }
+            fib = Some(scratch);
+            next_hop
         }
-    }
-
-    // Otherwise the kernel's routing table: the tunnel's next hop, and
-    // whether the packet fits its MTU.
-    let Some(fib) = FIB_SCRATCH.get_ptr_mut(0) else {
-        return drop(stats);
     };
-    let fib = unsafe { &mut *fib };
-    *fib = unsafe { core::mem::zeroed() };
-    let next_hop = route::lookup(ctx, &tunnel, fib);
-    match next_hop {
-        Route::Next | Route::Neighbour => {}
-        Route::TooBig(mtu) => {
-            let inner_mtu = mtu.saturating_sub(encap::overhead(&tunnel) as u16);
-            return pmtu::too_big(ctx, &flow, inner_mtu, &mut tunnel, fib);
-        }
-        Route::Unroutable => {
-            stats.fib_failures += 1;
-            return drop(stats);
-        }
+    if next_hop == Route::Unroutable {
+        stats.fib_failures += 1;
+        return drop(stats);
     }
 
     // Encapsulate.
-    if encap::encapsulate(ctx, &flow, &tunnel).is_none() {
+    if encap::encapsulate(ctx, &flow, &tunnel).is_none() || stops_after(stage::ENCAPSULATE) {
         return drop(stats);
     }
     forwarded(&flow, vip_stats, backend_id, stats, next_hop);
 
     // Forward.
-    route::forward(ctx, fib, next_hop).unwrap_or_else(|| drop(stats))
+    let sent = match hop {
+        Some(hop) => route::send(ctx, hop),
+        None => fib.and_then(|fib| route::forward(ctx, fib, next_hop)),
+    };
+    sent.unwrap_or_else(|| drop(stats))
 }
 
 /// Whether a benchmark asked `steer` to stop after `stage`.

@@ -316,7 +316,7 @@ impl Installed {
     /// every core: building dominates a large apply (about 1.5 ms a table
     /// at M = 65,537), and a batch of `BUILD_AHEAD` VIPs keeps only a few
     /// tables in memory at once.
-    fn build_changed<'p>(&self, vips: &[(&VipMatch, &'p PlannedVip)], recent: &mut Recent) -> Built<'p> {
+    fn build_changed<'p>(&self, vips: &[(&VipMatch, &'p PlannedVip)], recent: &mut Recent<'p>) -> Built<'p> {
         let mut wanted: Vec<&'p PlannedTable> = Vec::new();
         for &(matcher, planned) in vips {
             let installed = self.vips.get(matcher);
@@ -398,21 +398,21 @@ const BUILD_AHEAD: usize = 32;
 /// over the same pools (a service on several ports, or on IPv4 and IPv6)
 /// share one build. Bounded: at M = 65,537 a table takes 256 KiB.
 #[derive(Default)]
-struct Recent(std::collections::VecDeque<(Vec<MaglevBackend>, u32, Vec<u32>)>);
+struct Recent<'p>(std::collections::VecDeque<(&'p PlannedTable, Vec<u32>)>);
 
 /// Tables kept in `Recent`.
 const RECENT_TABLES: usize = 64;
 
-impl Recent {
+impl<'p> Recent<'p> {
     fn get(&self, planned: &PlannedTable) -> Option<&Vec<u32>> {
-        self.0.iter().find(|(m, size, _)| *m == planned.members && *size == planned.table_size).map(|(_, _, t)| t)
+        self.0.iter().find(|(built, _)| same_input(built, planned)).map(|(_, table)| table)
     }
 
-    fn keep(&mut self, planned: &PlannedTable, table: Vec<u32>) {
+    fn keep(&mut self, planned: &'p PlannedTable, table: Vec<u32>) {
         if self.0.len() == RECENT_TABLES {
             self.0.pop_front();
         }
-        self.0.push_back((planned.members.clone(), planned.table_size, table));
+        self.0.push_back((planned, table));
     }
 }
 
