@@ -257,8 +257,12 @@ impl Object {
         let vip_stats = take(&mut product, names::VIP_STATS)?;
         let decap_addrs = take(&mut product, names::DECAP_ADDRS)?;
         let decap_stats = take(&mut product, names::DECAP_STATS)?;
-        let config =
-            EdgeConfig { tunnel_source_v4: TUNNEL_V4.octets(), has_v6: 1, tunnel_source_v6: TUNNEL_V6.octets() };
+        let config = EdgeConfig {
+            tunnel_source_v4: TUNNEL_V4.octets(),
+            has_v6: 1,
+            tunnel_source_v6: TUNNEL_V6.octets(),
+            ..EdgeConfig::default()
+        };
         edge_config.set(0, config, 0)?;
         Ok(Object {
             product,

@@ -15,6 +15,7 @@ pub mod hash;
 #[cfg(any(test, feature = "alloc"))]
 pub mod maglev;
 pub mod maps;
+pub mod second_chance;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -22,3 +23,4 @@ pub use addr::*;
 pub use flows::*;
 pub use hash::*;
 pub use maps::*;
+pub use second_chance::*;

@@ -21,6 +21,11 @@ pub mod names {
     pub const STEER_PREFIXES: &str = "STEER_PREFIXES";
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
+    pub const OWNER_HISTORY: &str = "OWNER_HISTORY";
+    pub const DECAP_EDGES: &str = "DECAP_EDGES";
+    pub const DECAP_PEERS: &str = "DECAP_PEERS";
+    /// Global (`.rodata`): the UDP port `decap` takes hop-list packets on.
+    pub const DECAP_GUE_PORT: &str = "DECAP_GUE_PORT";
     /// Global (`.rodata`) holding the Maglev table size, set at load time.
     pub const TABLE_SIZE: &str = "TABLE_SIZE";
     /// Global (`.rodata`) holding the number of `FLOWS` buckets.
@@ -203,7 +208,8 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
-/// Value of `EDGE_CONFIG` (one entry): outer source addresses.
+/// Value of `EDGE_CONFIG` (one entry): outer source addresses and second
+/// chance.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EdgeConfig {
@@ -211,6 +217,12 @@ pub struct EdgeConfig {
     /// Non-zero when `tunnel_source_v6` is set.
     pub has_v6: u32,
     pub tunnel_source_v6: Addr16,
+    /// Seconds a table slot's previous owner still gets mid-flow packets
+    /// in a hop list (`second_chance`); 0 turns hop lists off.
+    pub stickiness_window: u32,
+    /// UDP destination port of hop-list (GUE) packets.
+    pub gue_port: u16,
+    pub _pad: u16,
 }
 
 /// Per-CPU global counters of `steer` (`GLOBAL_STATS`, one entry).
@@ -245,6 +257,9 @@ pub struct GlobalStats {
     /// VIP packets too big for the tunnel that may not be answered: IPv4
     /// without DF, ICMP errors. Also counted in `dropped`.
     pub too_big_dropped: u64,
+    /// Packets sent with a hop list (mid-flow packets whose table slot had
+    /// recent previous owners; see `second_chance`).
+    pub hop_list_packets: u64,
 }
 
 /// Per-CPU counters of one VIP (`VIP_STATS`, indexed by vip id).
@@ -268,6 +283,8 @@ pub struct BackendStats {
     pub packets: u64,
     /// Inner IP bytes.
     pub bytes: u64,
+    /// Of `packets`, sent with a hop list.
+    pub hop_list_packets: u64,
 }
 
 /// Per-CPU counters of `decap` (`DECAP_STATS`, one entry).
@@ -278,6 +295,23 @@ pub struct DecapStats {
     pub decapsulated: u64,
     /// Tunnel packets for this host that could not be stripped.
     pub errors: u64,
+    /// Hop-list packets delivered here: a SYN, a connection this host owns,
+    /// a valid SYN cookie.
+    pub hop_list_delivered: u64,
+    /// Hop-list packets sent on to the next hop in their list.
+    pub hop_list_forwarded: u64,
+    /// Hop-list packets delivered here because no hop was left to try (or
+    /// the next one could not be routed: see `hop_list_unroutable`).
+    pub hop_list_last_resort: u64,
+    /// Of `hop_list_last_resort`, those whose next hop had no route or
+    /// neighbour.
+    pub hop_list_unroutable: u64,
+    /// Hop-list packets from a source that is not a configured edge: passed
+    /// to the kernel untouched.
+    pub hop_list_refused: u64,
+    /// Hop-list packets with a malformed list, or naming a hop that is not
+    /// a configured backend: dropped.
+    pub hop_list_malformed: u64,
 }
 
 macro_rules! sum_fields {
@@ -300,11 +334,22 @@ sum_fields!(GlobalStats {
     dropped,
     icmp_errors,
     too_big_answered,
-    too_big_dropped
+    too_big_dropped,
+    hop_list_packets
 });
 sum_fields!(VipStats { packets, bytes, new_flows, flow_hits, flow_misses });
-sum_fields!(BackendStats { packets, bytes });
-sum_fields!(DecapStats { received, decapsulated, errors });
+sum_fields!(BackendStats { packets, bytes, hop_list_packets });
+sum_fields!(DecapStats {
+    received,
+    decapsulated,
+    errors,
+    hop_list_delivered,
+    hop_list_forwarded,
+    hop_list_last_resort,
+    hop_list_unroutable,
+    hop_list_refused,
+    hop_list_malformed
+});
 
 #[cfg(feature = "user")]
 mod pod {
@@ -324,4 +369,5 @@ mod pod {
     unsafe impl aya::Pod for VipStats {}
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for DecapStats {}
+    unsafe impl aya::Pod for crate::SlotHistory {}
 }

@@ -12,7 +12,8 @@ use aya_ebpf::{
 };
 use gslb_common::{
     Addr16, Backend, BackendStats, ClientPrefixKey, ClientTable, DecapStats, EdgeConfig, FlowBucket, FragmentVipKey,
-    GlobalStats, NextHop, VipKey, VipStats, VipValue, DEFAULT_TABLE_SIZE, VIP_FILTER_WORDS,
+    GlobalStats, NextHop, SlotHistory, VipKey, VipStats, VipValue, DEFAULT_GUE_PORT, DEFAULT_TABLE_SIZE,
+    VIP_FILTER_WORDS,
 };
 
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -41,6 +42,11 @@ pub static STEER_PREFIXES: LpmTrie<ClientPrefixKey, ClientTable> = LpmTrie::with
 /// per slot.
 #[map]
 pub static MAGLEV: Array<u32> = Array::with_max_entries(1, gslb_common::BPF_F_MMAPABLE);
+/// Each table slot's recent previous owners (`gslb_common::second_chance`),
+/// indexed like one generation of a table: `table_id * TABLE_SIZE + slot`.
+/// Memory-mappable: the agent updates it as it writes tables.
+#[map]
+pub static OWNER_HISTORY: Array<SlotHistory> = Array::with_max_entries(1, gslb_common::BPF_F_MMAPABLE);
 /// The flow table: buckets of flows by flow hash, shared by all CPUs so a
 /// flow stays put even if its packets arrive on different queues (see
 /// `gslb_common::flows`).
@@ -63,6 +69,12 @@ pub static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entr
 /// Tunnel addresses this backend decapsulates for.
 #[map]
 pub static DECAP_ADDRS: HashMap<Addr16, u32> = HashMap::with_max_entries(16, 0);
+/// Edge tunnel sources `decap` takes hop-list packets from.
+#[map]
+pub static DECAP_EDGES: HashMap<Addr16, u32> = HashMap::with_max_entries(64, 0);
+/// Backends `decap` may send a hop-list packet on to.
+#[map]
+pub static DECAP_PEERS: HashMap<Addr16, u32> = HashMap::with_max_entries(1024, 0);
 #[map]
 pub static DECAP_STATS: PerCpuArray<DecapStats> = PerCpuArray::with_max_entries(1, 0);
 
@@ -73,6 +85,9 @@ pub static TABLE_SIZE: u32 = DEFAULT_TABLE_SIZE;
 /// (`gslb_common::stage`); 0 in the agent.
 #[unsafe(no_mangle)]
 pub static STOP_AFTER: u32 = 0;
+/// The UDP port `decap` takes hop-list packets on, set at load time.
+#[unsafe(no_mangle)]
+pub static DECAP_GUE_PORT: u16 = DEFAULT_GUE_PORT;
 /// Buckets in `FLOWS`, set at load time.
 #[unsafe(no_mangle)]
 pub static FLOW_BUCKETS: u32 = 1;

@@ -370,6 +370,10 @@ impl MapWrites for Steer {
             tunnel_source_v4: v4.octets(),
             has_v6: v6.is_some() as u32,
             tunnel_source_v6: v6.map(|a| a.octets()).unwrap_or_default(),
+            // Second chance is off until the config turns it on.
+            stickiness_window: 0,
+            gue_port: gslb_common::DEFAULT_GUE_PORT,
+            _pad: 0,
         };
         self.next_hops.set_sources(v4, v6);
         self.edge_config.set(0, config, 0).context("writing EDGE_CONFIG")
