@@ -124,6 +124,7 @@ pub fn bench_forward(ctx: XdpContext) -> u32 {
         src: addr_from_v4(ip.src_addr),
         dst: addr_from_v4(ip.dst_addr),
         len: ip.tot_len() as usize,
+        gue: false,
     };
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     let route = route::lookup(&ctx, &packet, &mut fib);

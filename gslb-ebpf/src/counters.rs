@@ -2,9 +2,9 @@
 //! verdicts that count themselves (`pass`, `drop`).
 
 use aya_ebpf::{bindings::xdp_action, maps::PerCpuArray};
-use gslb_common::{DecapStats, GlobalStats};
+use gslb_common::GlobalStats;
 
-use crate::maps::{DECAP_STATS, GLOBAL_STATS};
+use crate::maps::GLOBAL_STATS;
 
 /// This CPU's entry `index` of a counter map.
 #[inline(always)]
@@ -16,14 +16,6 @@ pub fn entry<T>(map: &PerCpuArray<T>, index: u32) -> Option<&'static mut T> {
 #[inline(always)]
 pub fn global() -> Option<&'static mut GlobalStats> {
     entry(&GLOBAL_STATS, 0)
-}
-
-/// `decap`'s counters.
-#[inline(always)]
-pub fn decap(f: impl FnOnce(&mut DecapStats)) {
-    if let Some(stats) = entry(&DECAP_STATS, 0) {
-        f(stats)
-    }
 }
 
 /// Hands the packet to the kernel, counted as passed.

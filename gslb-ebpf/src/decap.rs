@@ -1,67 +1,124 @@
 //! `decap`: strip the tunnel header from packets addressed to this backend
-//! and hand the inner packet to the kernel.
+//! and hand the inner packet to the kernel. Plain tunnels (IP-in-IP,
+//! IPv6-in-IPv6) are stripped; hop-list packets (GUE, second chance) are
+//! `handoff`'s to decide.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext, EbpfContext};
-use gslb_common::{addr_from_v4, proto};
-use gslb_ebpf::parse::{parse_l2, ptr_at, ETH_P_IPV4, ETH_P_IPV6, MAX_VLAN_TAGS, VLAN_TAG_LEN};
+use gslb_common::{addr_from_v4, proto, Addr16, DecapStats};
+use gslb_ebpf::parse::{parse_l2, ptr_at, ETH_P_IPV4, ETH_P_IPV6, L2, MAX_VLAN_TAGS, VLAN_TAG_LEN};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
-use crate::{counters::decap as stats, maps::DECAP_ADDRS};
+use crate::{
+    counters::entry,
+    handoff,
+    maps::{DECAP_ADDRS, DECAP_GUE_PORT, DECAP_STATS},
+};
 
 /// Ethernet plus at most two VLAN tags, as `parse_l2` accepts.
 const MAX_L2_LEN: usize = EthHdr::LEN + MAX_VLAN_TAGS * VLAN_TAG_LEN;
 
+/// The outer IP header of a packet addressed to this backend.
+pub struct Outer {
+    pub v6: bool,
+    /// Bytes of the IP header.
+    pub header_len: usize,
+    /// The whole outer IP packet.
+    pub len: usize,
+    pub proto: u8,
+    pub src: Addr16,
+    pub dst: Addr16,
+}
+
 pub fn run(ctx: &XdpContext) -> u32 {
-    stats(|s| s.received += 1);
-    match strip(ctx) {
-        Some(true) => stats(|s| s.decapsulated += 1),
-        Some(false) => {}
-        None => stats(|s| s.errors += 1),
+    let Some(stats) = entry(&DECAP_STATS, 0) else {
+        return xdp_action::XDP_PASS;
+    };
+    stats.received += 1;
+    let Ok(l2) = parse_l2(ctx) else {
+        return xdp_action::XDP_PASS;
+    };
+    let Some(outer) = outer(ctx, &l2) else {
+        return xdp_action::XDP_PASS;
+    };
+    match outer.proto {
+        proto::IPIP | proto::IPV6 if for_us(&outer) => deliver(ctx, stats, &l2, outer.header_len, outer.proto),
+        proto::UDP if to_gue_port(ctx, &l2, &outer) && for_us(&outer) => handoff::run(ctx, stats, &l2, &outer),
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+/// The outer IP header; `None` for anything `decap` never strips (not IP,
+/// truncated, a fragment: a tunnel packet cannot be stripped piecewise).
+#[inline(always)]
+fn outer(ctx: &XdpContext, l2: &L2) -> Option<Outer> {
+    if l2.ether_type == ETH_P_IPV4 {
+        let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l2.len)? };
+        let fragment = u16::from_be_bytes(ip.frags) & 0x3fff != 0;
+        if ip.version() != 4 || (ip.ihl() as usize) < Ipv4Hdr::LEN || fragment {
+            return None;
+        }
+        Some(Outer {
+            v6: false,
+            header_len: ip.ihl() as usize,
+            len: ip.tot_len() as usize,
+            proto: ip.proto,
+            src: addr_from_v4(ip.src_addr),
+            dst: addr_from_v4(ip.dst_addr),
+        })
+    } else {
+        let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, l2.len)? };
+        Some(Outer {
+            v6: true,
+            header_len: Ipv6Hdr::LEN,
+            len: Ipv6Hdr::LEN + ip.payload_len() as usize,
+            proto: ip.next_hdr,
+            src: ip.src_addr,
+            dst: ip.dst_addr,
+        })
+    }
+}
+
+/// Addressed to one of this backend's tunnel addresses.
+#[inline(always)]
+fn for_us(outer: &Outer) -> bool {
+    unsafe { DECAP_ADDRS.get(&outer.dst) }.is_some()
+}
+
+/// A UDP packet to the hop-list (GUE) port.
+#[inline(always)]
+fn to_gue_port(ctx: &XdpContext, l2: &L2, outer: &Outer) -> bool {
+    let port = unsafe { core::ptr::read_volatile(&DECAP_GUE_PORT) };
+    ptr_at::<[u8; 2]>(ctx, l2.len + outer.header_len + 2).is_some_and(|p| u16::from_be_bytes(unsafe { *p }) == port)
+}
+
+/// Strips the first `strip` bytes after the link layer (the tunnel's
+/// headers) and hands the inner packet, of protocol `inner_proto` (IPIP or
+/// IPv6), to the kernel; counted as decapsulated or, if the frame cannot
+/// be changed, as an error (the packet then goes on as it came).
+#[inline(always)]
+pub fn deliver(ctx: &XdpContext, stats: &mut DecapStats, l2: &L2, strip: usize, inner_proto: u8) -> u32 {
+    match strip_headers(ctx, l2, strip, inner_proto) {
+        Some(()) => stats.decapsulated += 1,
+        None => stats.errors += 1,
     }
     xdp_action::XDP_PASS
 }
 
-/// `Some(true)` if a tunnel header was removed, `Some(false)` if the packet
-/// is not a tunnel packet for us, `None` if it is one but could not be
-/// stripped (it then goes to the kernel as it came).
 #[inline(always)]
-fn strip(ctx: &XdpContext) -> Option<bool> {
-    let Ok(l2) = parse_l2(ctx) else {
-        return Some(false);
-    };
-    let (outer_len, inner_proto, dst) = if l2.ether_type == ETH_P_IPV4 {
-        let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, l2.len) else { return Some(false) };
-        let ip = unsafe { &*ip };
-        // A fragmented tunnel packet cannot be stripped piecewise.
-        let fragment = u16::from_be_bytes(ip.frags) & 0x3fff != 0;
-        if ip.version() != 4 || (ip.ihl() as usize) < Ipv4Hdr::LEN || fragment {
-            return Some(false);
-        }
-        (ip.ihl() as usize, ip.proto, addr_from_v4(ip.dst_addr))
-    } else {
-        let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, l2.len) else { return Some(false) };
-        let ip = unsafe { &*ip };
-        (Ipv6Hdr::LEN, ip.next_hdr, ip.dst_addr)
-    };
-    if inner_proto != proto::IPIP && inner_proto != proto::IPV6 {
-        return Some(false);
-    }
-    if unsafe { DECAP_ADDRS.get(&dst) }.is_none() {
-        return Some(false);
-    }
+fn strip_headers(ctx: &XdpContext, l2: &L2, strip: usize, inner_proto: u8) -> Option<()> {
     // The inner IP header must at least start inside the frame.
-    ptr_at::<u8>(ctx, l2.len + outer_len)?;
+    ptr_at::<u8>(ctx, l2.len + strip)?;
 
     // Keep the link-layer header (with its VLAN tags), moved up over the
-    // outer IP header; only its last ethertype changes. The frame holds at
+    // tunnel's headers; only its last ethertype changes. The frame holds at
     // least MAX_L2_LEN bytes (it has an outer IP header), so save that many.
     let saved = unsafe { *ptr_at::<[u8; MAX_L2_LEN]>(ctx, 0)? };
     let inner_type = if inner_proto == proto::IPIP { ETH_P_IPV4 } else { ETH_P_IPV6 }.to_be_bytes();
 
-    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, outer_len as i32) } != 0 {
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, strip as i32) } != 0 {
         return None;
     }
     unsafe {
@@ -76,5 +133,5 @@ fn strip(ctx: &XdpContext) -> Option<bool> {
         }
         *ptr_at::<[u8; 2]>(ctx, l2.len - 2)? = inner_type;
     }
-    Some(true)
+    Some(())
 }

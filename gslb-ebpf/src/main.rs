@@ -8,6 +8,7 @@
 
 mod counters;
 mod decap;
+mod handoff;
 mod maps;
 mod pmtu;
 mod steer;

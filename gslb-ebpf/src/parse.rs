@@ -100,6 +100,29 @@ pub struct Flow {
     /// IPv4 only: the inner DF bit and identification, copied outward.
     pub df: bool,
     pub ip_id: u16,
+    /// TCP only: the header's flags byte (0 for UDP, fragments and ICMP
+    /// errors).
+    pub tcp_flags: u8,
+}
+
+/// TCP flags (`Flow::tcp_flags`).
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+impl Flow {
+    /// A TCP packet that opens a connection: SYN without ACK.
+    #[inline(always)]
+    pub fn is_syn(&self) -> bool {
+        self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+
+    /// A packet of a TCP connection past its SYN (or an ICMP error about
+    /// one): a host that never saw the connection cannot know its backend.
+    #[inline(always)]
+    pub fn is_mid_flow(&self) -> bool {
+        self.proto == proto::TCP && !self.fragment && !self.is_syn()
+    }
 }
 
 /// The IP destination address, read before anything else is checked (so
@@ -172,6 +195,7 @@ fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Flow, Skip> {
         tos: ip.tos,
         df: frags & IPV4_DF != 0,
         ip_id: ip.id(),
+        tcp_flags: 0,
     })
 }
 
@@ -248,6 +272,7 @@ fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Flow, Skip> {
         tos: (vcf[0] << 4) | (vcf[1] >> 4),
         df: false,
         ip_id: 0,
+        tcp_flags: 0,
     })
 }
 
@@ -319,12 +344,14 @@ fn parse_ports(ctx: &XdpContext, flow: &mut Flow) -> Result<(), Skip> {
         return Err(Skip::Malformed);
     }
     if flow.proto == proto::TCP {
-        // The data offset: the high nibble of byte 12, in 32-bit words.
-        let offset_byte = ptr_at::<u8>(ctx, flow.l4_offset + 12).ok_or(Skip::Malformed)?;
-        let data_offset = (unsafe { *offset_byte } >> 4) as usize * 4;
+        // The data offset: the high nibble of byte 12, in 32-bit words;
+        // the flags follow.
+        let bytes = unsafe { *ptr_at::<[u8; 2]>(ctx, flow.l4_offset + 12).ok_or(Skip::Malformed)? };
+        let data_offset = (bytes[0] >> 4) as usize * 4;
         if data_offset < TcpHdr::LEN || flow.l4_offset + data_offset > end {
             return Err(Skip::Malformed);
         }
+        flow.tcp_flags = bytes[1];
     }
     let header = ptr_at::<[u8; 4]>(ctx, flow.l4_offset).ok_or(Skip::Malformed)?;
     let header = unsafe { &*header };

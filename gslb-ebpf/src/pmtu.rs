@@ -54,6 +54,7 @@ pub fn too_big(ctx: &XdpContext, flow: &Flow, mtu: u16, packet: &mut Outbound, f
     packet.src = flow.dst;
     packet.dst = flow.src;
     packet.len = len;
+    packet.gue = false;
     *fib = unsafe { core::mem::zeroed() };
     match route::lookup(ctx, packet, fib) {
         r @ (Route::Next | Route::Neighbour) => {

@@ -28,6 +28,8 @@ pub struct Outbound {
     pub dst: Addr16,
     /// The whole IP packet (outer header included).
     pub len: usize,
+    /// A tunnel packet with a hop list (GUE) rather than plain IP-in-IP.
+    pub gue: bool,
 }
 
 /// What the kernel's routing table says about a packet about to be sent.
@@ -106,9 +108,10 @@ fn out(ctx: &XdpContext, ifindex: u32, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Op
     }
 }
 
-/// Address bytes as the u32 words `bpf_fib_lookup` wants (bytes unchanged).
+/// Address bytes as the u32 words `bpf_fib_lookup` and the socket lookup
+/// want (bytes unchanged).
 #[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
+pub fn words(a: &[u8; 16]) -> [u32; 4] {
     let mut w = [0u32; 4];
     for (i, word) in w.iter_mut().enumerate() {
         *word = u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]);

@@ -1,13 +1,18 @@
 //! `steer`: parse, classify, select, route, encapsulate, forward.
 
-use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key as LpmKey, programs::XdpContext};
+use core::mem::MaybeUninit;
+
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_ktime_get_boot_ns, maps::lpm_trie::Key as LpmKey, programs::XdpContext,
+};
 use gslb_common::{
-    flow_bucket, hash_address, hash_flow, maglev_index, stage, vip_filter_bit, Addr16, Backend, ClientPrefixKey,
-    FragmentVipKey, GlobalStats, VipKey, VipStats, VipValue, BACKEND_DEAD, CLIENT_PREFIX_VIP_BITS, NEXT_HOP_VALID,
-    NO_BACKEND, VIP_CLIENT_STEERING, VIP_SOURCE_IP_AFFINITY,
+    addr_as_v4, flow_bucket, gue_source_port, hash_address, hash_flow, maglev_index, stage, vip_filter_bit, Addr16,
+    ClientPrefixKey, EdgeConfig, FragmentVipKey, GlobalStats, VipKey, VipStats, VipValue, BACKEND_DEAD,
+    BACKEND_SECOND_CHANCE, CLIENT_PREFIX_VIP_BITS, FLOW_MID_FLOW, MAX_HOPS, NEXT_HOP_VALID, NO_BACKEND,
+    VIP_CLIENT_STEERING, VIP_SOURCE_IP_AFFINITY,
 };
 use gslb_ebpf::{
-    encap,
+    encap::{self, Hops},
     parse::{destination, parse_ip, parse_l2, parse_l4, Flow, Skip},
     route::{self, Route},
 };
@@ -16,7 +21,7 @@ use crate::{
     counters::{drop, entry, global, pass},
     maps::{
         BACKENDS, BACKEND_STATS, EDGE_CONFIG, FIB_SCRATCH, FLOWS, FLOW_BUCKETS, FRAGMENT_VIPS, MAGLEV, NEXT_HOPS,
-        STEER_PREFIXES, STOP_AFTER, TABLE_SIZE, VIPS, VIP_FILTER, VIP_STATS,
+        OWNER_HISTORY, STEER_PREFIXES, STOP_AFTER, TABLE_SIZE, VIPS, VIP_FILTER, VIP_STATS,
     },
     pmtu,
 };
@@ -62,11 +67,26 @@ pub fn run(ctx: &XdpContext) -> u32 {
         return drop(stats);
     }
 
-    // Select.
-    let Some((backend_id, backend)) = select(&flow, &vip, vip_stats) else {
+    // Select. A flow first seen mid-connection goes with a hop list of its
+    // table slot's recent previous owners, when there are any.
+    let Some(selected) = select(&flow, &vip, vip_stats) else {
         return drop(stats);
     };
-    let Some(mut tunnel) = EDGE_CONFIG.get(0).and_then(|config| encap::tunnel_to(&flow, backend, config)) else {
+    let (backend_id, mid_flow) = (selected & !FLOW_MID_FLOW, selected & FLOW_MID_FLOW != 0);
+    let Some(backend) = BACKENDS.get(backend_id) else {
+        return drop(stats);
+    };
+    let Some(config) = EDGE_CONFIG.get(0) else {
+        return drop(stats);
+    };
+    let mut hops = MaybeUninit::<Hops>::uninit();
+    let gue = mid_flow
+        && backend.flags & BACKEND_SECOND_CHANCE != 0
+        && config.stickiness_window != 0
+        && previous_owners(&flow, &vip, backend_id, config, &mut hops);
+    // SAFETY: `previous_owners` wrote every field when it said yes.
+    let hops = if gue { Some(unsafe { hops.assume_init_ref() }) } else { None };
+    let Some(mut tunnel) = encap::tunnel_to(&flow, backend, config, gue) else {
         return drop(stats);
     };
 
@@ -100,10 +120,10 @@ pub fn run(ctx: &XdpContext) -> u32 {
     }
 
     // Encapsulate.
-    if encap::encapsulate(ctx, &flow, &tunnel).is_none() || stops_after(stage::ENCAPSULATE) {
+    if encap::encapsulate(ctx, &flow, &tunnel, hops).is_none() || stops_after(stage::ENCAPSULATE) {
         return drop(stats);
     }
-    forwarded(&flow, vip_stats, backend_id, stats, next_hop);
+    forwarded(&flow, vip_stats, backend_id, stats, next_hop, gue);
 
     // Forward.
     let sent = match hop {
@@ -139,13 +159,15 @@ fn may_have_vip(dst: &Addr16) -> bool {
 /// Counts a packet tunnelled to a backend: sent (`Route::Next`) or handed
 /// to the kernel to resolve the neighbour.
 #[inline(always)]
-fn forwarded(flow: &Flow, vip: &mut VipStats, backend_id: u32, stats: &mut GlobalStats, next_hop: Route) {
+fn forwarded(flow: &Flow, vip: &mut VipStats, backend_id: u32, stats: &mut GlobalStats, next_hop: Route, gue: bool) {
     vip.packets += 1;
     vip.bytes += flow.ip_len as u64;
     if let Some(backend) = entry(&BACKEND_STATS, backend_id) {
         backend.packets += 1;
         backend.bytes += flow.ip_len as u64;
+        backend.hop_list_packets += gue as u64;
     }
+    stats.hop_list_packets += gue as u64;
     if next_hop == Route::Next {
         stats.forwarded += 1;
     } else {
@@ -189,9 +211,13 @@ fn table_for(flow: &Flow, vip: &VipValue) -> (u32, u32) {
 }
 
 /// Picks the backend: the flow table first, unless its backend is dead;
-/// otherwise the VIP's live Maglev table, recording the choice.
+/// otherwise the VIP's live Maglev table, recording the choice. The
+/// backend id has `FLOW_MID_FLOW` set if the flow was first seen
+/// mid-connection (recorded so, or a mid-flow packet now): this edge cannot
+/// know its backend. (An id, not the backend: a pointer returned through
+/// the stack loses its type for the verifier.)
 #[inline(never)]
-fn select(flow: &Flow, vip: &VipValue, stats: &mut VipStats) -> Option<(u32, &'static Backend)> {
+fn select(flow: &Flow, vip: &VipValue, stats: &mut VipStats) -> Option<u32> {
     let source_ip = vip.flags & VIP_SOURCE_IP_AFFINITY != 0;
     // Fragments and source-ip VIPs are keyed by addresses alone, so every
     // fragment of a datagram, and every flow of a client, lands together.
@@ -201,7 +227,8 @@ fn select(flow: &Flow, vip: &VipValue, stats: &mut VipStats) -> Option<(u32, &'s
 
     let buckets = unsafe { core::ptr::read_volatile(&FLOW_BUCKETS) };
     let bucket = unsafe { &mut *FLOWS.get_ptr_mut(flow_bucket(hash, buckets))? };
-    if let Some((way, id)) = bucket.find(hash) {
+    if let Some((way, recorded)) = bucket.find(hash) {
+        let id = recorded & !FLOW_MID_FLOW;
         if let Some(backend) = BACKENDS.get(id) {
             if backend.flags & BACKEND_DEAD == 0 {
                 bucket.touch(way);
@@ -209,7 +236,7 @@ fn select(flow: &Flow, vip: &VipValue, stats: &mut VipStats) -> Option<(u32, &'s
                 if stops_after(stage::FLOW_LOOKUP) {
                     return None;
                 }
-                return Some((id, backend));
+                return Some(recorded);
             }
         }
     }
@@ -229,18 +256,59 @@ fn select(flow: &Flow, vip: &VipValue, stats: &mut VipStats) -> Option<(u32, &'s
     if id == NO_BACKEND {
         return None;
     }
-    let backend = BACKENDS.get(id)?;
     if stops_after(stage::TABLE_LOOKUP) {
         return None;
     }
     // An ICMP error follows its flow but never creates one: spoofed errors
     // must not fill the flow table.
+    let selected = if flow.is_mid_flow() { id | FLOW_MID_FLOW } else { id };
     if !flow.icmp_error {
-        bucket.record(hash, id);
+        bucket.record(hash, selected);
         stats.new_flows += 1;
     }
     if stops_after(stage::RECORD) {
         return None;
     }
-    Some((id, backend))
+    Some(selected)
+}
+
+/// Fills `hops` with the flow's table slot's previous owners that may hold
+/// the connection now sent to `owner`: lost the slot within the stickiness
+/// window, alive, understand hop lists, reachable in the same tunnel family.
+/// False if there is none (the packet then goes without a hop list).
+#[inline(never)]
+fn previous_owners(flow: &Flow, vip: &VipValue, owner: u32, config: &EdgeConfig, hops: &mut MaybeUninit<Hops>) -> bool {
+    let source_ip = vip.flags & VIP_SOURCE_IP_AFFINITY != 0;
+    let (src_port, dst_port) = if source_ip { (0, 0) } else { (flow.src_port, flow.dst_port) };
+    let hash = hash_flow(&flow.src, &flow.dst, src_port, dst_port, flow.proto);
+    let slot_hash = if source_ip { hash_address(&flow.src) } else { hash as u32 };
+    let table_size = unsafe { core::ptr::read_volatile(&TABLE_SIZE) };
+    if table_size == 0 {
+        return false;
+    }
+    let (table_id, _) = table_for(flow, vip);
+    let Some(history) = OWNER_HISTORY.get(table_id * table_size + slot_hash % table_size) else {
+        return false;
+    };
+    let Some(current) = BACKENDS.get(owner) else {
+        return false;
+    };
+    let v4 = addr_as_v4(&current.addr).is_some();
+    let now = (unsafe { bpf_ktime_get_boot_ns() } / 1_000_000_000) as u32;
+    let candidates = history.candidates(owner, now, config.stickiness_window);
+    let out = hops.write(Hops {
+        count: 0,
+        source_port: gue_source_port(hash),
+        dest_port: config.gue_port,
+        addrs: [[0; 16]; MAX_HOPS],
+    });
+    for id in candidates {
+        let Some(backend) = BACKENDS.get(id) else { continue };
+        let usable = backend.flags & (BACKEND_SECOND_CHANCE | BACKEND_DEAD) == BACKEND_SECOND_CHANCE;
+        if id != 0 && usable && addr_as_v4(&backend.addr).is_some() == v4 && (out.count as usize) < MAX_HOPS {
+            out.addrs[out.count as usize] = backend.addr;
+            out.count += 1;
+        }
+    }
+    out.count > 0
 }

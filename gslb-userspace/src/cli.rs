@@ -8,6 +8,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, DEFAULT_ADMIN_SOCKET};
+use crate::sys::decap::HopLists;
 use crate::{client, daemon};
 
 #[derive(Parser)]
@@ -109,6 +110,23 @@ pub enum Command {
         /// The backend's tunnel address (repeat for several).
         #[arg(long, required = true)]
         address: Vec<IpAddr>,
+        /// Second chance: an edge tunnel source (its `tunnel_source_v4` or
+        /// `tunnel_source_v6`) whose hop-list packets are taken (repeat for
+        /// every edge). Without any, hop-list packets are refused.
+        #[arg(long)]
+        edge: Vec<IpAddr>,
+        /// Second chance: another backend's tunnel address that hop-list
+        /// packets may be handed on to (repeat for every backend of the
+        /// pools this one serves in).
+        #[arg(long)]
+        peer: Vec<IpAddr>,
+        /// The UDP port hop-list (GUE) packets arrive on: the edges'
+        /// `gue_port`.
+        #[arg(long, default_value_t = gslb_common::DEFAULT_GUE_PORT)]
+        gue_port: u16,
+        /// Serve decap's counters at http://ADDR/metrics (OpenMetrics).
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Load `steer` and `decap` through the kernel verifier, then exit.
     Verify,
@@ -140,7 +158,10 @@ pub fn run(cli: Cli) -> Result<()> {
             None => client::undrain_edge(&agent.socket()?),
         },
         Command::Check { config } => client::check(&config),
-        Command::Decap { iface, address } => daemon::run_decap(&iface, &address),
+        Command::Decap { iface, address, edge, peer, gue_port, metrics_listen } => {
+            let hop_lists = HopLists { edges: edge, peers: peer, gue_port: Some(gue_port) };
+            daemon::run_decap(&iface, &address, &hop_lists, metrics_listen)
+        }
         Command::Verify => client::verify(),
     }
 }

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use crate::agent::Agent;
 use crate::config;
 use crate::serve;
-use crate::sys::decap::Decap;
+use crate::sys::decap::{Decap, HopLists};
 use crate::sys::interfaces;
 use crate::view::metrics;
 
@@ -119,18 +119,41 @@ pub fn run_agent(config_path: &Path, remove_on_exit: bool, drain_on_exit: bool) 
     Ok(())
 }
 
-/// `gslb decap`: attaches `decap` and waits for SIGINT or SIGTERM.
-pub fn run_decap(iface: &str, addresses: &[IpAddr]) -> Result<()> {
-    let mut decap = Decap::load()?;
-    for address in addresses {
-        decap.add_address(*address)?;
-    }
+/// `gslb decap`: attaches `decap` (serving its counters if asked) and waits
+/// for SIGINT or SIGTERM; logs the counters on the way out.
+pub fn run_decap(
+    iface: &str,
+    addresses: &[IpAddr],
+    hop_lists: &HopLists,
+    metrics_listen: Option<std::net::SocketAddr>,
+) -> Result<()> {
+    let metrics_listener = metrics_listen.map(serve::metrics::bind).transpose()?;
+    let mut decap = Decap::configured(addresses, hop_lists)?;
     let _link = decap
         .program()
         .attach(iface, aya::programs::XdpMode::Default)
         .with_context(|| format!("attaching decap to {iface}"))?;
-    info!(iface, ?addresses, "decap attached; Ctrl-C to detach");
+    info!(
+        iface,
+        ?addresses,
+        edges = ?hop_lists.edges,
+        peers = hop_lists.peers.len(),
+        "decap attached; Ctrl-C to detach"
+    );
+    if hop_lists.edges.is_empty() {
+        info!("no --edge given: hop-list (second chance) packets are refused");
+    }
+    let decap = Arc::new(Mutex::new(decap));
     runtime()?.block_on(async {
+        if let Some(listener) = metrics_listener {
+            let scraped = decap.clone();
+            tokio::spawn(async move {
+                let snapshot = move || Ok(crate::view::decap::render(&scraped.lock().unwrap().stats()?));
+                if let Err(error) = serve::metrics::serve_listener(listener, snapshot).await {
+                    tracing::error!("the metrics endpoint stopped: {error:#}");
+                }
+            });
+        }
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
         tokio::select! {
@@ -138,5 +161,16 @@ pub fn run_decap(iface: &str, addresses: &[IpAddr]) -> Result<()> {
             _ = terminate.recv() => {}
         }
         anyhow::Ok(())
-    })
+    })?;
+    let stats = decap.lock().unwrap().stats()?;
+    let hop_lists: Vec<String> =
+        crate::view::decap::outcome_counts(&stats).iter().map(|(name, n)| format!("{name}={n}")).collect();
+    info!(
+        received = stats.received,
+        decapsulated = stats.decapsulated,
+        errors = stats.errors,
+        hop_lists = hop_lists.join(" "),
+        "decap detached"
+    );
+    Ok(())
 }

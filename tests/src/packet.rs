@@ -199,3 +199,70 @@ pub fn sized_packet(src: &str, dst: &str, proto: u8, ports: (u16, u16), len: usi
         h.packet(&seg)
     }
 }
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// A TCP segment with the given flags, sequence and acknowledgement numbers
+/// (checksum left zero).
+pub fn tcp_segment(src_port: u16, dst_port: u16, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend(src_port.to_be_bytes());
+    h.extend(dst_port.to_be_bytes());
+    h.extend(seq.to_be_bytes());
+    h.extend(ack.to_be_bytes());
+    h.extend([0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    h.extend(payload);
+    h
+}
+
+/// The UDP port edges send hop lists to by default.
+pub const GUE_PORT: u16 = 6080;
+
+/// A hop-list tunnel packet (the IP packet) as an edge sends it, written
+/// byte by byte from the documented format: outer IP (protocol UDP), UDP
+/// from port `source_port` to `port` with checksum zero, the GUE header
+/// (version 0, private data length in words, the inner protocol), then the
+/// hop list: type 0x4753, count, next, two addresses of the outer family
+/// (unused ones zero).
+pub fn hop_list_packet(
+    outer_src: IpAddr,
+    outer_dst: IpAddr,
+    inner: &[u8],
+    hops: &[IpAddr],
+    next: u8,
+    port: u16,
+) -> Vec<u8> {
+    let v6 = outer_src.is_ipv6();
+    let inner_proto: u8 = if inner[0] >> 4 == 6 { 41 } else { 4 };
+    let addr_len = if v6 { 16 } else { 4 };
+    let mut list = vec![0x47, 0x53, hops.len() as u8, next];
+    for i in 0..2 {
+        match hops.get(i) {
+            Some(IpAddr::V4(a)) if !v6 => list.extend(a.octets()),
+            Some(IpAddr::V6(a)) if v6 => list.extend(a.octets()),
+            None => list.extend(vec![0; addr_len]),
+            Some(other) => panic!("hop {other} is not of the outer family"),
+        }
+    }
+    let mut gue = vec![(list.len() / 4) as u8, inner_proto, 0, 0];
+    gue.extend(list);
+    gue.extend(inner);
+    let mut udp = Vec::new();
+    udp.extend(0xc123u16.to_be_bytes());
+    udp.extend(port.to_be_bytes());
+    udp.extend(((8 + gue.len()) as u16).to_be_bytes());
+    udp.extend([0, 0]);
+    udp.extend(gue);
+    match (outer_src, outer_dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut outer = V4::new(&s.to_string(), &d.to_string(), UDP);
+            outer.tos = 0;
+            outer.packet(&udp)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => ipv6(&s.to_string(), &d.to_string(), UDP, &[], &udp, 0),
+        _ => panic!("mixed outer families"),
+    }
+}

@@ -1,5 +1,6 @@
 //! The `decap` program on a backend: loading it and telling it the
-//! backend's tunnel addresses.
+//! backend's tunnel addresses and, for second chance, the edges it takes
+//! hop lists from and the backends it may hand packets on to.
 
 use std::net::IpAddr;
 
@@ -7,7 +8,7 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use aya::programs::Xdp;
 use aya::{Ebpf, EbpfLoader};
-use gslb_common::{addr_from_ip, names, Addr16, DecapStats};
+use gslb_common::{addr_from_ip, names, Addr16, DecapStats, DEFAULT_GUE_PORT};
 
 use super::maps::{sum, take};
 use super::OBJECT;
@@ -16,14 +17,33 @@ use super::OBJECT;
 pub struct Decap {
     pub ebpf: Ebpf,
     addrs: HashMap<MapData, Addr16, u32>,
+    edges: HashMap<MapData, Addr16, u32>,
+    peers: HashMap<MapData, Addr16, u32>,
     stats: PerCpuArray<MapData, DecapStats>,
 }
 
+/// What `decap` is told besides its own addresses: second chance.
+#[derive(Clone, Debug, Default)]
+pub struct HopLists {
+    /// Edge tunnel sources whose hop-list packets are taken (none: hop
+    /// lists are refused).
+    pub edges: Vec<IpAddr>,
+    /// Backends a packet may be handed on to.
+    pub peers: Vec<IpAddr>,
+    /// The UDP port of hop-list packets (`DEFAULT_GUE_PORT` if `None`).
+    pub gue_port: Option<u16>,
+}
+
 impl Decap {
-    /// Loads the object with the steering maps shrunk to nothing: a backend
-    /// needs only `decap`.
-    pub fn load() -> Result<Decap> {
+    /// Loads the object with the steering maps shrunk to nothing (a backend
+    /// needs only `decap`), taking hop lists on `hop_lists.gue_port`, with
+    /// room for its edges and peers (written by `configured`).
+    pub fn load_with(hop_lists: &HopLists) -> Result<Decap> {
+        let gue_port = hop_lists.gue_port.unwrap_or(DEFAULT_GUE_PORT);
         let mut ebpf = EbpfLoader::new()
+            .override_global(names::DECAP_GUE_PORT, &gue_port, true)
+            .map_max_entries(names::DECAP_EDGES, hop_lists.edges.len().max(64) as u32)
+            .map_max_entries(names::DECAP_PEERS, hop_lists.peers.len().max(1024) as u32)
             .map_max_entries(names::MAGLEV, 1)
             .map_max_entries(names::FLOWS, 1)
             .map_max_entries(names::BACKENDS, 1)
@@ -33,7 +53,33 @@ impl Decap {
             .context("loading the gslb eBPF object")?;
         let program: &mut Xdp = ebpf.program_mut("decap").context("no decap program")?.try_into()?;
         program.load().context("the verifier refused decap")?;
-        Ok(Decap { addrs: take(&mut ebpf, names::DECAP_ADDRS)?, stats: take(&mut ebpf, names::DECAP_STATS)?, ebpf })
+        Ok(Decap {
+            addrs: take(&mut ebpf, names::DECAP_ADDRS)?,
+            edges: take(&mut ebpf, names::DECAP_EDGES)?,
+            peers: take(&mut ebpf, names::DECAP_PEERS)?,
+            stats: take(&mut ebpf, names::DECAP_STATS)?,
+            ebpf,
+        })
+    }
+
+    /// `load_with` the default GUE port and room for 64 edges and 1024 peers.
+    pub fn load() -> Result<Decap> {
+        Decap::load_with(&HopLists::default())
+    }
+
+    /// Loads `decap` for `addresses`, with second chance as `hop_lists` says.
+    pub fn configured(addresses: &[IpAddr], hop_lists: &HopLists) -> Result<Decap> {
+        let mut decap = Decap::load_with(hop_lists)?;
+        for address in addresses {
+            decap.add_address(*address)?;
+        }
+        for edge in &hop_lists.edges {
+            decap.add_edge(*edge)?;
+        }
+        for peer in &hop_lists.peers {
+            decap.add_peer(*peer)?;
+        }
+        Ok(decap)
     }
 
     pub fn program(&mut self) -> &mut Xdp {
@@ -43,6 +89,16 @@ impl Decap {
     /// Accepts tunnel packets addressed to `address`.
     pub fn add_address(&mut self, address: IpAddr) -> Result<()> {
         self.addrs.insert(addr_from_ip(address), 1, 0).context("writing DECAP_ADDRS")
+    }
+
+    /// Takes hop-list packets from edge tunnel source `address`.
+    pub fn add_edge(&mut self, address: IpAddr) -> Result<()> {
+        self.edges.insert(addr_from_ip(address), 1, 0).context("writing DECAP_EDGES")
+    }
+
+    /// May hand hop-list packets on to backend `address`.
+    pub fn add_peer(&mut self, address: IpAddr) -> Result<()> {
+        self.peers.insert(addr_from_ip(address), 1, 0).context("writing DECAP_PEERS")
     }
 
     pub fn stats(&self) -> Result<DecapStats> {

@@ -1,0 +1,212 @@
+//! Second chance on a backend: a hop-list packet (GUE, see
+//! `gslb_common::second_chance`) is delivered here if this host may own
+//! its connection (a SYN, a socket in any state but listening, a valid SYN
+//! cookie); otherwise it goes on to the next hop in its list; with none
+//! left it is delivered here as the last resort.
+//!
+//! Never a relay: hop-list packets are taken only from configured edges
+//! (`DECAP_EDGES`; others pass to the kernel untouched) and sent on only to
+//! configured backends (`DECAP_PEERS`); a malformed list is dropped.
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup as FibParams, bpf_sock_tuple, xdp_action, BPF_F_CURRENT_NETNS},
+    helpers::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_check_syncookie},
+    programs::XdpContext,
+    EbpfContext,
+};
+use gslb_common::{
+    addr_as_v4, gue_first_byte, hop_list_encap_len, proto, Addr16, DecapStats, GUE_LEN, HOP_LIST_HEADER_LEN,
+    HOP_LIST_TYPE, MAX_HOPS, UDP_LEN,
+};
+use gslb_ebpf::{
+    checksum,
+    parse::{parse_ip, parse_l4, ptr_at, Flow, ETH_P_IPV4, ETH_P_IPV6, L2, TCP_ACK, TCP_RST, TCP_SYN},
+    route::{self, words, Outbound, Route},
+};
+use network_types::{
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+};
+
+use crate::{
+    decap::{deliver, Outer},
+    maps::{DECAP_EDGES, DECAP_PEERS},
+};
+
+/// `bpf_sock::state` of a listening socket (the kernel's TCP_LISTEN).
+const TCP_LISTEN: u32 = 10;
+
+/// The hop list's header fields, checked.
+struct List {
+    count: u8,
+    next: u8,
+    /// The inner packet's protocol: IPIP or IPv6.
+    inner_proto: u8,
+}
+
+pub fn run(ctx: &XdpContext, stats: &mut DecapStats, l2: &L2, outer: &Outer) -> u32 {
+    if unsafe { DECAP_EDGES.get(&outer.src) }.is_none() {
+        stats.hop_list_refused += 1;
+        return xdp_action::XDP_PASS;
+    }
+    let gue_at = l2.len + outer.header_len + UDP_LEN;
+    let Some(list) = read_list(ctx, outer, gue_at) else {
+        stats.hop_list_malformed += 1;
+        return xdp_action::XDP_DROP;
+    };
+    let strip = outer.header_len + hop_list_encap_len(outer.v6);
+    if owns(ctx, l2.len + strip, list.inner_proto) {
+        stats.hop_list_delivered += 1;
+        return deliver(ctx, stats, l2, strip, list.inner_proto);
+    }
+    if list.next >= list.count {
+        stats.hop_list_last_resort += 1;
+        return deliver(ctx, stats, l2, strip, list.inner_proto);
+    }
+    let Some(hop) = next_hop(ctx, outer, gue_at, list.next) else {
+        stats.hop_list_malformed += 1;
+        return xdp_action::XDP_DROP;
+    };
+    if unsafe { DECAP_PEERS.get(&hop) }.is_none() {
+        stats.hop_list_malformed += 1;
+        return xdp_action::XDP_DROP;
+    }
+    match forward(ctx, l2.len, outer, &hop) {
+        Some(action) => {
+            stats.hop_list_forwarded += 1;
+            action
+        }
+        None => {
+            stats.hop_list_unroutable += 1;
+            stats.hop_list_last_resort += 1;
+            deliver(ctx, stats, l2, strip, list.inner_proto)
+        }
+    }
+}
+
+/// The GUE and hop-list headers, if they are exactly what an edge sends:
+/// GUE version 0, a data message without flags, private data the size of a
+/// hop list of this family, our type, at most `MAX_HOPS` hops, the next
+/// one within them. An IPv4 outer header must have no options (it is
+/// rewritten when the packet goes on).
+#[inline(always)]
+fn read_list(ctx: &XdpContext, outer: &Outer, gue_at: usize) -> Option<List> {
+    let h = unsafe { *ptr_at::<[u8; GUE_LEN + HOP_LIST_HEADER_LEN]>(ctx, gue_at)? };
+    let ty = HOP_LIST_TYPE.to_be_bytes();
+    let well_formed = h[0] == gue_first_byte(outer.v6)
+        && (h[1] == proto::IPIP || h[1] == proto::IPV6)
+        && h[2] == 0
+        && h[3] == 0
+        && h[4] == ty[0]
+        && h[5] == ty[1]
+        && h[6] as usize <= MAX_HOPS
+        && h[7] <= h[6]
+        && (outer.v6 || outer.header_len == Ipv4Hdr::LEN);
+    well_formed.then_some(List { count: h[6], next: h[7], inner_proto: h[1] })
+}
+
+/// Hop `index` of the list (IPv4-mapped for an IPv4 outer header).
+#[inline(always)]
+fn next_hop(ctx: &XdpContext, outer: &Outer, gue_at: usize, index: u8) -> Option<Addr16> {
+    let at = gue_at + GUE_LEN + HOP_LIST_HEADER_LEN;
+    let index = (index as usize).min(MAX_HOPS - 1);
+    if outer.v6 {
+        Some(unsafe { *ptr_at::<Addr16>(ctx, at + 16 * index)? })
+    } else {
+        Some(gslb_common::addr_from_v4(unsafe { *ptr_at::<[u8; 4]>(ctx, at + 4 * index)? }))
+    }
+}
+
+/// Whether this host may own the connection of the inner packet at
+/// `inner_at`: anything but a TCP packet past its SYN is delivered (the
+/// edge sends hop lists only for those); so is a packet of a socket this
+/// host has in any state but listening (established, half-open,
+/// TIME_WAIT), and an ACK that completes a SYN cookie handshake. ICMP
+/// errors are judged by the connection they quote.
+#[inline(never)]
+fn owns(ctx: &XdpContext, inner_at: usize, inner_proto: u8) -> bool {
+    let ether_type = if inner_proto == proto::IPIP { ETH_P_IPV4 } else { ETH_P_IPV6 };
+    let Ok(mut flow) = parse_ip(ctx, L2 { len: inner_at, ether_type }) else {
+        return true;
+    };
+    if parse_l4(ctx, &mut flow).is_err() || !flow.is_mid_flow() {
+        return true;
+    }
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size = if flow.is_v6 {
+        let t = unsafe { &mut tuple.__bindgen_anon_1.ipv6 };
+        t.saddr = words(&flow.src);
+        t.daddr = words(&flow.dst);
+        t.sport = flow.src_port.to_be();
+        t.dport = flow.dst_port.to_be();
+        size_of_val(t)
+    } else {
+        let t = unsafe { &mut tuple.__bindgen_anon_1.ipv4 };
+        t.saddr = u32::from_ne_bytes(addr_as_v4(&flow.src).unwrap_or_default());
+        t.daddr = u32::from_ne_bytes(addr_as_v4(&flow.dst).unwrap_or_default());
+        t.sport = flow.src_port.to_be();
+        t.dport = flow.dst_port.to_be();
+        size_of_val(t)
+    };
+    let netns = BPF_F_CURRENT_NETNS as u32 as u64;
+    let sk = unsafe { bpf_skc_lookup_tcp(ctx.as_ptr(), &mut tuple, size as u32, netns, 0) };
+    if sk.is_null() {
+        return false;
+    }
+    let owned = unsafe { (*sk).state } != TCP_LISTEN || valid_cookie(ctx, &flow, inner_at, sk as *mut _);
+    unsafe { bpf_sk_release(sk as *mut _) };
+    owned
+}
+
+/// An ACK (no SYN, no RST) whose acknowledgement is a SYN cookie the
+/// listener `sk` sent: the handshake completes here.
+#[inline(always)]
+fn valid_cookie(ctx: &XdpContext, flow: &Flow, inner_at: usize, sk: *mut core::ffi::c_void) -> bool {
+    if flow.icmp_error || flow.tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) != TCP_ACK {
+        return false;
+    }
+    let Some(th) = ptr_at::<TcpHdr>(ctx, flow.l4_offset) else {
+        return false;
+    };
+    let th_len = size_of::<TcpHdr>() as u32;
+    let rc = if flow.is_v6 {
+        let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, inner_at) else { return false };
+        unsafe { bpf_tcp_check_syncookie(sk, ip as *mut _, Ipv6Hdr::LEN as u32, th as *mut _, th_len) }
+    } else {
+        let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, inner_at) else { return false };
+        unsafe { bpf_tcp_check_syncookie(sk, ip as *mut _, Ipv4Hdr::LEN as u32, th as *mut _, th_len) }
+    };
+    rc == 0
+}
+
+/// Sends the packet on to `hop`: the outer destination becomes `hop`, the
+/// list's next index moves past it, and the kernel's routing table picks
+/// the next hop. `None`: no route or neighbour (the packet is unchanged).
+#[inline(never)]
+fn forward(ctx: &XdpContext, l2_len: usize, outer: &Outer, hop: &Addr16) -> Option<u32> {
+    let gue_at = l2_len + outer.header_len + UDP_LEN;
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let packet = Outbound { v6: outer.v6, src: outer.src, dst: *hop, len: outer.len, gue: true };
+    if route::lookup(ctx, &packet, &mut fib) != Route::Next {
+        return None;
+    }
+    if outer.v6 {
+        let ip = unsafe { &mut *ptr_at::<[u8; Ipv6Hdr::LEN]>(ctx, l2_len)? };
+        ip[24..40].copy_from_slice(hop);
+    } else {
+        let ip = unsafe { &mut *ptr_at::<[u8; Ipv4Hdr::LEN]>(ctx, l2_len)? };
+        ip[16..20].copy_from_slice(&hop[12..16]);
+        ip[10] = 0;
+        ip[11] = 0;
+        let check = checksum::finish(checksum::add_words(0, &ip[..]));
+        ip[10] = check[0];
+        ip[11] = check[1];
+    }
+    // The UDP checksum covered the old destination: zero, as edges send it.
+    *unsafe { &mut *ptr_at::<[u8; 2]>(ctx, gue_at - 2)? } = [0, 0];
+    let next = unsafe { &mut *ptr_at::<u8>(ctx, gue_at + GUE_LEN + 3)? };
+    *next += 1;
+    route::forward(ctx, &fib, Route::Next)
+}
