@@ -14,7 +14,7 @@ use gslb_tests::{
     packet::{
         ethernet, hop_list_packet, internet_checksum, ipv6, tcp_segment, GUE_PORT, TCP, TCP_ACK, TCP_SYN, UDP, V4,
     },
-    run::{action_name, run_xdp, Outcome, XDP_DROP, XDP_PASS, XDP_REDIRECT},
+    run::{action_name, run_xdp, Outcome, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 use gslb_userspace::sys::decap::{Decap, HopLists};
 
@@ -93,6 +93,70 @@ fn hop_list_frame(v6: bool, inner: &[u8], hops: &[&str], next: u8) -> Vec<u8> {
     ethernet(&[], &hop_list_packet(ip(src), ip(dst), inner, &hops, next, GUE_PORT))
 }
 
+/// What a hop-list frame (untagged) from an edge looks like when sent on:
+/// the MACs of the route to the backends, the outer destination its next
+/// hop, the IPv4 checksum redone, the UDP checksum zero, the next index
+/// one further. `None` if it may not be sent on: not from an edge, not to
+/// this backend, malformed, no hop left, a hop that is not a peer.
+fn forwarded(input: &[u8]) -> Option<Vec<u8>> {
+    let v6 = input.get(12..14)? == [0x86, 0xdd];
+    if !v6 && input.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let (src, dst, proto, udp_at) = if v6 {
+        let h = input.get(14..54)?;
+        let a = |at: usize| IpAddr::from(<[u8; 16]>::try_from(&h[at..at + 16]).unwrap());
+        (a(8), a(24), h[6], 54)
+    } else {
+        let h = input.get(14..34)?;
+        let a = |at: usize| IpAddr::from(<[u8; 4]>::try_from(&h[at..at + 4]).unwrap());
+        let fragment = u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0;
+        if h[0] != 0x45 || fragment {
+            return None;
+        }
+        (a(12), a(16), h[9], 34)
+    };
+    let (addr_len, words) = if v6 { (16, 9) } else { (4, 3) };
+    let udp = input.get(udp_at..udp_at + 8 + 8 + 2 * addr_len)?;
+    let edges = [ip(EDGE_V4), ip(EDGE_V6)];
+    let ours = [ip(BACKEND_V4), ip(BACKEND_V6)];
+    let peers = [ip(PEER_V4), ip(PEER_V6), ip("198.51.100.3")];
+    let gue = &udp[8..];
+    let well_formed = proto == UDP
+        && udp[2..4] == GUE_PORT.to_be_bytes()
+        && edges.contains(&src)
+        && ours.contains(&dst)
+        && gue[0] == words
+        && (gue[1] == 4 || gue[1] == 41)
+        && gue[2..6] == [0, 0, 0x47, 0x53]
+        && gue[6] <= 2
+        && gue[7] < gue[6];
+    if !well_formed {
+        return None;
+    }
+    let at = 8 + addr_len * gue[7] as usize;
+    let hop = match addr_len {
+        4 => IpAddr::from(<[u8; 4]>::try_from(&gue[at..at + 4]).unwrap()),
+        _ => IpAddr::from(<[u8; 16]>::try_from(&gue[at..at + 16]).unwrap()),
+    };
+    if !peers.contains(&hop) {
+        return None;
+    }
+    let mut want = input.to_vec();
+    want[..6].copy_from_slice(&ROUTER_MAC);
+    want[6..12].copy_from_slice(&EDGE_MAC);
+    let dst_at = if v6 { 14 + 24 } else { 14 + 16 };
+    want[dst_at..dst_at + addr_len].copy_from_slice(&gue[at..at + addr_len]);
+    if !v6 {
+        want[24..26].copy_from_slice(&[0, 0]);
+        let check = internet_checksum(&want[14..34]);
+        want[24..26].copy_from_slice(&check.to_be_bytes());
+    }
+    want[udp_at + 6..udp_at + 8].copy_from_slice(&[0, 0]);
+    want[udp_at + 8 + 7] += 1;
+    Some(want)
+}
+
 fn assert_delivered(out: &Outcome, inner: &[u8], what: &str) {
     assert_eq!(out.action, XDP_PASS, "{what}: {}", action_name(out.action));
     assert_eq!(&out.frame[14..], inner, "{what}: not the inner packet");
@@ -141,28 +205,10 @@ fn a_connection_it_does_not_own_goes_to_the_next_hop_with_only_that_changed() {
             let input = hop_list_frame(v6, &packet, &hops, 0);
             let out = run_xdp(d.program(), &input, None);
             assert_eq!(out.action, XDP_REDIRECT, "v6={v6}: {}", action_name(out.action));
-            // Expected: the same frame, MACs of the route to the peer, the
-            // outer destination the first hop, UDP checksum zero, next 1.
-            let mut want = input.clone();
-            want[..6].copy_from_slice(&ROUTER_MAC);
-            want[6..12].copy_from_slice(&EDGE_MAC);
-            let ip_at = 14;
-            let (dst_at, udp_at) = if v6 { (ip_at + 24, ip_at + 40) } else { (ip_at + 16, ip_at + 20) };
-            let hop = match ip(hops[0]) {
-                IpAddr::V4(a) => a.octets().to_vec(),
-                IpAddr::V6(a) => a.octets().to_vec(),
-            };
-            want[dst_at..dst_at + hop.len()].copy_from_slice(&hop);
-            if !v6 {
-                want[ip_at + 10..ip_at + 12].copy_from_slice(&[0, 0]);
-                let check = internet_checksum(&want[ip_at..ip_at + 20]);
-                want[ip_at + 10..ip_at + 12].copy_from_slice(&check.to_be_bytes());
-            }
-            want[udp_at + 6..udp_at + 8].copy_from_slice(&[0, 0]);
-            want[udp_at + 8 + 4 + 3] = 1;
+            let want = forwarded(&input).expect("a well-formed hop list");
             assert_eq!(out.frame, want, "v6={v6}: the forwarded frame");
             if !v6 {
-                assert_eq!(internet_checksum(&out.frame[ip_at..ip_at + 20]), 0, "outer IPv4 checksum");
+                assert_eq!(internet_checksum(&out.frame[14..34]), 0, "outer IPv4 checksum");
             }
 
             // At its last hop, with no hop left: delivered as the last resort.
@@ -356,5 +402,112 @@ fn malformed_hop_lists_are_dropped_and_never_forwarded() {
             assert!(matches!(out.action, XDP_PASS | XDP_DROP), "cut at {len}: {}", action_name(out.action));
         }
         assert_eq!(d.stats().unwrap().hop_list_forwarded, 0);
+    });
+}
+
+/// The rules every `decap` outcome obeys, whatever the frame: never
+/// aborted; sent on only as `forwarded` says; handed to the kernel either
+/// untouched or as the inner packet of a tunnel to this backend; dropped
+/// only if it is a hop-list packet from an edge to this backend.
+fn judge(input: &[u8], out: &Outcome) -> Result<(), String> {
+    let outer_v4 = input.get(12..14) == Some(&[0x08, 0x00]);
+    let ip_len = if outer_v4 { (input.get(14).copied().unwrap_or(0) & 0xf) as usize * 4 } else { 40 };
+    let hop_list_len = if outer_v4 { 8 + 4 + 4 + 8 } else { 8 + 4 + 4 + 32 };
+    let dst = |v4: bool| -> Option<IpAddr> {
+        if v4 {
+            Some(IpAddr::from(<[u8; 4]>::try_from(input.get(30..34)?).unwrap()))
+        } else {
+            Some(IpAddr::from(<[u8; 16]>::try_from(input.get(38..54)?).unwrap()))
+        }
+    };
+    let to_us = dst(outer_v4).is_some_and(|d| d == ip(BACKEND_V4) || d == ip(BACKEND_V6));
+    match out.action {
+        XDP_PASS if out.frame == input => Ok(()),
+        XDP_PASS => {
+            let stripped = [ip_len, ip_len + hop_list_len]
+                .iter()
+                .any(|&strip| input.get(14 + strip..) == Some(&out.frame[14..]) && out.frame[..12] == input[..12]);
+            if stripped && to_us {
+                Ok(())
+            } else {
+                Err("changed a frame it was not to strip".into())
+            }
+        }
+        XDP_REDIRECT | XDP_TX => match forwarded(input) {
+            Some(want) if want == out.frame => Ok(()),
+            Some(_) => Err("sent on with other changes than the hop".into()),
+            None => Err("sent on a frame that may not be".into()),
+        },
+        XDP_DROP => {
+            let udp_at = 14 + ip_len;
+            let gue = input.get(udp_at + 2..udp_at + 4) == Some(&GUE_PORT.to_be_bytes());
+            let src = if outer_v4 {
+                input.get(26..30).map(|s| IpAddr::from(<[u8; 4]>::try_from(s).unwrap()))
+            } else {
+                input.get(22..38).map(|s| IpAddr::from(<[u8; 16]>::try_from(s).unwrap()))
+            };
+            let from_edge = src.is_some_and(|s| s == ip(EDGE_V4) || s == ip(EDGE_V6));
+            if gue && to_us && from_edge {
+                Ok(())
+            } else {
+                Err("dropped a frame that is not a hop-list packet from an edge".into())
+            }
+        }
+        a => Err(format!("action {}", action_name(a))),
+    }
+}
+
+#[test]
+fn random_and_mutated_frames_are_never_relayed() {
+    let runs = gslb_tests::scale::sized(200_000, 2_000_000);
+    let seed = std::env::var("GSLB_FUZZ_SEED")
+        .map(|s| s.parse().expect("GSLB_FUZZ_SEED is a number"))
+        .unwrap_or_else(|_| rand::random::<u32>() as u64);
+    println!("decap fuzz: {runs} frames, seed {seed} (replay with GSLB_FUZZ_SEED={seed})");
+    in_scratch_netns(move || {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        serve_vips();
+        let mut d = decap();
+        let conn = Connection::open(VIP_V4);
+        let owned = conn.packet(TCP_ACK);
+        let stranger = inner(SocketAddr::new(ip("100.64.0.1"), 7), SocketAddr::new(ip(VIP_V4), 80), TCP_ACK);
+        let stranger6 = inner(SocketAddr::new(ip("2001:db8:c::1"), 7), SocketAddr::new(ip(VIP_V6), 80), TCP_ACK);
+        let seeds = [
+            hop_list_frame(false, &owned, &[PEER_V4], 0),
+            hop_list_frame(false, &stranger, &[PEER_V4, "198.51.100.3"], 0),
+            hop_list_frame(false, &stranger, &[PEER_V4, "198.51.100.3"], 1),
+            hop_list_frame(true, &stranger6, &[PEER_V6], 0),
+            hop_list_frame(true, &stranger, &[PEER_V6], 0),
+            ethernet(&[], &{
+                let mut outer = V4::new(EDGE_V4, BACKEND_V4, 4);
+                outer.tos = 0;
+                outer.packet(&stranger)
+            }),
+        ];
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut seen = [0u64; 5];
+        for i in 0..runs {
+            let mut f = seeds[rng.gen_range(0..seeds.len())].clone();
+            // Mostly the headers; sometimes cut.
+            for _ in 0..rng.gen_range(0..4) {
+                let end = if rng.gen_bool(0.9) { f.len().min(110) } else { f.len() };
+                let at = rng.gen_range(12..end);
+                f[at] = rng.gen();
+            }
+            if rng.gen_bool(0.1) {
+                f.truncate(rng.gen_range(14..f.len()));
+            }
+            let out = run_xdp(d.program(), &f, None);
+            if let Err(why) = judge(&f, &out) {
+                panic!("frame {i} (replay with GSLB_FUZZ_SEED={seed}): {why}\n  {f:02x?}\n  -> {:02x?}", out.frame);
+            }
+            seen[out.action.min(4) as usize] += 1;
+        }
+        let s = d.stats().unwrap();
+        println!("actions: pass {}, drop {}, redirect {}; {s:?}", seen[2], seen[1], seen[4]);
+        // Every outcome must be reached for the test to mean anything.
+        assert!(seen[4] > runs / 20 && seen[1] > runs / 50, "{seen:?}");
+        assert!(s.hop_list_delivered > 0 && s.hop_list_last_resort > 0 && s.hop_list_refused > 0, "{s:?}");
+        assert!(s.hop_list_malformed > 0 && s.decapsulated > 0, "{s:?}");
     });
 }
