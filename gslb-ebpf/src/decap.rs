@@ -4,33 +4,18 @@
 //! `handoff`'s to decide.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext, EbpfContext};
-use gslb_common::{addr_from_v4, proto, Addr16, DecapStats};
-use gslb_ebpf::parse::{parse_l2, ptr_at, ETH_P_IPV4, ETH_P_IPV6, L2, MAX_VLAN_TAGS, VLAN_TAG_LEN};
-use network_types::{
-    eth::EthHdr,
-    ip::{Ipv4Hdr, Ipv6Hdr},
-};
+use gslb_common::{proto, DecapStats};
+use gslb_ebpf::parse::{parse_l2, parse_outer, ptr_at, Outer, ETH_P_IPV4, ETH_P_IPV6, L2, MAX_VLAN_TAGS, VLAN_TAG_LEN};
+use network_types::eth::EthHdr;
 
 use crate::{
     counters::entry,
-    handoff,
+    handoff::{self, Verdict},
     maps::{DECAP_ADDRS, DECAP_GUE_PORT, DECAP_STATS},
 };
 
 /// Ethernet plus at most two VLAN tags, as `parse_l2` accepts.
 const MAX_L2_LEN: usize = EthHdr::LEN + MAX_VLAN_TAGS * VLAN_TAG_LEN;
-
-/// The outer IP header of a packet addressed to this backend.
-pub struct Outer {
-    pub v6: bool,
-    /// Bytes of the IP header.
-    pub header_len: usize,
-    /// The whole outer IP packet.
-    pub len: usize,
-    pub proto: u8,
-    pub src: Addr16,
-    pub dst: Addr16,
-}
 
 pub fn run(ctx: &XdpContext) -> u32 {
     let Some(stats) = entry(&DECAP_STATS, 0) else {
@@ -40,44 +25,16 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let Ok(l2) = parse_l2(ctx) else {
         return xdp_action::XDP_PASS;
     };
-    let Some(outer) = outer(ctx, &l2) else {
+    let Some(outer) = parse_outer(ctx, &l2) else {
         return xdp_action::XDP_PASS;
     };
     match outer.proto {
         proto::IPIP | proto::IPV6 if for_us(&outer) => deliver(ctx, stats, &l2, outer.header_len, outer.proto),
-        proto::UDP if to_gue_port(ctx, &l2, &outer) && for_us(&outer) => handoff::run(ctx, stats, &l2, &outer),
+        proto::UDP if to_gue_port(ctx, &l2, &outer) && for_us(&outer) => match handoff::run(ctx, stats, &l2, &outer) {
+            Verdict::Deliver { strip, inner_proto } => deliver(ctx, stats, &l2, strip, inner_proto),
+            Verdict::Act(action) => action,
+        },
         _ => xdp_action::XDP_PASS,
-    }
-}
-
-/// The outer IP header; `None` for anything `decap` never strips (not IP,
-/// truncated, a fragment: a tunnel packet cannot be stripped piecewise).
-#[inline(always)]
-fn outer(ctx: &XdpContext, l2: &L2) -> Option<Outer> {
-    if l2.ether_type == ETH_P_IPV4 {
-        let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l2.len)? };
-        let fragment = u16::from_be_bytes(ip.frags) & 0x3fff != 0;
-        if ip.version() != 4 || (ip.ihl() as usize) < Ipv4Hdr::LEN || fragment {
-            return None;
-        }
-        Some(Outer {
-            v6: false,
-            header_len: ip.ihl() as usize,
-            len: ip.tot_len() as usize,
-            proto: ip.proto,
-            src: addr_from_v4(ip.src_addr),
-            dst: addr_from_v4(ip.dst_addr),
-        })
-    } else {
-        let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, l2.len)? };
-        Some(Outer {
-            v6: true,
-            header_len: Ipv6Hdr::LEN,
-            len: Ipv6Hdr::LEN + ip.payload_len() as usize,
-            proto: ip.next_hdr,
-            src: ip.src_addr,
-            dst: ip.dst_addr,
-        })
     }
 }
 
@@ -99,7 +56,7 @@ fn to_gue_port(ctx: &XdpContext, l2: &L2, outer: &Outer) -> bool {
 /// IPv6), to the kernel; counted as decapsulated or, if the frame cannot
 /// be changed, as an error (the packet then goes on as it came).
 #[inline(always)]
-pub fn deliver(ctx: &XdpContext, stats: &mut DecapStats, l2: &L2, strip: usize, inner_proto: u8) -> u32 {
+fn deliver(ctx: &XdpContext, stats: &mut DecapStats, l2: &L2, strip: usize, inner_proto: u8) -> u32 {
     match strip_headers(ctx, l2, strip, inner_proto) {
         Some(()) => stats.decapsulated += 1,
         None => stats.errors += 1,

@@ -22,7 +22,7 @@ use gslb_common::{
 };
 use gslb_ebpf::{
     checksum,
-    parse::{parse_ip, parse_l4, ptr_at, Flow, ETH_P_IPV4, ETH_P_IPV6, L2, TCP_ACK, TCP_RST, TCP_SYN},
+    parse::{parse_ip, parse_l4, ptr_at, Flow, Outer, ETH_P_IPV4, ETH_P_IPV6, L2, TCP_ACK, TCP_RST, TCP_SYN},
     route::{self, words, Outbound, Route},
 };
 use network_types::{
@@ -30,10 +30,17 @@ use network_types::{
     tcp::TcpHdr,
 };
 
-use crate::{
-    decap::{deliver, Outer},
-    maps::{DECAP_EDGES, DECAP_PEERS},
-};
+use crate::maps::{DECAP_EDGES, DECAP_PEERS};
+
+/// What becomes of a hop-list packet.
+pub enum Verdict {
+    /// Strip `strip` bytes after the link layer and deliver the inner
+    /// packet (of `inner_proto`) here.
+    Deliver { strip: usize, inner_proto: u8 },
+    /// This XDP action, the packet as it is now (passed untouched, dropped,
+    /// or rewritten and sent on).
+    Act(u32),
+}
 
 /// `bpf_sock::state` of a listening socket (the kernel's TCP_LISTEN).
 const TCP_LISTEN: u32 = 10;
@@ -46,42 +53,42 @@ struct List {
     inner_proto: u8,
 }
 
-pub fn run(ctx: &XdpContext, stats: &mut DecapStats, l2: &L2, outer: &Outer) -> u32 {
+/// Decides, and counts, what becomes of a hop-list packet addressed to this
+/// backend; a packet sent on is rewritten here.
+pub fn run(ctx: &XdpContext, stats: &mut DecapStats, l2: &L2, outer: &Outer) -> Verdict {
     if unsafe { DECAP_EDGES.get(&outer.src) }.is_none() {
         stats.hop_list_refused += 1;
-        return xdp_action::XDP_PASS;
+        return Verdict::Act(xdp_action::XDP_PASS);
     }
     let gue_at = l2.len + outer.header_len + UDP_LEN;
     let Some(list) = read_list(ctx, outer, gue_at) else {
         stats.hop_list_malformed += 1;
-        return xdp_action::XDP_DROP;
+        return Verdict::Act(xdp_action::XDP_DROP);
     };
-    let strip = outer.header_len + hop_list_encap_len(outer.v6);
-    if owns(ctx, l2.len + strip, list.inner_proto) {
+    let deliver =
+        Verdict::Deliver { strip: outer.header_len + hop_list_encap_len(outer.v6), inner_proto: list.inner_proto };
+    if owns(ctx, l2.len + outer.header_len + hop_list_encap_len(outer.v6), list.inner_proto) {
         stats.hop_list_delivered += 1;
-        return deliver(ctx, stats, l2, strip, list.inner_proto);
+        return deliver;
     }
     if list.next >= list.count {
         stats.hop_list_last_resort += 1;
-        return deliver(ctx, stats, l2, strip, list.inner_proto);
+        return deliver;
     }
-    let Some(hop) = next_hop(ctx, outer, gue_at, list.next) else {
+    let hop = next_hop(ctx, outer, gue_at, list.next);
+    if hop.is_none_or(|hop| unsafe { DECAP_PEERS.get(&hop) }.is_none()) {
         stats.hop_list_malformed += 1;
-        return xdp_action::XDP_DROP;
-    };
-    if unsafe { DECAP_PEERS.get(&hop) }.is_none() {
-        stats.hop_list_malformed += 1;
-        return xdp_action::XDP_DROP;
+        return Verdict::Act(xdp_action::XDP_DROP);
     }
-    match forward(ctx, l2.len, outer, &hop) {
+    match hop.and_then(|hop| forward(ctx, l2.len, outer, &hop)) {
         Some(action) => {
             stats.hop_list_forwarded += 1;
-            action
+            Verdict::Act(action)
         }
         None => {
             stats.hop_list_unroutable += 1;
             stats.hop_list_last_resort += 1;
-            deliver(ctx, stats, l2, strip, list.inner_proto)
+            deliver
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Bounds-checked packet parsing: the link layer, IPv4/IPv6, the TCP/UDP
-//! ports, and the flow an ICMP error is about.
+//! ports, the flow an ICMP error is about, and a tunnel packet's outer
+//! header.
 
 use core::mem::size_of;
 
@@ -358,4 +359,48 @@ fn parse_ports(ctx: &XdpContext, flow: &mut Flow) -> Result<(), Skip> {
     flow.src_port = u16::from_be_bytes([header[0], header[1]]);
     flow.dst_port = u16::from_be_bytes([header[2], header[3]]);
     Ok(())
+}
+
+/// The outer IP header of a tunnel packet, as `decap` sees it.
+pub struct Outer {
+    pub v6: bool,
+    /// Bytes of the IP header.
+    pub header_len: usize,
+    /// The whole outer IP packet.
+    pub len: usize,
+    pub proto: u8,
+    pub src: Addr16,
+    pub dst: Addr16,
+}
+
+/// The outer IP header of a possible tunnel packet; `None` for anything
+/// `decap` never strips (truncated, a fragment: a tunnel packet cannot be
+/// stripped piecewise).
+#[inline(always)]
+pub fn parse_outer(ctx: &XdpContext, l2: &L2) -> Option<Outer> {
+    if l2.ether_type == ETH_P_IPV4 {
+        let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l2.len)? };
+        let fragment = u16::from_be_bytes(ip.frags) & 0x3fff != 0;
+        if ip.version() != 4 || (ip.ihl() as usize) < Ipv4Hdr::LEN || fragment {
+            return None;
+        }
+        Some(Outer {
+            v6: false,
+            header_len: ip.ihl() as usize,
+            len: ip.tot_len() as usize,
+            proto: ip.proto,
+            src: addr_from_v4(ip.src_addr),
+            dst: addr_from_v4(ip.dst_addr),
+        })
+    } else {
+        let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, l2.len)? };
+        Some(Outer {
+            v6: true,
+            header_len: Ipv6Hdr::LEN,
+            len: Ipv6Hdr::LEN + ip.payload_len() as usize,
+            proto: ip.next_hdr,
+            src: ip.src_addr,
+            dst: ip.dst_addr,
+        })
+    }
 }

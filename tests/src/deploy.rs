@@ -78,6 +78,9 @@ pub struct Setup {
     pub bgp: Option<BgpSetup>,
     /// Text appended to every edge's config (extra VIPs and pools).
     pub extra: String,
+    /// Every pool's backends understand hop lists (`second_chance`): edges
+    /// send mid-flow packets of flows they never saw with a hop list.
+    pub second_chance: bool,
 }
 
 impl From<&Weights> for Setup {
@@ -159,6 +162,9 @@ max_flows = {max_flows}
             }
             if let Some(max) = setup.max_latency_ms {
                 let _ = writeln!(toml, "max_latency_ms = {max}");
+            }
+            if setup.second_chance {
+                toml.push_str("second_chance = true\n");
             }
             toml.push('\n');
         }
@@ -242,14 +248,22 @@ impl Deployment {
         cmd
     }
 
-    fn start_decap(&self, backend: BackendNode) -> Result<()> {
+    /// `gslb decap` on a backend, taking hop lists from both edges and
+    /// handing them on to any other backend (whether edges send hop lists
+    /// is their config's `second_chance`).
+    pub fn start_decap(&self, backend: BackendNode) -> Result<()> {
         let mut cmd = self.gslb();
         cmd.args(["decap", "--iface", "eth0", "--address"])
             .arg(backend.v4().to_string())
             .arg("--address")
-            .arg(backend.v6().to_string())
-            .stdout(Stdio::null())
-            .stderr(self.log_file(&format!("decap-{}", backend.name()))?);
+            .arg(backend.v6().to_string());
+        for edge in EdgeNode::ALL {
+            cmd.arg("--edge").arg(edge.v4().to_string()).arg("--edge").arg(edge.v6().to_string());
+        }
+        for peer in BackendNode::ALL.into_iter().filter(|&b| b != backend) {
+            cmd.arg("--peer").arg(peer.v4().to_string()).arg("--peer").arg(peer.v6().to_string());
+        }
+        cmd.stdout(Stdio::null()).stderr(self.log_file(&format!("decap-{}", backend.name()))?);
         let pid = self.lab.spawn(backend, cmd)?;
         self.decaps.lock().unwrap().insert(backend, pid);
         // decap is attached once its log says so.

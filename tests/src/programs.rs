@@ -48,6 +48,9 @@ mod tests {
             names::STEER_PREFIXES,
             names::DECAP_ADDRS,
             names::DECAP_STATS,
+            names::OWNER_HISTORY,
+            names::DECAP_EDGES,
+            names::DECAP_PEERS,
             "FIB_SCRATCH",
             ".rodata",
         ];

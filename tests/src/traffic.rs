@@ -100,6 +100,19 @@ impl LongLived {
         connections: usize,
         interval: Duration,
     ) -> Result<LongLived> {
+        LongLived::start_sized(lab, client, target, connections, interval, 0)
+    }
+
+    /// `start`, each request padded to `request_len` bytes: large requests
+    /// travel as full-size segments.
+    pub fn start_sized(
+        lab: &Lab,
+        client: ClientNode,
+        target: SocketAddr,
+        connections: usize,
+        interval: Duration,
+        request_len: usize,
+    ) -> Result<LongLived> {
         let reports = Arc::new(Mutex::new((0..connections).map(ConnReport::new).collect::<Vec<_>>()));
         let (stop, _) = watch::channel(false);
         let (first_tx, first_rx) = mpsc::channel::<()>();
@@ -111,7 +124,7 @@ impl LongLived {
                 let tasks: Vec<_> = (0..connections)
                     .map(|id| {
                         let first = Mutex::new(Some(first_tx.clone()));
-                        let conn = LongConn { id, target, interval, reports: shared.clone(), first };
+                        let conn = LongConn { id, target, interval, request_len, reports: shared.clone(), first };
                         tokio::spawn(conn.run(stops.clone()))
                     })
                     .collect();
@@ -171,6 +184,8 @@ struct LongConn {
     id: usize,
     target: SocketAddr,
     interval: Duration,
+    /// Requests are padded to this many bytes.
+    request_len: usize,
     reports: Arc<Mutex<Vec<ConnReport>>>,
     /// Taken and signalled once: first answer or failure.
     first: Mutex<Option<mpsc::Sender<()>>>,
@@ -209,7 +224,11 @@ impl LongConn {
         // answer is still read, so answers never get out of step.
         let mut pending = 0u64;
         for seq in 0u64.. {
-            write.write_all(format!("request {seq}\n").as_bytes()).await.map_err(|e| anyhow!("write: {e}"))?;
+            let mut request = format!("request {seq} ");
+            let padding = self.request_len.saturating_sub(request.len() + 1);
+            request.extend(std::iter::repeat_n('.', padding));
+            request.push('\n');
+            write.write_all(request.as_bytes()).await.map_err(|e| anyhow!("write: {e}"))?;
             pending += 1;
             let deadline = Instant::now() + TCP_REPLY_TIMEOUT;
             while pending > 0 {
