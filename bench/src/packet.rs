@@ -34,13 +34,14 @@ use gslb_common::{
     maglev::{build_table, MaglevBackend},
     names, stage,
     testing::{self, BenchFrame, BENCH_FRAME_WORDS, BENCH_MAX_FRAME},
-    vip_filter_bit, Addr16, Backend, DecapStats, EdgeConfig, FlowBucket, FlowKey, GlobalStats, NextHop, VipKey,
-    VipStats, VipValue, DEFAULT_TABLE_SIZE, NEXT_HOP_VALID, TABLE_GENERATIONS,
+    vip_filter_bit, Addr16, Backend, DecapStats, EdgeConfig, FlowBucket, FlowKey, GlobalStats, NextHop, SlotHistory,
+    VipKey, VipStats, VipValue, BACKEND_SECOND_CHANCE, DEFAULT_GUE_PORT, DEFAULT_TABLE_SIZE, NEXT_HOP_VALID,
+    TABLE_GENERATIONS,
 };
 use gslb_tests::{
     edge::{TUNNEL_V4, TUNNEL_V6},
     netns::{ifindex, in_scratch_netns, sh, EDGE_IF, EDGE_MAC, ROUTER_MAC},
-    packet::{ethernet, ipv6, l4, TCP, V4},
+    packet::{ethernet, hop_list_packet, ipv6, l4, tcp_segment, GUE_PORT, TCP, TCP_ACK, V4},
     programs::BENCH,
 };
 use gslb_userspace::sys::OBJECT;
@@ -95,11 +96,17 @@ struct Object {
     next_hops: Array<MapData, NextHop>,
     maglev: MapData,
     flows: MapData,
+    history: MapData,
+    edge_config: Array<MapData, EdgeConfig>,
     global: PerCpuArray<MapData, GlobalStats>,
     vip_stats: PerCpuArray<MapData, VipStats>,
     decap_addrs: HashMap<MapData, Addr16, u32>,
+    decap_edges: HashMap<MapData, Addr16, u32>,
+    decap_peers: HashMap<MapData, Addr16, u32>,
     decap_stats: PerCpuArray<MapData, DecapStats>,
     table_size: u32,
+    /// The table `program_edge` gave every VIP.
+    table: Vec<u32>,
     /// Ingress interface for the test runs (the edge link).
     ingress: u32,
 }
@@ -123,6 +130,12 @@ enum Expect {
     ForwardedNew,
     /// `decapsulated`.
     Decapsulated,
+    /// `forwarded` with a hop list.
+    HopList,
+    /// `decap` delivered a hop-list packet (owned here).
+    HopListDelivered,
+    /// `decap` sent a hop-list packet on.
+    HopListForwarded,
     /// `received` (a stage of `steer` reached; it then drops).
     Received,
     /// Nothing counted (baselines, the wrapper alone).
@@ -230,6 +243,7 @@ impl Object {
             .map_max_entries(names::VIP_STATS, max_vips)
             .map_max_entries(names::MAGLEV, max_vips * TABLE_GENERATIONS * table_size)
             .map_max_entries(names::FLOWS, flow_buckets(max_flows))
+            .map_max_entries(names::OWNER_HISTORY, max_vips * table_size)
             .load(OBJECT)
             .context("loading the gslb eBPF object")?;
         let mut bench = EbpfLoader::new().load(BENCH).context("loading the bench eBPF object")?;
@@ -256,7 +270,10 @@ impl Object {
         let global = take(&mut product, names::GLOBAL_STATS)?;
         let vip_stats = take(&mut product, names::VIP_STATS)?;
         let decap_addrs = take(&mut product, names::DECAP_ADDRS)?;
+        let decap_edges = take(&mut product, names::DECAP_EDGES)?;
+        let decap_peers = take(&mut product, names::DECAP_PEERS)?;
         let decap_stats = take(&mut product, names::DECAP_STATS)?;
+        let history = take_data(&mut product, names::OWNER_HISTORY)?;
         let config = EdgeConfig {
             tunnel_source_v4: TUNNEL_V4.octets(),
             has_v6: 1,
@@ -275,11 +292,16 @@ impl Object {
             next_hops,
             maglev,
             flows,
+            history,
+            edge_config,
             global,
             vip_stats,
             decap_addrs,
+            decap_edges,
+            decap_peers,
             decap_stats,
             table_size,
+            table: Vec::new(),
             ingress: ifindex(EDGE_IF),
         })
     }
@@ -311,6 +333,7 @@ impl Object {
             self.vip_filter.set(word, current | bit, 0)?;
             self.vips.insert(key, VipValue { vip_id, flags: 0, generation: 0, table_id: vip_id }, 0)?;
         }
+        self.table = table;
         Ok(())
     }
 
@@ -324,6 +347,34 @@ impl Object {
             self.next_hops.set(id, if resolved { hop } else { NextHop::default() }, 0)?;
         }
         Ok(())
+    }
+
+    /// Second chance on for backends `1..=backends` (at least 3), and every
+    /// slot of VIP 0's table given two previous owners other than its own,
+    /// superseded just now: every mid-flow packet gets a full hop list.
+    fn enable_second_chance(&mut self, backends: u32) -> Result<()> {
+        for id in 1..=backends {
+            let mut backend = self.backends.get(&id, 0)?;
+            backend.flags |= BACKEND_SECOND_CHANCE;
+            self.backends.set(id, backend, 0)?;
+        }
+        let mut config = self.edge_config.get(&0, 0)?;
+        config.stickiness_window = 6 * 3600;
+        config.gue_port = DEFAULT_GUE_PORT;
+        self.edge_config.set(0, config, 0)?;
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a valid timespec to fill.
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
+        let history: Vec<SlotHistory> = self
+            .table
+            .iter()
+            .map(|&owner| SlotHistory {
+                owners: [owner % backends + 1, (owner + 1) % backends + 1],
+                superseded: [now.tv_sec as u32; 2],
+            })
+            .collect();
+        let keys: Vec<u32> = (0..self.table_size).collect();
+        update_batch(&self.history, &keys, &history)
     }
 
     /// Fills the flow table with `count` random IPv4 flows to the VIPs, each
@@ -465,6 +516,11 @@ fn sample(obj: &Object, case: &Case, plan: Plan) -> Result<(Vec<f64>, String)> {
             Expect::ForwardedHit => [g.forwarded - g0.forwarded, v.flow_hits - v0.flow_hits],
             Expect::ForwardedNew => [g.forwarded - g0.forwarded, v.new_flows - v0.new_flows],
             Expect::Decapsulated => [d.received - d0.received, d.decapsulated - d0.decapsulated],
+            Expect::HopList => [g.forwarded - g0.forwarded, g.hop_list_packets - g0.hop_list_packets],
+            Expect::HopListDelivered => {
+                [d.decapsulated - d0.decapsulated, d.hop_list_delivered - d0.hop_list_delivered]
+            }
+            Expect::HopListForwarded => [d.received - d0.received, d.hop_list_forwarded - d0.hop_list_forwarded],
             Expect::Received => [g.received - g0.received, g.dropped - g0.dropped],
             Expect::Nothing => [n, n],
         };
@@ -477,6 +533,9 @@ fn sample(obj: &Object, case: &Case, plan: Plan) -> Result<(Vec<f64>, String)> {
         Expect::ForwardedHit => format!("forwarded {checked} of {checked}, flow-table hits {checked}"),
         Expect::ForwardedNew => format!("forwarded {checked} of {checked}, new flows {checked}"),
         Expect::Decapsulated => format!("decapsulated {checked} of {checked}"),
+        Expect::HopList => format!("forwarded {checked} of {checked}, with a hop list {checked}"),
+        Expect::HopListDelivered => format!("hop lists delivered here {checked} of {checked}"),
+        Expect::HopListForwarded => format!("hop lists sent on {checked} of {checked}"),
         Expect::Received => format!("received and stopped {checked} of {checked}"),
         Expect::Nothing => format!("action {} on all {checked}", action_name(case.action)),
     };
@@ -762,6 +821,43 @@ fn measure(plan: Plan) -> Result<Vec<Measurement>> {
             )
         },
     )?;
+    // Second chance: a mid-flow packet (an ACK) of a flow this edge never
+    // saw, whose slot has two previous owners: sent with a hop list.
+    small.set_next_hops(8, true)?;
+    small.enable_second_chance(8)?;
+    let mid_flow = ack_frame(client, vip, 40_000, 80);
+    r.wrapped(
+        &mut small,
+        Wrapped {
+            clear_new_flows: true,
+            expect: Expect::HopList,
+            ..steer(
+                format!(
+                    "steer: mid-flow TCP packet of an unrecorded flow, each packet new, with a hop list of 2, {cfg}"
+                ),
+                mid_flow.clone(),
+                true,
+                Expect::HopList,
+                44,
+                0.0,
+            )
+        },
+    )?;
+    r.wrapped(
+        &mut small,
+        Wrapped {
+            budget: None,
+            expect: Expect::HopList,
+            ..steer(
+                format!("steer: flow recorded mid-flow, every packet with a hop list of 2, {cfg}"),
+                mid_flow,
+                false,
+                Expect::HopList,
+                44,
+                0.0,
+            )
+        },
+    )?;
     drop(small);
 
     stage_breakdown(&mut r, vip, &small_backends, &established, small_flows)?;
@@ -840,8 +936,71 @@ fn measure(plan: Plan) -> Result<Vec<Measurement>> {
             clear_new_flows: false,
         },
     )?;
+    decap_hop_lists(&mut r, &mut backend, tunnel_dst)?;
     drop(backend);
     Ok(out)
+}
+
+/// `decap` on hop-list packets from an edge: one of a connection this host
+/// owns (a real socket, found by `bpf_skc_lookup_tcp`) is delivered; one it
+/// does not own is sent on to the next hop.
+fn decap_hop_lists(r: &mut Runner, backend: &mut Object, tunnel_dst: IpAddr) -> Result<()> {
+    let edge = IpAddr::V4(TUNNEL_V4);
+    let peer = v4("198.51.100.2");
+    backend.decap_edges.insert(addr_from_ip(edge), 1, 0)?;
+    backend.decap_peers.insert(addr_from_ip(peer), 1, 0)?;
+    let vip = v4("203.0.113.10");
+    sh("ip addr add 203.0.113.10/32 dev lo");
+    let listener = std::net::TcpListener::bind((vip, 80))?;
+    let client = std::net::TcpStream::connect((vip, 80))?;
+    let _server = listener.accept()?;
+    let local = client.local_addr()?;
+    // 14 + 20 + 8 + 4 + 12 + 20 + 20 + 6 = 104 bytes.
+    let inner = |src: std::net::SocketAddr| {
+        let seg = tcp_segment(src.port(), 80, TCP_ACK, 1, 1, &[0; 6]);
+        V4::new(&src.ip().to_string(), "203.0.113.10", TCP).packet(&seg)
+    };
+    let owned = ethernet(&[], &hop_list_packet(edge, tunnel_dst, &inner(local), &[peer], 0, GUE_PORT));
+    let stranger = "100.64.1.1:40000".parse()?;
+    let not_owned = ethernet(&[], &hop_list_packet(edge, tunnel_dst, &inner(stranger), &[peer], 0, GUE_PORT));
+    let hop_list = |name: &str, frame: Vec<u8>, action: u32, expect: Expect, grow: isize| Wrapped {
+        name: name.into(),
+        target: "decap",
+        frame,
+        vary: false,
+        action,
+        expect,
+        vip_id: 0,
+        grow,
+        budget: None,
+        clear_new_flows: false,
+    };
+    r.wrapped(
+        backend,
+        hop_list(
+            "decap: hop-list packet of a connection owned here (socket lookup), delivered",
+            owned,
+            XDP_PASS,
+            Expect::HopListDelivered,
+            -44,
+        ),
+    )?;
+    r.wrapped(
+        backend,
+        hop_list(
+            "decap: hop-list packet not owned here (socket lookup), sent on to the next hop",
+            not_owned,
+            XDP_TX,
+            Expect::HopListForwarded,
+            0,
+        ),
+    )
+}
+
+/// A TCP ACK (mid-flow) frame of 64 bytes.
+fn ack_frame(src: IpAddr, dst: IpAddr, src_port: u16, dst_port: u16) -> Vec<u8> {
+    let seg = tcp_segment(src_port, dst_port, TCP_ACK, 1, 1, &[0; 10]);
+    ethernet(&[], &V4::new(&src.to_string(), &dst.to_string(), TCP).packet(&seg))
 }
 
 /// Where `steer`'s time goes: the small configuration loaded once per stage
