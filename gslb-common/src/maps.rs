@@ -46,7 +46,7 @@ pub mod stage {
     pub const CLASSIFY: u32 = 2;
     /// The flow table lookup (a hit ends selection).
     pub const FLOW_LOOKUP: u32 = 3;
-    /// On a miss: the Maglev table slot.
+    /// On a miss: the Maglev table slot and its backend.
     pub const TABLE_LOOKUP: u32 = 4;
     /// On a miss: recording the flow.
     pub const RECORD: u32 = 5;

@@ -22,7 +22,9 @@ use gslb_common::{
 };
 use gslb_ebpf::{
     checksum,
-    parse::{parse_ip, parse_l4, ptr_at, Flow, Outer, ETH_P_IPV4, ETH_P_IPV6, L2, TCP_ACK, TCP_RST, TCP_SYN},
+    parse::{
+        outer_source, parse_ip, parse_l4, ptr_at, Flow, Outer, ETH_P_IPV4, ETH_P_IPV6, L2, TCP_ACK, TCP_RST, TCP_SYN,
+    },
     route::{self, words, Outbound, Route},
 };
 use network_types::{
@@ -56,7 +58,8 @@ struct List {
 /// Decides, and counts, what becomes of a hop-list packet addressed to this
 /// backend; a packet sent on is rewritten here.
 pub fn run(ctx: &XdpContext, stats: &mut DecapStats, l2: &L2, outer: &Outer) -> Verdict {
-    if unsafe { DECAP_EDGES.get(&outer.src) }.is_none() {
+    let from_edge = outer_source(ctx, l2.len, outer).is_some_and(|(src, _)| unsafe { DECAP_EDGES.get(&src) }.is_some());
+    if !from_edge {
         stats.hop_list_refused += 1;
         return Verdict::Act(xdp_action::XDP_PASS);
     }
@@ -194,8 +197,9 @@ fn valid_cookie(ctx: &XdpContext, flow: &Flow, inner_at: usize, sk: *mut core::f
 #[inline(never)]
 fn forward(ctx: &XdpContext, l2_len: usize, outer: &Outer, hop: &Addr16) -> Option<u32> {
     let gue_at = l2_len + outer.header_len + UDP_LEN;
+    let (src, len) = outer_source(ctx, l2_len, outer)?;
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    let packet = Outbound { v6: outer.v6, src: outer.src, dst: *hop, len: outer.len, gue: true };
+    let packet = Outbound { v6: outer.v6, src, dst: *hop, len, gue: true };
     if route::lookup(ctx, &packet, &mut fib) != Route::Next {
         return None;
     }

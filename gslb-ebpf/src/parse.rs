@@ -362,14 +362,13 @@ fn parse_ports(ctx: &XdpContext, flow: &mut Flow) -> Result<(), Skip> {
 }
 
 /// The outer IP header of a tunnel packet, as `decap` sees it.
+/// Only what every tunnel packet needs: a hop-list packet reads its
+/// source and length with `outer_source`.
 pub struct Outer {
     pub v6: bool,
     /// Bytes of the IP header.
     pub header_len: usize,
-    /// The whole outer IP packet.
-    pub len: usize,
     pub proto: u8,
-    pub src: Addr16,
     pub dst: Addr16,
 }
 
@@ -384,23 +383,22 @@ pub fn parse_outer(ctx: &XdpContext, l2: &L2) -> Option<Outer> {
         if ip.version() != 4 || (ip.ihl() as usize) < Ipv4Hdr::LEN || fragment {
             return None;
         }
-        Some(Outer {
-            v6: false,
-            header_len: ip.ihl() as usize,
-            len: ip.tot_len() as usize,
-            proto: ip.proto,
-            src: addr_from_v4(ip.src_addr),
-            dst: addr_from_v4(ip.dst_addr),
-        })
+        Some(Outer { v6: false, header_len: ip.ihl() as usize, proto: ip.proto, dst: addr_from_v4(ip.dst_addr) })
     } else {
         let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, l2.len)? };
-        Some(Outer {
-            v6: true,
-            header_len: Ipv6Hdr::LEN,
-            len: Ipv6Hdr::LEN + ip.payload_len() as usize,
-            proto: ip.next_hdr,
-            src: ip.src_addr,
-            dst: ip.dst_addr,
-        })
+        Some(Outer { v6: true, header_len: Ipv6Hdr::LEN, proto: ip.next_hdr, dst: ip.dst_addr })
+    }
+}
+
+/// The source address of the outer header `parse_outer` read at `ip_at`,
+/// and the whole outer packet's length by that header.
+#[inline(always)]
+pub fn outer_source(ctx: &XdpContext, ip_at: usize, outer: &Outer) -> Option<(Addr16, usize)> {
+    if outer.v6 {
+        let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, ip_at)? };
+        Some((ip.src_addr, Ipv6Hdr::LEN + ip.payload_len() as usize))
+    } else {
+        let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, ip_at)? };
+        Some((addr_from_v4(ip.src_addr), ip.tot_len() as usize))
     }
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use gslb_common::{
     addr_as_v4, flow_bucket, gue_source_port, hash_address, hash_flow, maglev_index, stage, vip_filter_bit, Addr16,
-    ClientPrefixKey, EdgeConfig, FragmentVipKey, GlobalStats, VipKey, VipStats, VipValue, BACKEND_DEAD,
+    Backend, ClientPrefixKey, EdgeConfig, FragmentVipKey, GlobalStats, VipKey, VipStats, VipValue, BACKEND_DEAD,
     BACKEND_SECOND_CHANCE, CLIENT_PREFIX_VIP_BITS, FLOW_MID_FLOW, MAX_HOPS, NEXT_HOP_VALID, NO_BACKEND,
     VIP_CLIENT_STEERING, VIP_SOURCE_IP_AFFINITY,
 };
@@ -69,13 +69,11 @@ pub fn run(ctx: &XdpContext) -> u32 {
 
     // Select. A flow first seen mid-connection goes with a hop list of its
     // table slot's recent previous owners, when there are any.
-    let Some(selected) = select(&flow, &vip, vip_stats) else {
+    let mut selected = 0;
+    let Some(backend) = select(&flow, &vip, vip_stats, &mut selected) else {
         return drop(stats);
     };
     let (backend_id, mid_flow) = (selected & !FLOW_MID_FLOW, selected & FLOW_MID_FLOW != 0);
-    let Some(backend) = BACKENDS.get(backend_id) else {
-        return drop(stats);
-    };
     let Some(config) = EDGE_CONFIG.get(0) else {
         return drop(stats);
     };
@@ -167,7 +165,9 @@ fn forwarded(flow: &Flow, vip: &mut VipStats, backend_id: u32, stats: &mut Globa
         backend.bytes += flow.ip_len as u64;
         backend.hop_list_packets += gue as u64;
     }
-    stats.hop_list_packets += gue as u64;
+    if gue {
+        stats.hop_list_packets += 1;
+    }
     if next_hop == Route::Next {
         stats.forwarded += 1;
     } else {
@@ -211,13 +211,13 @@ fn table_for(flow: &Flow, vip: &VipValue) -> (u32, u32) {
 }
 
 /// Picks the backend: the flow table first, unless its backend is dead;
-/// otherwise the VIP's live Maglev table, recording the choice. The
-/// backend id has `FLOW_MID_FLOW` set if the flow was first seen
+/// otherwise the VIP's live Maglev table, recording the choice. Its id goes
+/// to `selected`, with `FLOW_MID_FLOW` set if the flow was first seen
 /// mid-connection (recorded so, or a mid-flow packet now): this edge cannot
-/// know its backend. (An id, not the backend: a pointer returned through
-/// the stack loses its type for the verifier.)
+/// know its backend. (The backend is the return value, in a register: a
+/// pointer returned through the stack loses its type for the verifier.)
 #[inline(never)]
-fn select(flow: &Flow, vip: &VipValue, stats: &mut VipStats) -> Option<u32> {
+fn select(flow: &Flow, vip: &VipValue, stats: &mut VipStats, selected: &mut u32) -> Option<&'static Backend> {
     let source_ip = vip.flags & VIP_SOURCE_IP_AFFINITY != 0;
     // Fragments and source-ip VIPs are keyed by addresses alone, so every
     // fragment of a datagram, and every flow of a client, lands together.
@@ -236,7 +236,8 @@ fn select(flow: &Flow, vip: &VipValue, stats: &mut VipStats) -> Option<u32> {
                 if stops_after(stage::FLOW_LOOKUP) {
                     return None;
                 }
-                return Some(recorded);
+                *selected = recorded;
+                return Some(backend);
             }
         }
     }
@@ -256,20 +257,21 @@ fn select(flow: &Flow, vip: &VipValue, stats: &mut VipStats) -> Option<u32> {
     if id == NO_BACKEND {
         return None;
     }
+    let backend = BACKENDS.get(id)?;
     if stops_after(stage::TABLE_LOOKUP) {
         return None;
     }
     // An ICMP error follows its flow but never creates one: spoofed errors
     // must not fill the flow table.
-    let selected = if flow.is_mid_flow() { id | FLOW_MID_FLOW } else { id };
+    *selected = if flow.is_mid_flow() { id | FLOW_MID_FLOW } else { id };
     if !flow.icmp_error {
-        bucket.record(hash, selected);
+        bucket.record(hash, *selected);
         stats.new_flows += 1;
     }
     if stops_after(stage::RECORD) {
         return None;
     }
-    Some(selected)
+    Some(backend)
 }
 
 /// Fills `hops` with the flow's table slot's previous owners that may hold
