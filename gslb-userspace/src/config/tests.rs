@@ -269,6 +269,14 @@ fn documented_example_is_valid() {
     assert_eq!(monitor("198.51.100.1").worst_case_failover_ms(), 4500);
     assert_eq!((monitor("198.51.100.3").protocol, monitor("198.51.100.3").port), (MonitorProtocol::Tcp, 443));
     assert!(!monitor("198.51.100.5").is_enabled());
+    // Second chance for us-east's backends, with the default window.
+    let second_chance: Vec<IpAddr> = config.second_chance_backends().into_iter().collect();
+    assert_eq!(second_chance, vec![ip("198.51.100.1"), ip("198.51.100.2")]);
+    assert_eq!((config.edge.stickiness_window_secs, config.edge.gue_port), (21_600, 6080));
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
 }
 
 #[test]
