@@ -168,27 +168,6 @@ fn a_changed_table_remembers_the_owners_its_slots_lose() {
 }
 
 #[test]
-fn a_reused_table_id_starts_without_the_old_tables_history() {
-    let (mut installed, mut maps) = (Installed::default(), RecordingMaps::new(LIMITS));
-    let vip = |name: &str, port: u16| {
-        format!("\n[[vip]]\nname = \"{name}\"\naddress = \"203.0.113.20\"\nport = {port}\nprotocol = \"tcp\"\npools = [\"east\"]\n")
-    };
-    step(&config(&vip("old", 8080)), &Conditions::new(), &mut installed, &mut maps);
-    let old = VipMatch { address: ip("203.0.113.20"), port: 8080, proto: 6 };
-    let old_table = installed.vips[&old].default.table_id;
-    step(&config(&vip("old", 8080)), &down(&["10.0.1.1"]), &mut installed, &mut maps);
-    assert!(maps.history(old_table).iter().any(|h| *h != SlotHistory::default()));
-
-    let log = step(&config(&vip("new", 8443)), &down(&["10.0.1.1"]), &mut installed, &mut maps);
-    let new = VipMatch { address: ip("203.0.113.20"), port: 8443, proto: 6 };
-    assert_eq!(installed.vips[&new].default.table_id, old_table, "the freed table is reused");
-    let cleared = position(&log, |w| *w == Write::ClearHistory(old_table));
-    let written = position(&log, |w| matches!(w, Write::Table { table_id, .. } if *table_id == old_table));
-    assert!(cleared < written, "{log:#?}");
-    assert!(maps.history(old_table).iter().all(|h| *h == SlotHistory::default()));
-}
-
-#[test]
 fn second_chance_alone_rewrites_the_backend_and_keeps_its_dead_mark() {
     let (mut installed, mut maps) = (Installed::default(), RecordingMaps::new(LIMITS));
     let plain = config("");
@@ -274,6 +253,8 @@ fn a_removed_vip_is_gone_before_a_new_vip_reuses_its_table() {
     step(&config(&vip("old", 8080)), &Conditions::new(), &mut installed, &mut maps);
     let old = VipMatch { address: ip("203.0.113.20"), port: 8080, proto: 6 };
     let old_table = installed.vips[&old].default.table_id;
+    step(&config(&vip("old", 8080)), &down(&["10.0.1.1"]), &mut installed, &mut maps);
+    assert!(maps.history(old_table).iter().any(|h| *h != SlotHistory::default()), "the change left history");
 
     let log = step(&config(&vip("new", 8443)), &Conditions::new(), &mut installed, &mut maps);
     let new = VipMatch { address: ip("203.0.113.20"), port: 8443, proto: 6 };
@@ -281,6 +262,10 @@ fn a_removed_vip_is_gone_before_a_new_vip_reuses_its_table() {
     let removed = position(&log, |w| *w == Write::RemoveVip(old));
     let reused = position(&log, |w| matches!(w, Write::Table { table_id, .. } if *table_id == old_table));
     assert!(removed < reused, "{log:#?}");
+    // The new VIP's table starts without the old one's history.
+    let cleared = position(&log, |w| *w == Write::ClearHistory(old_table));
+    assert!(removed < cleared && cleared < reused, "{log:#?}");
+    assert!(maps.history(old_table).iter().all(|h| *h == SlotHistory::default()));
 }
 
 #[test]
