@@ -46,7 +46,12 @@ use gslb_common::{
     NextHop, NEXT_HOP_VALID,
 };
 use gslb_tests::programs::LIVE;
-use gslb_userspace::{config::Limits, decide::plan::VipMatch, sys::maps::MapWrites, sys::steer::Steer};
+use gslb_userspace::{
+    config::Limits,
+    decide::plan::{EdgeSettings, VipMatch},
+    sys::maps::MapWrites,
+    sys::steer::Steer,
+};
 
 use crate::report::{median, Measurement};
 
@@ -347,11 +352,11 @@ fn backend(i: u32) -> Ipv4Addr {
 fn bench_edge() -> Result<Steer> {
     let limits = Limits { max_vips: 4, max_backends: 16, max_flows: 1 << 20, table_size: 4_099 };
     let mut steer = Steer::load(limits)?;
-    steer.set_tunnel_sources(Ipv4Addr::new(10, 78, 0, 1), None)?;
+    steer.set_edge_config(&EdgeSettings::new(Ipv4Addr::new(10, 78, 0, 1), None))?;
     let mut backends = Vec::new();
     for id in 1..=BACKENDS {
         let addr = IpAddr::V4(backend(id));
-        steer.set_backend(id, addr, false)?;
+        steer.set_backend(id, addr, 0)?;
         backends.push(MaglevBackend { id, addr: addr_from_ip(addr), weight: 100 });
     }
     let table = build_table(&backends, limits.table_size);

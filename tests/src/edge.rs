@@ -7,7 +7,12 @@ use gslb_common::{
     addr_from_ip,
     maglev::{build_table, MaglevBackend},
 };
-use gslb_userspace::{config::Limits, decide::plan::VipMatch, sys::maps::MapWrites, sys::steer::Steer};
+use gslb_userspace::{
+    config::Limits,
+    decide::plan::{EdgeSettings, VipMatch},
+    sys::maps::MapWrites,
+    sys::steer::Steer,
+};
 
 use crate::packet::{TCP, UDP};
 use crate::reference::RefVip;
@@ -86,9 +91,9 @@ pub fn ref_vips() -> Vec<RefVip> {
 /// Loads `steer` and programs the test VIPs and backends.
 pub fn test_edge() -> Steer {
     let mut steer = Steer::load(TEST_LIMITS).expect("load steer");
-    steer.set_tunnel_sources(TUNNEL_V4, Some(TUNNEL_V6)).unwrap();
+    steer.set_edge_config(&EdgeSettings::new(TUNNEL_V4, Some(TUNNEL_V6))).unwrap();
     for &(id, addr) in BACKENDS {
-        steer.set_backend(id, addr.parse().unwrap(), false).unwrap();
+        steer.set_backend(id, addr.parse().unwrap(), 0).unwrap();
     }
     for vip in VIPS {
         steer.set_vip(vip.matcher(), vip.id, vip.source_ip, &vip.table(&TEST_LIMITS)).unwrap();

@@ -3,7 +3,7 @@
 //! kernel's routing table when the entry is missing, not valid, or too
 //! small for the packet.
 
-use gslb_common::{NextHop, NEXT_HOP_VALID};
+use gslb_common::{NextHop, BACKEND_DEAD, NEXT_HOP_VALID};
 use gslb_tests::{
     edge::test_edge,
     netns::{ifindex, in_scratch_netns, EDGE_IF},
@@ -95,7 +95,7 @@ fn a_next_hop_belongs_to_the_address_its_backend_id_holds() {
 
         // The id is reused for another address: its next hop goes with the
         // old one, and a hop resolved for the old address is refused.
-        edge.set_backend(BACKEND, new, false).unwrap();
+        edge.set_backend(BACKEND, new, 0).unwrap();
         assert_eq!(edge.next_hop(BACKEND).unwrap().flags, 0, "cleared when the backend's address changed");
         assert!(!next_hops.update(BACKEND, old, Some(hop(edge_if, 1500, 0))).unwrap(), "stale answer refused");
         assert_eq!(edge.next_hop(BACKEND).unwrap().flags, 0);
@@ -103,7 +103,7 @@ fn a_next_hop_belongs_to_the_address_its_backend_id_holds() {
         assert_eq!(run_xdp(edge.program(), &frame(), Some(edge_if)).action, XDP_TX, "the new address's hop is used");
 
         // Marking it dead keeps the hop; clearing the backend does not.
-        edge.set_backend(BACKEND, new, true).unwrap();
+        edge.set_backend(BACKEND, new, BACKEND_DEAD).unwrap();
         assert_eq!(edge.next_hop(BACKEND).unwrap().flags, NEXT_HOP_VALID);
         assert!(next_hops.update(BACKEND, new, None).unwrap(), "invalidated");
         assert_eq!(edge.next_hop(BACKEND).unwrap().flags, 0);

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use gslb_common::{addr_from_ip, flow_hash, ClientTable, FlowKey, VIP_CLIENT_STEERING};
+use gslb_common::{addr_from_ip, flow_hash, ClientTable, FlowKey, BACKEND_DEAD, VIP_CLIENT_STEERING};
 use gslb_tests::{
     edge::{backend_addr, backend_id, table_of, test_edge, TestVip, TEST_LIMITS, VIPS},
     netns::in_scratch_netns,
@@ -50,9 +50,9 @@ fn flows_stay_on_their_backend_until_it_dies() {
         assert_eq!(steered_to(&mut edge, &new), 2, "new flow ignored the new table");
 
         // Backend 1 dies: its flow re-selects through the table and sticks.
-        edge.set_backend(1, backend_addr(1), true).unwrap();
+        edge.set_backend(1, backend_addr(1), BACKEND_DEAD).unwrap();
         assert_eq!(steered_to(&mut edge, &old), 2, "flow stayed on a dead backend");
-        edge.set_backend(1, backend_addr(1), false).unwrap();
+        edge.set_backend(1, backend_addr(1), 0).unwrap();
         assert_eq!(steered_to(&mut edge, &old), 2, "re-selected flow was not recorded");
 
         let stats = edge.vip_stats(web.id).unwrap();

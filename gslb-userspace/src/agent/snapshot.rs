@@ -18,7 +18,7 @@ use crate::sys::next_hops;
 use crate::sys::steer::Steer;
 use crate::view::status::{
     BackendStatus, CapacityStatus, ClientRuleStatus, FailoverStatus, InterfaceEvent, InterfaceStatus, LastReload,
-    Limits, NextHopStatus, PoolStatus, Status, TransitionStatus, VipBackend, VipStatus,
+    Limits, NextHopStatus, PoolStatus, SecondChanceStatus, Status, TransitionStatus, VipBackend, VipStatus,
 };
 use crate::view::time::{unix_ms, unix_secs};
 
@@ -96,6 +96,8 @@ impl Agent {
                     drained: drain.is_some(),
                     drain_until_unix: drain.and_then(|d| d.until).map(unix_secs),
                     dead: agent.installed.dead.contains(&backend.address),
+                    second_chance: agent.installed.second_chance.contains(&backend.address),
+                    hop_list_packets: stats.hop_list_packets,
                     transitions: state
                         .map(|s| {
                             s.transitions()
@@ -139,6 +141,7 @@ impl Agent {
             })
             .collect();
         let limits = steer.limits;
+        let edge = steer.edge_settings()?;
         Ok(Status {
             edge: agent.config.edge.name.clone(),
             config: agent.config_path.display().to_string(),
@@ -155,6 +158,10 @@ impl Agent {
                 max_backends: limits.max_backends,
                 max_flows: limits.max_flows,
                 table_size: limits.table_size,
+            },
+            second_chance: SecondChanceStatus {
+                stickiness_window_secs: edge.stickiness_window_secs,
+                gue_port: edge.gue_port,
             },
             counters,
             vips,

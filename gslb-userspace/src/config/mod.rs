@@ -14,7 +14,7 @@
 //! that have their own parsing; `limits` the map sizes. `fixtures` holds the
 //! configs every test module shares; `tests` the whole-file tests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
@@ -58,6 +58,13 @@ pub const DEFAULT_WEIGHT: u32 = 100;
 pub const MAX_WEIGHT: u32 = 10_000;
 /// Default `edge.metrics_listen`.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9477";
+/// Default `edge.stickiness_window`.
+pub const DEFAULT_STICKINESS_WINDOW: &str = "6h";
+/// `edge.stickiness_window` must be shorter than this many days (it is kept
+/// in seconds in a `u32`, and compared with a boot clock in seconds).
+pub const MAX_STICKINESS_WINDOW_DAYS: u64 = 45;
+/// Default `edge.gue_port`.
+pub const DEFAULT_GUE_PORT: u16 = gslb_common::DEFAULT_GUE_PORT;
 /// Default `pool.max_utilization`.
 pub const DEFAULT_MAX_UTILIZATION: f64 = 0.75;
 /// Default `vip.min_healthy`.
@@ -176,6 +183,12 @@ pub struct Edge {
     pub table_size: u32,
     /// Where the Prometheus metrics endpoint listens; port not 0.
     pub metrics_listen: SocketAddr,
+    /// Second chance: how long, in seconds, a table slot's previous owners
+    /// still get the slot's mid-flow packets in a hop list; 0 = off. Less
+    /// than `MAX_STICKINESS_WINDOW_DAYS`.
+    pub stickiness_window_secs: u32,
+    /// UDP port hop-list (GUE) packets are sent to; not 0.
+    pub gue_port: u16,
 }
 
 /// How the XDP program is attached.
@@ -294,6 +307,9 @@ pub struct Pool {
     pub capacity: Option<f64>,
     /// The fraction of `capacity` the pool should run at most: 0 < x <= 1.
     pub max_utilization: f64,
+    /// The pool's backends understand hop lists (their `decap` is run with
+    /// `--edge`), unless a backend says otherwise.
+    pub second_chance: bool,
 }
 
 /// One backend of a pool.
@@ -304,6 +320,9 @@ pub struct BackendConfig {
     pub weight: u32,
     /// The pool's monitor with this backend's overrides.
     pub monitor: Monitor,
+    /// Its `decap` understands hop lists: the backend's own
+    /// `second_chance`, else its pool's. The same in every pool it is in.
+    pub second_chance: bool,
 }
 
 impl Config {
@@ -318,6 +337,12 @@ impl Config {
     /// skipped. Validation guarantees the total fits a `u32`.
     pub fn effective_weights(&self, vip: &Vip) -> BTreeMap<IpAddr, u64> {
         effective_weights(vip.pools.iter().filter_map(|name| self.pool(name)))
+    }
+
+    /// Backends whose `decap` understands hop lists (`second_chance`).
+    pub fn second_chance_backends(&self) -> BTreeSet<IpAddr> {
+        let backends = self.pools.iter().flat_map(|p| &p.backends);
+        backends.filter(|b| b.second_chance).map(|b| b.address).collect()
     }
 
     /// Every distinct backend address, over all pools, with its monitor.

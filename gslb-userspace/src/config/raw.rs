@@ -59,6 +59,9 @@ pub(super) struct RawEdge {
     pub max_vips: Option<Spanned<i64>>,
     pub table_size: Option<Spanned<i64>>,
     pub metrics_listen: Option<Spanned<String>>,
+    /// A duration ("6h", "90m"; humantime), checked in `validate`.
+    pub stickiness_window: Option<Spanned<String>>,
+    pub gue_port: Option<Spanned<i64>>,
 }
 
 /// One `[[vip]]`.
@@ -101,6 +104,7 @@ pub(super) struct RawPool {
     pub max_utilization: Option<Spanned<f64>>,
     /// `[pool.monitor]` or `monitor = { ... }`.
     pub monitor: Option<Spanned<RawMonitor>>,
+    pub second_chance: Option<Spanned<bool>>,
 }
 
 /// One backend of a pool.
@@ -111,6 +115,8 @@ pub(super) struct RawBackend {
     pub weight: Option<Spanned<i64>>,
     /// Overrides of the pool's monitor, key by key.
     pub monitor: Option<Spanned<RawMonitor>>,
+    /// Overrides the pool's `second_chance`.
+    pub second_chance: Option<Spanned<bool>>,
 }
 
 /// A pool's `monitor`, or a backend's overrides of it: every key optional.

@@ -25,6 +25,8 @@ fn full_example() {
             max_vips: 16,
             table_size: 4099,
             metrics_listen: "127.0.0.1:9477".parse().unwrap(),
+            stickiness_window_secs: 6 * 3600,
+            gue_port: 6080,
         }
     );
     assert_eq!(
@@ -58,7 +60,12 @@ fn full_example() {
             },
         ]
     );
-    let b = |a: &str, weight| BackendConfig { address: a.parse().unwrap(), weight, monitor: Monitor::default() };
+    let b = |a: &str, weight| BackendConfig {
+        address: a.parse().unwrap(),
+        weight,
+        monitor: Monitor::default(),
+        second_chance: false,
+    };
     let pool = |name: &str, weight, backends| Pool {
         name: name.into(),
         weight,
@@ -66,6 +73,7 @@ fn full_example() {
         max_latency_ms: None,
         capacity: None,
         max_utilization: 0.75,
+        second_chance: false,
     };
     assert_eq!(
         config.pools,
@@ -105,6 +113,10 @@ fn defaults() {
     assert_eq!(config.vips[0].policy, Policy::Weighted);
     assert_eq!(config.pools[0].weight, 100);
     assert_eq!(config.pools[0].backends[0].weight, 100);
+    // Second chance: remembered for 6 hours, but no backend is assumed to
+    // understand hop lists.
+    assert_eq!((edge.stickiness_window_secs, edge.gue_port), (21_600, 6080));
+    assert!(config.second_chance_backends().is_empty());
 }
 
 #[test]
@@ -257,6 +269,14 @@ fn documented_example_is_valid() {
     assert_eq!(monitor("198.51.100.1").worst_case_failover_ms(), 4500);
     assert_eq!((monitor("198.51.100.3").protocol, monitor("198.51.100.3").port), (MonitorProtocol::Tcp, 443));
     assert!(!monitor("198.51.100.5").is_enabled());
+    // Second chance for us-east's backends, with the default window.
+    let second_chance: Vec<IpAddr> = config.second_chance_backends().into_iter().collect();
+    assert_eq!(second_chance, vec![ip("198.51.100.1"), ip("198.51.100.2")]);
+    assert_eq!((config.edge.stickiness_window_secs, config.edge.gue_port), (21_600, 6080));
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
 }
 
 #[test]

@@ -13,10 +13,10 @@ use anyhow::{bail, Result};
 use gslb_common::{
     addr_from_ip, addr_to_ip, backend_hashes,
     maglev::{build_table, MaglevBackend},
-    VipKey,
+    VipKey, DEFAULT_GUE_PORT,
 };
 
-use crate::config::{Affinity, Config, Policy, Pool, Vip};
+use crate::config::{Affinity, Config, Edge, Policy, Pool, Vip};
 
 /// A VIP as the data plane matches it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -65,16 +65,45 @@ pub type Conditions = BTreeMap<IpAddr, Condition>;
 /// The data plane's contents for one config and one view of the backends.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
-    pub tunnel_source_v4: Ipv4Addr,
-    pub tunnel_source_v6: Option<Ipv6Addr>,
+    pub edge: EdgeSettings,
     /// Every backend of every pool, by address.
     pub backend_ids: BTreeMap<IpAddr, u32>,
     /// Backends whose recorded flows must re-select: down (unless a VIP
     /// using them is in panic) or drained past their drain time.
     pub dead: BTreeSet<IpAddr>,
+    /// Backends whose `decap` understands hop lists (`second_chance`).
+    pub second_chance: BTreeSet<IpAddr>,
     pub vips: BTreeMap<VipMatch, PlannedVip>,
     /// Which port's VIP fragments to an (address, protocol) use.
     pub fragment_vips: BTreeMap<(IpAddr, u8), u16>,
+}
+
+/// What `EDGE_CONFIG` holds: the outer source addresses and second chance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EdgeSettings {
+    pub tunnel_source_v4: Ipv4Addr,
+    pub tunnel_source_v6: Option<Ipv6Addr>,
+    /// How long a table slot's previous owners get its mid-flow packets in
+    /// a hop list, in seconds; 0 = no hop lists.
+    pub stickiness_window_secs: u32,
+    /// UDP destination port of hop-list (GUE) packets.
+    pub gue_port: u16,
+}
+
+impl EdgeSettings {
+    /// These tunnel sources, second chance off.
+    pub fn new(tunnel_source_v4: Ipv4Addr, tunnel_source_v6: Option<Ipv6Addr>) -> EdgeSettings {
+        EdgeSettings { tunnel_source_v4, tunnel_source_v6, stickiness_window_secs: 0, gue_port: DEFAULT_GUE_PORT }
+    }
+
+    /// What `[edge]` configures.
+    pub fn of(edge: &Edge) -> EdgeSettings {
+        EdgeSettings {
+            stickiness_window_secs: edge.stickiness_window_secs,
+            gue_port: edge.gue_port,
+            ..EdgeSettings::new(edge.tunnel_source_v4, edge.tunnel_source_v6)
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -184,10 +213,10 @@ pub fn plan(
     }
 
     Ok(Plan {
-        tunnel_source_v4: config.edge.tunnel_source_v4,
-        tunnel_source_v6: config.edge.tunnel_source_v6,
+        edge: EdgeSettings::of(&config.edge),
         backend_ids,
         dead,
+        second_chance: config.second_chance_backends(),
         vips,
         fragment_vips,
     })

@@ -9,7 +9,10 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
-use gslb_common::{maglev::MaglevBackend, ClientTable, VipValue, VIP_CLIENT_STEERING, VIP_SOURCE_IP_AFFINITY};
+use gslb_common::{
+    maglev::MaglevBackend, ClientTable, VipValue, BACKEND_DEAD, BACKEND_SECOND_CHANCE, VIP_CLIENT_STEERING,
+    VIP_SOURCE_IP_AFFINITY,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -42,6 +45,8 @@ pub fn reconcile(
 pub struct Installed {
     pub backend_ids: BTreeMap<IpAddr, u32>,
     pub dead: BTreeSet<IpAddr>,
+    /// Backends written with `BACKEND_SECOND_CHANCE`.
+    pub second_chance: BTreeSet<IpAddr>,
     pub vips: BTreeMap<VipMatch, InstalledVip>,
     pub fragment_vips: BTreeMap<(IpAddr, u8), u16>,
 }
@@ -133,11 +138,14 @@ impl Installed {
     /// Reads the state a previous agent left in pinned maps.
     pub fn read(steer: &Steer) -> Result<Installed> {
         let mut backend_ids = BTreeMap::new();
-        let mut dead = BTreeSet::new();
-        for (id, address, is_dead) in steer.installed_backends()? {
+        let (mut dead, mut second_chance) = (BTreeSet::new(), BTreeSet::new());
+        for (id, address, flags) in steer.installed_backends()? {
             backend_ids.insert(address, id);
-            if is_dead {
+            if flags & BACKEND_DEAD != 0 {
                 dead.insert(address);
+            }
+            if flags & BACKEND_SECOND_CHANCE != 0 {
+                second_chance.insert(address);
             }
         }
         let prefixes = steer.client_prefixes()?;
@@ -160,16 +168,17 @@ impl Installed {
             vips.insert(matcher, vip);
         }
         let fragment_vips = steer.fragment_vips()?.into_iter().map(|(a, proto, port)| ((a, proto), port)).collect();
-        Ok(Installed { backend_ids, dead, vips, fragment_vips })
+        Ok(Installed { backend_ids, dead, second_chance, vips, fragment_vips })
     }
 
     /// Applies `plan`, in an order that never lets a packet find a table
     /// slot without its backend, or a dead backend in a live table: new and
     /// revived backends first, then tables, then dead marks, and removed
-    /// backends last.
+    /// backends last. A backend whose `second_chance` alone changed is
+    /// rewritten with the new backends, keeping its dead mark.
     pub fn apply(&mut self, maps: &mut impl MapWrites, plan: &Plan) -> Result<Changes> {
         let mut changes = Changes::default();
-        maps.set_tunnel_sources(plan.tunnel_source_v4, plan.tunnel_source_v6)?;
+        maps.set_edge_config(&plan.edge)?;
 
         for (&address, &id) in &plan.backend_ids {
             let is_new = self.backend_ids.get(&address) != Some(&id);
@@ -178,10 +187,21 @@ impl Installed {
                 changes.backends_added.push(address);
             }
             let revived = !is_new && self.dead.contains(&address) && !plan.dead.contains(&address);
-            if is_new || revived {
-                maps.set_backend(id, address, false)?;
+            let second_chance = plan.second_chance.contains(&address);
+            let reflagged = !is_new && self.second_chance.contains(&address) != second_chance;
+            if is_new || revived || reflagged {
+                let dead = !(is_new || revived) && self.dead.contains(&address);
+                maps.set_backend(id, address, backend_flags(dead, second_chance))?;
                 self.backend_ids.insert(address, id);
-                if self.dead.remove(&address) && revived {
+                if second_chance {
+                    self.second_chance.insert(address);
+                } else {
+                    self.second_chance.remove(&address);
+                }
+                // Written alive: a new id's or a revived backend's dead mark
+                // goes (a backend only reflagged keeps its own).
+                let was_dead = (is_new || revived) && self.dead.remove(&address);
+                if was_dead && revived {
                     changes.backends_revived.push(address);
                 }
             }
@@ -221,7 +241,8 @@ impl Installed {
 
         for address in &plan.dead {
             if self.dead.insert(*address) {
-                maps.set_backend(plan.backend_ids[address], *address, true)?;
+                let flags = backend_flags(true, self.second_chance.contains(address));
+                maps.set_backend(plan.backend_ids[address], *address, flags)?;
                 changes.backends_dead.push(*address);
             }
         }
@@ -232,6 +253,7 @@ impl Installed {
             maps.clear_backend(id)?;
             self.backend_ids.remove(&address);
             self.dead.remove(&address);
+            self.second_chance.remove(&address);
             changes.backends_removed.push(address);
         }
         Ok(changes)
@@ -351,7 +373,9 @@ impl Installed {
 /// Writes `planned` into the idle generation of `slot` if it differs from
 /// the live one, and makes that generation the live one (the caller
 /// publishes it with a map update, which packets see only after every slot
-/// written here). Returns whether it wrote.
+/// written here). The slots that change owner remember the owner they
+/// lose, before the flip; a new table starts with no history. Returns
+/// whether it wrote.
 fn write_if_changed(
     maps: &mut impl MapWrites,
     slot: &mut InstalledTable,
@@ -369,10 +393,14 @@ fn write_if_changed(
     }
     let idle = slot.generation ^ 1;
     if slot.written {
+        maps.supersede(slot.table_id, slot.generation, &table)?;
         // The idle generation holds the table before the live one: only
         // the slots that differ from it are rewritten.
         maps.patch_table(slot.table_id, idle, &table)?;
     } else {
+        // The id may have served a removed table: its history is not this
+        // table's.
+        maps.clear_history(slot.table_id)?;
         // A new table: both generations get it, so later changes find a
         // whole table in the idle one and rewrite only the slots that
         // differ.
@@ -384,6 +412,12 @@ fn write_if_changed(
     slot.members = Some(planned.members.clone());
     slot.slots = slot_counts(&table);
     Ok(true)
+}
+
+/// `Backend::flags` of a backend.
+fn backend_flags(dead: bool, second_chance: bool) -> u32 {
+    let dead = if dead { BACKEND_DEAD } else { 0 };
+    dead | if second_chance { BACKEND_SECOND_CHANCE } else { 0 }
 }
 
 /// What a table live in the maps was built from, if known.

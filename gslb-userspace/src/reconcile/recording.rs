@@ -3,27 +3,37 @@
 //! write what a packet arriving at that moment could find.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use anyhow::Result;
-use gslb_common::{ClientTable, VipValue, NO_BACKEND};
+use gslb_common::{ClientTable, SlotHistory, VipValue, BACKEND_DEAD, BACKEND_SECOND_CHANCE, NO_BACKEND};
 
 use crate::config::Limits;
-use crate::decide::plan::VipMatch;
+use crate::decide::plan::{EdgeSettings, VipMatch};
+use crate::sys::history::supersede;
 use crate::sys::maps::MapWrites;
 
 /// One write, as `steer`'s maps would see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Write {
-    TunnelSources,
+    EdgeConfig(EdgeSettings),
     Backend {
         id: u32,
         address: IpAddr,
         dead: bool,
+        second_chance: bool,
     },
     ClearBackend(u32),
     BackendStats(u32),
     VipStats(u32),
+    /// Slot histories noted before a table left its live `generation`:
+    /// `changed` slots changed owner.
+    History {
+        table_id: u32,
+        generation: u32,
+        changed: usize,
+    },
+    ClearHistory(u32),
     /// A whole generation of a table written, or only its changed slots.
     Table {
         table_id: u32,
@@ -66,6 +76,10 @@ pub struct RecordingMaps {
     tables: BTreeMap<(u32, u32), Vec<u32>>,
     vips: BTreeMap<VipMatch, VipValue>,
     prefixes: BTreeMap<(u32, (IpAddr, u8)), ClientTable>,
+    /// `OWNER_HISTORY`, by table id (absent: never cleared).
+    history: BTreeMap<u32, Vec<SlotHistory>>,
+    /// The clock history is noted with.
+    pub now: u32,
     /// Backends the plan being applied itself keeps in a table while
     /// marking them dead (every backend of a VIP down: the table keeps
     /// them all, regardless of health).
@@ -82,6 +96,8 @@ impl RecordingMaps {
             tables: BTreeMap::new(),
             vips: BTreeMap::new(),
             prefixes: BTreeMap::new(),
+            history: BTreeMap::new(),
+            now: 1_000,
             dead_by_plan: BTreeSet::new(),
         }
     }
@@ -101,6 +117,11 @@ impl RecordingMaps {
     pub fn live_table(&self, vip: &VipMatch) -> Option<&Vec<u32>> {
         let value = self.vips.get(vip)?;
         self.tables.get(&(value.table_id, value.generation & 1))
+    }
+
+    /// One table's slot histories.
+    pub fn history(&self, table_id: u32) -> &[SlotHistory] {
+        self.history.get(&table_id).map_or(&[], |h| h.as_slice())
     }
 
     /// Whether a backend is written and marked dead.
@@ -158,14 +179,15 @@ impl MapWrites for RecordingMaps {
         self.limits
     }
 
-    fn set_tunnel_sources(&mut self, _v4: Ipv4Addr, _v6: Option<Ipv6Addr>) -> Result<()> {
-        self.record(Write::TunnelSources);
+    fn set_edge_config(&mut self, edge: &EdgeSettings) -> Result<()> {
+        self.record(Write::EdgeConfig(*edge));
         Ok(())
     }
 
-    fn set_backend(&mut self, id: u32, address: IpAddr, dead: bool) -> Result<()> {
+    fn set_backend(&mut self, id: u32, address: IpAddr, flags: u32) -> Result<()> {
+        let (dead, second_chance) = (flags & BACKEND_DEAD != 0, flags & BACKEND_SECOND_CHANCE != 0);
         self.backends.insert(id, (address, dead));
-        self.record(Write::Backend { id, address, dead });
+        self.record(Write::Backend { id, address, dead, second_chance });
         self.check();
         Ok(())
     }
@@ -206,6 +228,27 @@ impl MapWrites for RecordingMaps {
         held.copy_from_slice(table);
         self.record(Write::Table { table_id, generation, patch: true });
         Ok(written)
+    }
+
+    fn supersede(&mut self, table_id: u32, live_generation: u32, table: &[u32]) -> Result<usize> {
+        let generation = live_generation & 1;
+        if !self.live().contains(&(table_id, generation)) {
+            self.violations.push(format!("noted history of table {table_id}/{generation}, which packets do not read"));
+        }
+        let (Some(live), Some(history)) = (self.tables.get(&(table_id, generation)), self.history.get_mut(&table_id))
+        else {
+            self.violations.push(format!("noted history of table {table_id}, never written or never cleared"));
+            return Ok(0);
+        };
+        let changed = supersede(history, live, table, self.now);
+        self.record(Write::History { table_id, generation: live_generation, changed });
+        Ok(changed)
+    }
+
+    fn clear_history(&mut self, table_id: u32) -> Result<()> {
+        self.history.insert(table_id, vec![SlotHistory::default(); self.limits.table_size as usize]);
+        self.record(Write::ClearHistory(table_id));
+        Ok(())
     }
 
     fn table_holds(&mut self, table_id: u32, generation: u32, table: &[u32]) -> Result<bool> {

@@ -9,11 +9,13 @@ use std::path::Path;
 
 use rand::{Rng, SeedableRng};
 
+use gslb_common::SlotHistory;
+
 use super::recording::{RecordingMaps, Write};
 use super::*;
 use crate::config::fixtures::EDGE;
 use crate::config::{self, Limits};
-use crate::decide::plan::Condition;
+use crate::decide::plan::{Condition, EdgeSettings};
 
 const LIMITS: Limits = Limits { max_vips: 8, max_backends: 64, max_flows: 1024, table_size: 251 };
 
@@ -106,12 +108,94 @@ fn a_first_apply_writes_backends_then_both_generations_then_the_vip() {
 }
 
 #[test]
-fn the_same_plan_again_writes_no_map_but_the_tunnel_sources() {
+fn the_same_plan_again_writes_no_map_but_the_edge_config() {
     let (mut installed, mut maps) = (Installed::default(), RecordingMaps::new(LIMITS));
     let config = config("");
     step(&config, &Conditions::new(), &mut installed, &mut maps);
+    let table_id = installed.vips[&web()].default.table_id;
+    let history = maps.history(table_id).to_vec();
+    maps.now += 60;
     let log = step(&config, &Conditions::new(), &mut installed, &mut maps);
-    assert_eq!(log, vec![Write::TunnelSources]);
+    assert_eq!(log, vec![Write::EdgeConfig(EdgeSettings::of(&config.edge))]);
+    assert_eq!(maps.history(table_id), history, "an unchanged reload changes no slot's history");
+}
+
+#[test]
+fn the_edge_config_carries_the_stickiness_window_and_gue_port() {
+    let (mut installed, mut maps) = (Installed::default(), RecordingMaps::new(LIMITS));
+    let config = config("").edge;
+    assert_eq!((config.stickiness_window_secs, config.gue_port), (6 * 3600, 6080));
+    let text = format!("{EDGE}stickiness_window = \"90m\"\ngue_port = 7000\n");
+    let config = config::parse(&text, Path::new("reconcile.toml")).unwrap();
+    let log = step(&config, &Conditions::new(), &mut installed, &mut maps);
+    let Write::EdgeConfig(edge) = log[0] else { panic!("{log:#?}") };
+    assert_eq!((edge.stickiness_window_secs, edge.gue_port), (5400, 7000));
+}
+
+/// A weight change flips the table: before the flip, exactly the slots
+/// that change owner remember the owner they lose, and when.
+#[test]
+fn a_changed_table_remembers_the_owners_its_slots_lose() {
+    let (mut installed, mut maps) = (Installed::default(), RecordingMaps::new(LIMITS));
+    step(&config(""), &Conditions::new(), &mut installed, &mut maps);
+    let table_id = installed.vips[&web()].default.table_id;
+    assert!(maps.history(table_id).iter().all(|h| *h == SlotHistory::default()), "a new table has no history");
+    let before = maps.live_table(&web()).unwrap().clone();
+
+    maps.now = 5_000;
+    let mut heavier = config("");
+    heavier.pools[0].backends[0].weight = 300;
+    let log = step(&heavier, &Conditions::new(), &mut installed, &mut maps);
+    let after = maps.live_table(&web()).unwrap().clone();
+    let changed: Vec<usize> = (0..before.len()).filter(|&i| before[i] != after[i]).collect();
+    assert!(!changed.is_empty() && changed.len() < before.len(), "the weight change moves some slots");
+
+    let live = installed.vips[&web()].default.generation;
+    let noted = position(
+        &log,
+        |w| matches!(w, Write::History { table_id: t, changed: n, .. } if *t == table_id && *n == changed.len()),
+    );
+    let flip =
+        position(&log, |w| matches!(w, Write::VipEntry { vip, value } if *vip == web() && value.generation == live));
+    assert!(noted < flip, "history is noted before the flip: {log:#?}");
+    for (slot, history) in maps.history(table_id).iter().enumerate() {
+        if changed.contains(&slot) {
+            assert_eq!(*history, SlotHistory { owners: [before[slot], 0], superseded: [5_000, 0] }, "slot {slot}");
+        } else {
+            assert_eq!(*history, SlotHistory::default(), "slot {slot} kept its owner");
+        }
+    }
+}
+
+#[test]
+fn second_chance_alone_rewrites_the_backend_and_keeps_its_dead_mark() {
+    let (mut installed, mut maps) = (Installed::default(), RecordingMaps::new(LIMITS));
+    let plain = config("");
+    let log = step(&plain, &down(&["10.0.2.1"]), &mut installed, &mut maps);
+    assert!(log.iter().all(|w| !matches!(w, Write::Backend { second_chance: true, .. })), "never guessed");
+    let (east, west) = (installed.backend_ids[&ip("10.0.1.1")], installed.backend_ids[&ip("10.0.2.1")]);
+
+    // The flag alone: only west's backends are rewritten, west 1 still dead.
+    let mut flagged = config("");
+    let west_pool = flagged.pools.iter_mut().find(|p| p.name == "west").unwrap();
+    west_pool.backends.iter_mut().for_each(|b| b.second_chance = true);
+    let log = step(&flagged, &down(&["10.0.2.1"]), &mut installed, &mut maps);
+    let backends: Vec<&Write> = log.iter().filter(|w| matches!(w, Write::Backend { .. })).collect();
+    assert_eq!(backends.len(), 2, "{log:#?}");
+    assert!(backends.contains(&&Write::Backend { id: west, address: ip("10.0.2.1"), dead: true, second_chance: true }));
+    assert!(!log.iter().any(|w| matches!(w, Write::Backend { id, .. } if *id == east)));
+    assert!(installed.second_chance.contains(&ip("10.0.2.2")));
+
+    // Nothing changes, nothing is written; then revived, it keeps its flag.
+    let log = step(&flagged, &down(&["10.0.2.1"]), &mut installed, &mut maps);
+    assert!(!log.iter().any(|w| matches!(w, Write::Backend { .. })), "{log:#?}");
+    let log = step(&flagged, &Conditions::new(), &mut installed, &mut maps);
+    assert!(log.contains(&Write::Backend { id: west, address: ip("10.0.2.1"), dead: false, second_chance: true }));
+
+    // And off again.
+    let log = step(&plain, &Conditions::new(), &mut installed, &mut maps);
+    assert!(log.contains(&Write::Backend { id: west, address: ip("10.0.2.1"), dead: false, second_chance: false }));
+    assert!(installed.second_chance.is_empty());
 }
 
 #[test]
@@ -169,6 +253,8 @@ fn a_removed_vip_is_gone_before_a_new_vip_reuses_its_table() {
     step(&config(&vip("old", 8080)), &Conditions::new(), &mut installed, &mut maps);
     let old = VipMatch { address: ip("203.0.113.20"), port: 8080, proto: 6 };
     let old_table = installed.vips[&old].default.table_id;
+    step(&config(&vip("old", 8080)), &down(&["10.0.1.1"]), &mut installed, &mut maps);
+    assert!(maps.history(old_table).iter().any(|h| *h != SlotHistory::default()), "the change left history");
 
     let log = step(&config(&vip("new", 8443)), &Conditions::new(), &mut installed, &mut maps);
     let new = VipMatch { address: ip("203.0.113.20"), port: 8443, proto: 6 };
@@ -176,6 +262,10 @@ fn a_removed_vip_is_gone_before_a_new_vip_reuses_its_table() {
     let removed = position(&log, |w| *w == Write::RemoveVip(old));
     let reused = position(&log, |w| matches!(w, Write::Table { table_id, .. } if *table_id == old_table));
     assert!(removed < reused, "{log:#?}");
+    // The new VIP's table starts without the old one's history.
+    let cleared = position(&log, |w| *w == Write::ClearHistory(old_table));
+    assert!(removed < cleared && cleared < reused, "{log:#?}");
+    assert!(maps.history(old_table).iter().all(|h| *h == SlotHistory::default()));
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! plan (and the one read they need), as a trait so their order can be
 //! tested without a kernel.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -12,17 +12,19 @@ use aya::Ebpf;
 use gslb_common::{ClientTable, VipValue};
 
 use crate::config::Limits;
-use crate::decide::plan::VipMatch;
+use crate::decide::plan::{EdgeSettings, VipMatch};
 
 /// The writes a reconcile makes to `steer`'s maps, in the order it makes
 /// them. `Steer` does them to the kernel; tests record them.
 pub trait MapWrites {
     /// The sizes of the maps written to.
     fn limits(&self) -> Limits;
-    /// Sets the outer source addresses.
-    fn set_tunnel_sources(&mut self, v4: Ipv4Addr, v6: Option<Ipv6Addr>) -> Result<()>;
-    /// Writes a backend; `dead` makes flows recorded on it re-select.
-    fn set_backend(&mut self, id: u32, address: IpAddr, dead: bool) -> Result<()>;
+    /// Sets `EDGE_CONFIG`: the outer source addresses and second chance.
+    fn set_edge_config(&mut self, edge: &EdgeSettings) -> Result<()>;
+    /// Writes a backend with its `Backend::flags`: `BACKEND_DEAD` makes
+    /// flows recorded on it re-select; `BACKEND_SECOND_CHANCE` says its
+    /// `decap` understands hop lists.
+    fn set_backend(&mut self, id: u32, address: IpAddr, flags: u32) -> Result<()>;
     /// Frees a backend id: flows still recorded on it re-select, as for a
     /// dead backend.
     fn clear_backend(&mut self, id: u32) -> Result<()>;
@@ -37,6 +39,13 @@ pub trait MapWrites {
     /// `table`, comparing with what that generation holds in the map; returns
     /// how many it rewrote. Only ever patch the idle generation.
     fn patch_table(&mut self, table_id: u32, generation: u32, table: &[u32]) -> Result<usize>;
+    /// Before a table flips from its live generation to `table`: notes in
+    /// `OWNER_HISTORY` that each slot whose owner changes lost it now;
+    /// returns how many slots change owner.
+    fn supersede(&mut self, table_id: u32, live_generation: u32, table: &[u32]) -> Result<usize>;
+    /// Forgets a table id's slot histories, before it is used for a table
+    /// that did not exist.
+    fn clear_history(&mut self, table_id: u32) -> Result<()>;
     /// Whether one generation of a table holds exactly `table` (the one
     /// read a reconcile makes: the agent keeps no copy of the tables).
     fn table_holds(&mut self, table_id: u32, generation: u32, table: &[u32]) -> Result<bool>;

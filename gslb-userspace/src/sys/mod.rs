@@ -1,5 +1,6 @@
 //! Everything that touches the kernel: the BPF object and its maps
-//! (`steer`, `decap`, `maps`, and `tables` for the Maglev tables), XDP
+//! (`steer`, `decap`, `maps`, `tables` for the Maglev tables and `history`
+//! for their slots' previous owners), XDP
 //! attachment (`attach`), the interfaces (`interfaces`), next hops per
 //! backend (`next_hops`), bpffs (`bpffs`),
 //! and raw ICMP sockets (`tunnel_errors`).
@@ -7,6 +8,7 @@
 pub mod attach;
 pub mod bpffs;
 pub mod decap;
+pub mod history;
 pub mod interfaces;
 pub mod maps;
 pub mod next_hops;

@@ -16,17 +16,18 @@ use aya::{
 };
 use gslb_common::{
     addr_from_ip, addr_to_ip, names, Backend, BackendStats, ClientPrefixKey, ClientTable, EdgeConfig, FlowBucket,
-    FlowKey, FragmentVipKey, GlobalStats, NextHop, VipKey, VipStats, VipValue, BACKEND_DEAD, CLIENT_PREFIX_VIP_BITS,
-    TABLE_GENERATIONS, VIP_SOURCE_IP_AFFINITY,
+    FlowKey, FragmentVipKey, GlobalStats, NextHop, SlotHistory, VipKey, VipStats, VipValue, BACKEND_DEAD,
+    CLIENT_PREFIX_VIP_BITS, TABLE_GENERATIONS, VIP_SOURCE_IP_AFFINITY,
 };
 use gslb_common::{flow_bucket, flow_buckets, flow_capacity, flow_hash64, vip_filter_bit, FLOW_WAYS};
 
+use super::history::OwnerHistory;
 use super::maps::{sum, MapSource, MapWrites};
 use super::next_hops::NextHopMap;
 use super::tables::Tables;
 use super::OBJECT;
 use crate::config::Limits;
-use crate::decide::plan::VipMatch;
+use crate::decide::plan::{EdgeSettings, VipMatch};
 
 /// The pinned program, under a pin directory.
 const PROGRAM_PIN: &str = "steer";
@@ -50,6 +51,7 @@ pub struct Steer {
     backends: Array<MapData, Backend>,
     next_hops: NextHopMap,
     maglev: Tables,
+    history: OwnerHistory,
     flows: Array<MapData, FlowBucket>,
     edge_config: Array<MapData, EdgeConfig>,
     global_stats: PerCpuArray<MapData, GlobalStats>,
@@ -88,6 +90,7 @@ impl Steer {
             .map_max_entries(names::NEXT_HOPS, limits.max_backends)
             .map_max_entries(names::VIP_STATS, limits.max_vips)
             .map_max_entries(names::MAGLEV, maglev_slots)
+            .map_max_entries(names::OWNER_HISTORY, limits.max_vips * limits.table_size)
             .map_max_entries(names::FLOWS, flow_buckets(limits.max_flows))
             .load(OBJECT)
             .context("loading the gslb eBPF object")?;
@@ -104,6 +107,7 @@ impl Steer {
             source.take(names::FLOWS)?,
         );
         let maglev = Tables::new(maglev, limits.table_size)?;
+        let history = OwnerHistory::new(source.take(names::OWNER_HISTORY)?, limits.table_size, limits.max_vips)?;
         let (next_hops, edge_config, global_stats, vip_stats, backend_stats) = (
             NextHopMap::new(source.take(names::NEXT_HOPS)?, std::collections::BTreeMap::new()),
             source.take(names::EDGE_CONFIG)?,
@@ -121,6 +125,7 @@ impl Steer {
             backends,
             next_hops,
             maglev,
+            history,
             flows,
             edge_config,
             global_stats,
@@ -163,6 +168,7 @@ impl Steer {
         // A MAGLEV pinned by an agent from before it was memory-mappable
         // still works, one system call per slot as then (see `Tables`).
         let maglev = Tables::new(maglev, limits.table_size)?;
+        let history = OwnerHistory::new(source.take(names::OWNER_HISTORY)?, limits.table_size, limits.max_vips)?;
         // The backends already written keep their next hops until the
         // watcher has checked them.
         let written = (1..backends.len())
@@ -178,6 +184,7 @@ impl Steer {
             backends,
             next_hops: NextHopMap::new(source.take(names::NEXT_HOPS)?, written),
             maglev,
+            history,
             flows,
             edge_config: source.take(names::EDGE_CONFIG)?,
             global_stats: source.take(names::GLOBAL_STATS)?,
@@ -197,13 +204,14 @@ impl Steer {
     pub fn pin(&mut self, dir: &Path) -> Result<()> {
         let maps_dir = dir.join(MAPS_DIR);
         std::fs::create_dir_all(&maps_dir).with_context(|| format!("creating {}", maps_dir.display()))?;
-        let maps: [(&str, &MapData); 11] = [
+        let maps: [(&str, &MapData); 12] = [
             (names::VIPS, self.vips.map()),
             (names::VIP_FILTER, self.vip_filter.map()),
             (names::FRAGMENT_VIPS, self.fragment_vips.map()),
             (names::STEER_PREFIXES, self.client_prefixes.map()),
             (names::BACKENDS, self.backends.map()),
             (names::MAGLEV, self.maglev.map()),
+            (names::OWNER_HISTORY, self.history.map()),
             (names::FLOWS, self.flows.map()),
             (names::EDGE_CONFIG, self.edge_config.map()),
             (names::GLOBAL_STATS, self.global_stats.map()),
@@ -238,10 +246,18 @@ impl Steer {
     /// Installs `table` as the VIP's live lookup table, in table slot
     /// `vip_id`: written into the idle generation first, then one map update
     /// flips the VIP to it, so the program never reads a half-written table.
+    /// Slots that change owner remember the owner they lose, as a reconcile
+    /// does; a new VIP's table starts with no history.
     pub fn set_vip(&mut self, vip: VipMatch, vip_id: u32, source_ip_affinity: bool, table: &[u32]) -> Result<()> {
         let generation = match self.vips.get(&vip.key(), 0) {
-            Ok(current) => current.generation ^ 1,
-            Err(_) => 0,
+            Ok(current) => {
+                self.supersede(current.table_id, current.generation, table)?;
+                current.generation ^ 1
+            }
+            Err(_) => {
+                self.clear_history(vip_id)?;
+                0
+            }
         };
         self.write_table(vip_id, generation, table)?;
         let flags = if source_ip_affinity { VIP_SOURCE_IP_AFFINITY } else { 0 };
@@ -251,6 +267,11 @@ impl Steer {
     /// Reads one generation of a table.
     pub fn read_table(&self, table_id: u32, generation: u32) -> Result<Vec<u32>> {
         self.maglev.read(table_id, generation)
+    }
+
+    /// What `OWNER_HISTORY` remembers of one table slot's previous owners.
+    pub fn slot_history(&self, table_id: u32, slot: u32) -> Result<SlotHistory> {
+        self.history.get(table_id, slot)
     }
 
     /// Whether `MAGLEV` is written through a memory mapping; false for a
@@ -295,24 +316,30 @@ impl Steer {
         Ok(entries)
     }
 
-    /// Backends in use: id, address and whether they are marked dead.
-    /// Unused ids hold the unspecified address.
-    pub fn installed_backends(&self) -> Result<Vec<(u32, IpAddr, bool)>> {
+    /// Backends in use: id, address and `Backend::flags` (`BACKEND_DEAD`,
+    /// `BACKEND_SECOND_CHANCE`). Unused ids hold the unspecified address.
+    pub fn installed_backends(&self) -> Result<Vec<(u32, IpAddr, u32)>> {
         let mut backends = Vec::new();
         for id in 1..self.limits.max_backends {
             let backend = self.backends.get(&id, 0).with_context(|| format!("reading backend {id}"))?;
             if backend.addr != [0; 16] {
-                backends.push((id, addr_to_ip(&backend.addr), backend.flags & BACKEND_DEAD != 0));
+                backends.push((id, addr_to_ip(&backend.addr), backend.flags));
             }
         }
         Ok(backends)
     }
 
-    /// The outer source addresses in force.
-    pub fn tunnel_sources(&self) -> Result<(Ipv4Addr, Option<Ipv6Addr>)> {
+    /// What `EDGE_CONFIG` holds: the outer source addresses and second
+    /// chance in force.
+    pub fn edge_settings(&self) -> Result<EdgeSettings> {
         let config = self.edge_config.get(&0, 0).context("reading EDGE_CONFIG")?;
         let v6 = (config.has_v6 != 0).then(|| Ipv6Addr::from(config.tunnel_source_v6));
-        Ok((Ipv4Addr::from(config.tunnel_source_v4), v6))
+        Ok(EdgeSettings {
+            tunnel_source_v4: Ipv4Addr::from(config.tunnel_source_v4),
+            tunnel_source_v6: v6,
+            stickiness_window_secs: config.stickiness_window,
+            gue_port: config.gue_port,
+        })
     }
 
     /// Reads back the live table of a VIP.
@@ -365,25 +392,25 @@ impl MapWrites for Steer {
         self.limits
     }
 
-    fn set_tunnel_sources(&mut self, v4: Ipv4Addr, v6: Option<Ipv6Addr>) -> Result<()> {
+    fn set_edge_config(&mut self, edge: &EdgeSettings) -> Result<()> {
+        let (v4, v6) = (edge.tunnel_source_v4, edge.tunnel_source_v6);
         let config = EdgeConfig {
             tunnel_source_v4: v4.octets(),
             has_v6: v6.is_some() as u32,
             tunnel_source_v6: v6.map(|a| a.octets()).unwrap_or_default(),
-            // Second chance is off until the config turns it on.
-            stickiness_window: 0,
-            gue_port: gslb_common::DEFAULT_GUE_PORT,
+            stickiness_window: edge.stickiness_window_secs,
+            gue_port: edge.gue_port,
             _pad: 0,
         };
         self.next_hops.set_sources(v4, v6);
         self.edge_config.set(0, config, 0).context("writing EDGE_CONFIG")
     }
 
-    fn set_backend(&mut self, id: u32, address: IpAddr, dead: bool) -> Result<()> {
+    fn set_backend(&mut self, id: u32, address: IpAddr, flags: u32) -> Result<()> {
         ensure!(id != 0 && id < self.limits.max_backends, "backend id {id} out of range");
         // A reused id loses its old address's next hop first.
         self.next_hops.claim(id, address)?;
-        let backend = Backend { addr: addr_from_ip(address), flags: if dead { BACKEND_DEAD } else { 0 }, _pad: 0 };
+        let backend = Backend { addr: addr_from_ip(address), flags, _pad: 0 };
         self.backends.set(id, backend, 0).with_context(|| format!("writing backend {id}"))
     }
 
@@ -415,6 +442,15 @@ impl MapWrites for Steer {
 
     fn table_holds(&mut self, table_id: u32, generation: u32, table: &[u32]) -> Result<bool> {
         self.maglev.holds(table_id, generation, table)
+    }
+
+    fn supersede(&mut self, table_id: u32, live_generation: u32, table: &[u32]) -> Result<usize> {
+        let live = self.maglev.read(table_id, live_generation)?;
+        self.history.supersede(table_id, &live, table)
+    }
+
+    fn clear_history(&mut self, table_id: u32) -> Result<()> {
+        self.history.clear(table_id)
     }
 
     fn set_vip_entry(&mut self, vip: VipMatch, value: VipValue) -> Result<()> {

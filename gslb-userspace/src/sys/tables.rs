@@ -14,6 +14,7 @@
 //! system call that comes after every write to the table.
 
 use std::collections::{btree_map::Entry, BTreeMap};
+use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{fence, Ordering};
 
@@ -76,15 +77,15 @@ impl Tables {
         Ok(())
     }
 
-    fn mapping(&self, base: u32, writable: bool) -> Result<Mapping> {
-        Mapping::new(self.map.map().fd().as_fd(), base, self.table_size, writable)
+    fn mapping(&self, base: u32, writable: bool) -> Result<Mapping<Slot>> {
+        Mapping::new(self.map.map().fd().as_fd(), base, self.table_size, writable, "the Maglev table")
     }
 
     /// Reads one generation of a table.
     pub(super) fn read(&self, table_id: u32, generation: u32) -> Result<Vec<u32>> {
         let base = self.base(table_id, generation)?;
         match &self.access {
-            Access::Mapped => Ok(self.mapping(base, false)?.slots().iter().map(|slot| slot[0]).collect()),
+            Access::Mapped => Ok(self.mapping(base, false)?.values().iter().map(|slot| slot[0]).collect()),
             Access::PerSlot { known } => match known.get(&base) {
                 Some(table) => Ok(table.clone()),
                 None => read_per_slot(&self.map, base, self.table_size),
@@ -98,7 +99,7 @@ impl Tables {
         let base = self.base(table_id, generation)?;
         let Access::PerSlot { known } = &mut self.access else {
             let mapping = self.mapping(base, false)?;
-            return Ok(mapping.slots().iter().zip(table).all(|(slot, &id)| slot[0] == id));
+            return Ok(mapping.values().iter().zip(table).all(|(slot, &id)| slot[0] == id));
         };
         let held = match known.entry(base) {
             Entry::Occupied(entry) => entry.into_mut(),
@@ -114,7 +115,7 @@ impl Tables {
         let base = self.base(table_id, generation)?;
         let Access::PerSlot { known } = &mut self.access else {
             let mut mapping = self.mapping(base, true)?;
-            for (slot, &id) in mapping.slots_mut().iter_mut().zip(table) {
+            for (slot, &id) in mapping.values_mut().iter_mut().zip(table) {
                 slot[0] = id;
             }
             return Ok(());
@@ -138,7 +139,7 @@ impl Tables {
         let mut written = 0;
         let Access::PerSlot { known } = &mut self.access else {
             let mut mapping = self.mapping(base, true)?;
-            for (slot, &id) in mapping.slots_mut().iter_mut().zip(table) {
+            for (slot, &id) in mapping.values_mut().iter_mut().zip(table) {
                 if slot[0] != id {
                     slot[0] = id;
                     written += 1;
@@ -166,26 +167,34 @@ fn read_per_slot(map: &Array<MapData, u32>, base: u32, table_size: u32) -> Resul
     (base..base + table_size).map(|i| map.get(&i, 0).context("reading the Maglev table")).collect()
 }
 
-/// The pages of one generation of a table, mapped into this process while
-/// it is read or written. Mapping the whole map once would be simpler, but
-/// the kernel maps every page of it at once, and they would all count as
-/// the agent's resident memory (512 MiB at 512 VIPs); a table's pages are
-/// mapped in tens of microseconds.
-struct Mapping {
+/// The pages of a run of an array map's values (one generation of a
+/// table, or one table's slot histories), mapped into this process while
+/// they are read or written. Mapping the whole map once would be simpler,
+/// but the kernel maps every page of it at once, and they would all count
+/// as the agent's resident memory (512 MiB at 512 VIPs); a table's pages
+/// are mapped in tens of microseconds.
+///
+/// `T` is one value as the kernel lays it out: its size a multiple of 8
+/// (the kernel's stride for array values).
+pub(super) struct Mapping<T> {
     address: *mut libc::c_void,
     len: usize,
-    /// Where the table's first slot is, from `address`, in slots.
+    /// Where the first value is, from `address`, in values.
     first: usize,
-    slots: usize,
+    count: usize,
+    _values: PhantomData<T>,
 }
 
-impl Mapping {
-    fn new(fd: BorrowedFd<'_>, first_slot: u32, slots: u32, writable: bool) -> Result<Mapping> {
+impl<T> Mapping<T> {
+    /// Maps values `first..first + count` of the map `fd` (which must be
+    /// `BPF_F_MMAPABLE`); `what` names them in errors.
+    pub(super) fn new(fd: BorrowedFd<'_>, first: u32, count: u32, writable: bool, what: &str) -> Result<Mapping<T>> {
+        let stride = std::mem::size_of::<T>();
+        ensure!(stride.is_multiple_of(8), "{what}: values of {stride} bytes are not laid out back to back");
         let page = page_size();
-        let slot = std::mem::size_of::<Slot>();
-        let start = first_slot as usize * slot;
+        let start = first as usize * stride;
         let offset = start / page * page;
-        let end = start + slots as usize * slot;
+        let end = start + count as usize * stride;
         let len = end.div_ceil(page) * page - offset;
         let protection = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
         // SAFETY: a fresh shared mapping of the map's pages, which the
@@ -194,25 +203,26 @@ impl Mapping {
             libc::mmap(std::ptr::null_mut(), len, protection, libc::MAP_SHARED, fd.as_raw_fd(), offset as libc::off_t)
         };
         if address == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).context("mapping the Maglev table into memory");
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("mapping {what} into memory"));
         }
-        Ok(Mapping { address, len, first: (start - offset) / slot, slots: slots as usize })
+        Ok(Mapping { address, len, first: (start - offset) / stride, count: count as usize, _values: PhantomData })
     }
 
-    fn slots(&self) -> &[Slot] {
-        // SAFETY: the mapping covers these slots (see `new`), 8-byte
-        // aligned (pages are); the program only reads them.
-        unsafe { std::slice::from_raw_parts((self.address as *const Slot).add(self.first), self.slots) }
+    pub(super) fn values(&self) -> &[T] {
+        // SAFETY: the mapping covers these values (see `new`), aligned (a
+        // page is, and the stride is a multiple of 8); the programs only
+        // read them.
+        unsafe { std::slice::from_raw_parts((self.address as *const T).add(self.first), self.count) }
     }
 
-    fn slots_mut(&mut self) -> &mut [Slot] {
-        // SAFETY: as in `slots`; mapped writable (only `write` and `patch`
-        // ask for this, and they map writable).
-        unsafe { std::slice::from_raw_parts_mut((self.address as *mut Slot).add(self.first), self.slots) }
+    pub(super) fn values_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `values`; only mappings made writable are written
+        // (`write`, `patch` and the histories' writes ask for one).
+        unsafe { std::slice::from_raw_parts_mut((self.address as *mut T).add(self.first), self.count) }
     }
 }
 
-impl Drop for Mapping {
+impl<T> Drop for Mapping<T> {
     fn drop(&mut self) {
         // Whatever was written reaches memory before any later system call
         // (the VIPS update that flips to this generation) can be ordered

@@ -108,6 +108,26 @@ pub fn render(status: &Status) -> String {
         set_counter(&packets, vec![("result", result.to_string())], value);
     }
 
+    // Second chance, whole edge.
+    let hop_lists = Counter::<u64>::default();
+    hop_lists.inc_by(c.hop_list_packets);
+    r.register(
+        "gslb_hop_list_packets",
+        "Mid-flow packets sent with a hop list of their table slot's recent previous owners (second chance)",
+        hop_lists,
+    );
+    let window = Gauge::<f64, AtomicU64>::default();
+    window.set(status.second_chance.stickiness_window_secs.into());
+    r.register_with_unit(
+        "gslb_stickiness_window",
+        "How long a table slot's previous owners get its mid-flow packets in a hop list; 0: hop lists off",
+        Unit::Seconds,
+        window,
+    );
+    let gue_port = Gauge::<i64>::default();
+    gue_port.set(status.second_chance.gue_port.into());
+    r.register("gslb_gue_port", "UDP port hop-list (GUE) packets are sent to", gue_port);
+
     // Per VIP.
     let vip_packets = counter_family(r, "gslb_vip_packets", "Packets steered for the VIP");
     let vip_bytes = counter_family(r, "gslb_vip_bytes", "Bytes steered for the VIP");
@@ -201,6 +221,16 @@ pub fn render(status: &Status) -> String {
         "gslb_backend_dead",
         "1 when the backend is marked dead in the data plane: its recorded flows pick a new backend",
     );
+    let backend_second_chance = int_gauge_family(
+        r,
+        "gslb_backend_second_chance",
+        "1 when the backend's decap understands hop lists (second_chance in the config)",
+    );
+    let backend_hop_lists = counter_family(
+        r,
+        "gslb_backend_hop_list_packets",
+        "Packets steered to the backend with a hop list (over all VIPs)",
+    );
     let backend_latency_factor = float_gauge_family(
         r,
         "gslb_backend_latency_factor",
@@ -228,6 +258,8 @@ pub fn render(status: &Status) -> String {
             }
             set_int(&backend_drained, labels(), b.drained.into());
             set_int(&backend_dead, labels(), b.dead.into());
+            set_int(&backend_second_chance, labels(), b.second_chance.into());
+            set_counter(&backend_hop_lists, labels(), b.hop_list_packets);
             set_float(&backend_latency_factor, labels(), b.latency_factor);
             for (stat, ms) in [("avg", b.rtt_avg_ms), ("p99", b.rtt_p99_ms)] {
                 if let Some(ms) = ms {
@@ -388,6 +420,11 @@ mod tests {
                 r#"gslb_packets_total{result="fib_failure"} 1"#,
                 r#"gslb_packets_total{result="neighbour_pending"} 4"#,
                 r#"gslb_packets_total{result="fragment"} 2"#,
+                "# TYPE gslb_hop_list_packets counter",
+                "gslb_hop_list_packets_total 12",
+                "# UNIT gslb_stickiness_window_seconds seconds",
+                "gslb_stickiness_window_seconds 21600.0",
+                "gslb_gue_port 6080",
                 r#"gslb_vip_packets_total{vip="web"} 900"#,
                 r#"gslb_vip_bytes_total{vip="web"} 123456"#,
                 r#"gslb_vip_new_flows_total{vip="web"} 40"#,
@@ -414,6 +451,10 @@ mod tests {
                 r#"gslb_backend_drained{pool="a",backend="10.0.0.1"} 0"#,
                 r#"gslb_backend_drained{pool="a",backend="2001:db8::2"} 1"#,
                 r#"gslb_backend_dead{pool="a",backend="2001:db8::2"} 1"#,
+                r#"gslb_backend_second_chance{pool="a",backend="10.0.0.1"} 1"#,
+                r#"gslb_backend_second_chance{pool="a",backend="2001:db8::2"} 0"#,
+                r#"gslb_backend_hop_list_packets_total{pool="a",backend="10.0.0.1"} 12"#,
+                r#"gslb_backend_hop_list_packets_total{pool="a",backend="2001:db8::2"} 0"#,
                 r#"gslb_backend_latency_factor{pool="a",backend="2001:db8::2"} 0.5"#,
                 "# UNIT gslb_backend_probe_rtt_seconds seconds",
                 r#"gslb_backend_probe_rtt_seconds{pool="a",backend="10.0.0.1",stat="avg"} 0.0125"#,

@@ -1,8 +1,9 @@
 //! The text form of `gslb status`: what an operator reads. The JSON form
 //! is the `status` types themselves.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::bgp::BgpStatus;
 use super::status::{InterfaceStatus, Status, VipBackend};
@@ -35,6 +36,19 @@ impl Status {
             c.too_big_answered, c.too_big_dropped, c.icmp_errors
         );
         let backends: Vec<_> = self.pools.iter().flat_map(|p| &p.backends).collect();
+        let sc = &self.second_chance;
+        let window = match sc.stickiness_window_secs {
+            0 => "off (stickiness_window 0s)".to_string(),
+            secs => format!("stickiness window {}", humantime::format_duration(Duration::from_secs(secs.into()))),
+        };
+        let understanding: BTreeSet<_> = backends.iter().filter(|b| b.second_chance).map(|b| b.address).collect();
+        let _ = writeln!(
+            out,
+            "second chance: {window}  GUE port {}  hop-list packets {}  backends understanding hop lists {}",
+            sc.gue_port,
+            c.hop_list_packets,
+            understanding.len()
+        );
         let resolved = backends.iter().filter(|b| b.next_hop.is_some()).count();
         let _ = writeln!(
             out,
@@ -103,8 +117,18 @@ impl Status {
             let _ = writeln!(out, "\npool {} weight {}{}", pool.name, pool.weight, worst);
             let _ = writeln!(
                 out,
-                "  {:<28} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7} {:>12} {:>8}  {:<26} last change",
-                "backend", "weight", "id", "health", "rtt ms", "p99 ms", "factor", "packets", "tun errs", "next hop"
+                "  {:<28} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7} {:>12} {:>9} {:>8}  {:<26} last change",
+                "backend",
+                "weight",
+                "id",
+                "health",
+                "rtt ms",
+                "p99 ms",
+                "factor",
+                "packets",
+                "hop lists",
+                "tun errs",
+                "next hop"
             );
             for b in &pool.backends {
                 let mut health = b.health.clone();
@@ -121,7 +145,7 @@ impl Status {
                 });
                 let _ = writeln!(
                     out,
-                    "  {:<28} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7.2} {:>12} {:>8}  {:<26} {}",
+                    "  {:<28} {:>6} {:>5} {:>11} {:>9} {:>9} {:>7.2} {:>12} {:>9} {:>8}  {:<26} {}",
                     b.address.to_string(),
                     b.weight,
                     b.id,
@@ -130,6 +154,8 @@ impl Status {
                     ms(b.rtt_p99_ms),
                     b.latency_factor,
                     b.packets,
+                    // Hop-list packets, for a backend whose decap takes them.
+                    if b.second_chance { b.hop_list_packets.to_string() } else { "-".to_string() },
                     b.tunnel_errors.values().sum::<u64>(),
                     b.next_hop.as_ref().map_or("route lookup".to_string(), |h| format!("{} {}", h.interface, h.mac)),
                     last.or(b.reason.clone()).unwrap_or_default()
@@ -259,5 +285,22 @@ mod tests {
         let line = |address: &str| pool.lines().find(|l| l.trim_start().starts_with(address)).unwrap().to_string();
         assert!(line("10.0.0.1 ").contains("eth0 02:00:5e:00:01:01"), "{pool}");
         assert!(line("2001:db8::2 ").contains("route lookup"), "{pool}");
+    }
+
+    #[test]
+    fn status_shows_second_chance() {
+        let mut status = sample_status();
+        let text = status.render();
+        let want = "second chance: stickiness window 6h  GUE port 6080  hop-list packets 12  backends understanding hop lists 1";
+        assert!(text.contains(want), "{text}");
+        let pool = &text[text.find("\npool a").unwrap()..text.find("\nfailovers").unwrap()];
+        let line = |address: &str| pool.lines().find(|l| l.trim_start().starts_with(address)).unwrap().to_string();
+        // The column after packets: hop-list packets, or "-" for a backend
+        // whose decap does not take them.
+        let hop_lists = |address: &str| line(address).split_whitespace().nth(8).unwrap().to_string();
+        assert_eq!(hop_lists("10.0.0.1 "), "12", "{pool}");
+        assert_eq!(hop_lists("2001:db8::2 "), "-", "{pool}");
+        status.second_chance.stickiness_window_secs = 0;
+        assert!(status.render().contains("second chance: off (stickiness_window 0s)"));
     }
 }

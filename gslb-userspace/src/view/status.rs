@@ -21,6 +21,9 @@ pub struct Status {
     #[serde(default)]
     pub links: Vec<InterfaceStatus>,
     pub limits: Limits,
+    /// Second chance as `EDGE_CONFIG` holds it.
+    #[serde(default)]
+    pub second_chance: SecondChanceStatus,
     pub counters: Counters,
     pub vips: Vec<VipStatus>,
     pub pools: Vec<PoolStatus>,
@@ -99,6 +102,16 @@ pub struct Limits {
     pub table_size: u32,
 }
 
+/// Second chance on this edge (`[edge]` `stickiness_window`, `gue_port`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecondChanceStatus {
+    /// How long a table slot's previous owners get its mid-flow packets in
+    /// a hop list; 0: hop lists are off.
+    pub stickiness_window_secs: u32,
+    /// UDP port hop-list (GUE) packets are sent to.
+    pub gue_port: u16,
+}
+
 /// The data plane's global counters, as `steer` keeps them.
 pub type Counters = gslb_common::GlobalStats;
 
@@ -170,6 +183,13 @@ pub struct BackendStatus {
     pub drain_until_unix: Option<u64>,
     /// Marked dead in the data plane: its recorded flows re-select.
     pub dead: bool,
+    /// Its `decap` understands hop lists (`second_chance`), as written to
+    /// the data plane.
+    #[serde(default)]
+    pub second_chance: bool,
+    /// Of `packets`, those sent with a hop list.
+    #[serde(default)]
+    pub hop_list_packets: u64,
     pub transitions: Vec<TransitionStatus>,
     /// ICMP errors about tunnel packets to it, by kind
     /// (`crate::sys::tunnel_errors::Kind`): reported, never acted on.
@@ -209,10 +229,10 @@ pub struct LastReload {
 }
 
 /// A small status for tests: one VIP with a steer rule, a pool with one
-/// backend up and one down, two failovers.
+/// backend up and one down, two failovers; JSON from before second chance.
 #[cfg(test)]
 pub(crate) fn sample_status() -> Status {
-    serde_json::from_value(serde_json::json!({
+    let mut status: Status = serde_json::from_value(serde_json::json!({
         "edge": "fra1",
         "config": "/etc/gslb/gslb.toml",
         "adopted": false,
@@ -272,5 +292,12 @@ pub(crate) fn sample_status() -> Status {
             }
         ]
     }))
-    .expect("the fixture matches Status")
+    .expect("the fixture matches Status");
+    // Second chance (set here: one more level of JSON passes the macro's
+    // recursion limit): 10.0.0.1 takes hop lists.
+    status.second_chance = SecondChanceStatus { stickiness_window_secs: 6 * 3600, gue_port: 6080 };
+    status.counters.hop_list_packets = 12;
+    let backend = &mut status.pools[0].backends[0];
+    (backend.second_chance, backend.hop_list_packets) = (true, 12);
+    status
 }

@@ -9,12 +9,13 @@ use gslb_common::maglev::is_prime;
 use gslb_common::TABLE_GENERATIONS;
 use toml::Spanned;
 
-use super::values::{absolute_path, hint, limit, next_prime, socket_address, span_or, usable};
+use super::values::{absolute_path, bounded, duration_secs, hint, limit, next_prime, socket_address, span_or, usable};
 use super::Result;
 use crate::config::raw::RawEdge;
 use crate::config::{
-    Edge, Source, DEFAULT_ADMIN_SOCKET, DEFAULT_BPFFS_PIN, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS,
-    DEFAULT_METRICS_LISTEN, DEFAULT_TABLE_SIZE,
+    Edge, Source, DEFAULT_ADMIN_SOCKET, DEFAULT_BPFFS_PIN, DEFAULT_GUE_PORT, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
+    DEFAULT_MAX_VIPS, DEFAULT_METRICS_LISTEN, DEFAULT_STICKINESS_WINDOW, DEFAULT_TABLE_SIZE,
+    MAX_STICKINESS_WINDOW_DAYS,
 };
 
 pub(super) fn check_edge(src: &Source, raw: &RawEdge, span: Range<usize>) -> Result<Edge> {
@@ -91,6 +92,18 @@ pub(super) fn check_edge(src: &Source, raw: &RawEdge, span: Range<usize>) -> Res
         "\"127.0.0.1:9477\" or \"[::1]:9477\"",
     )?;
 
+    let stickiness_window_secs = duration_secs(
+        src,
+        raw.stickiness_window.as_ref(),
+        DEFAULT_STICKINESS_WINDOW,
+        "edge.stickiness_window",
+        MAX_STICKINESS_WINDOW_DAYS,
+    )?;
+    let gue_port = match &raw.gue_port {
+        None => DEFAULT_GUE_PORT,
+        Some(port) => bounded(src, port, "edge.gue_port", 1, u16::MAX as i64)? as u16,
+    };
+
     Ok(Edge {
         name: name.clone(),
         interfaces,
@@ -104,6 +117,8 @@ pub(super) fn check_edge(src: &Source, raw: &RawEdge, span: Range<usize>) -> Res
         max_vips,
         table_size,
         metrics_listen,
+        stickiness_window_secs,
+        gue_port,
     })
 }
 
@@ -209,5 +224,33 @@ mod tests {
         refused(&edge("metrics_listen = \"localhost:9477\" # here"), "is not an address and port");
         refused(&edge("metrics_listen = \"0.0.0.0:0\" # here"), "port other than 0");
         refused(&edge("metrics_listen = 9477 # here"), "expected a string");
+    }
+
+    #[test]
+    fn second_chance_keys() {
+        let edge = |extra: &str| minimal_with(4, &format!("tunnel_source_v4 = \"192.0.2.10\"\n{extra}"));
+        let window = |text: &str| parse_str(&edge(&format!("stickiness_window = \"{text}\""))).unwrap().edge;
+        assert_eq!(window("90m").stickiness_window_secs, 5400);
+        assert_eq!(window("1h 30m").stickiness_window_secs, 5400);
+        assert_eq!(window("0s").stickiness_window_secs, 0, "0s turns hop lists off");
+        assert_eq!(window("44days").stickiness_window_secs, 44 * 86_400);
+        let config = parse_str(&edge("gue_port = 7000")).unwrap();
+        assert_eq!(config.edge.gue_port, 7000);
+
+        assert_eq!(window("6 hours").stickiness_window_secs, 21_600);
+        refused(
+            &edge("stickiness_window = \"six hours\" # here"),
+            "edge.stickiness_window \"six hours\" is not a duration",
+        );
+        refused(&edge("stickiness_window = \"6\" # here"), "write e.g. \"6h\"");
+        refused(&edge("stickiness_window = \"-1h\" # here"), "is not a duration");
+        refused(&edge("stickiness_window = \"1500ms\" # here"), "whole number of seconds");
+        refused(&edge("stickiness_window = \"45days\" # here"), "must be less than 45 days, not \"45days\"");
+        refused(&edge("stickiness_window = \"1000000000000h\" # here"), "");
+        refused(&edge("stickiness_window = 3600 # here"), "expected a string");
+        refused(&edge("gue_port = 0 # here"), "edge.gue_port must be at least 1, not 0");
+        refused(&edge("gue_port = 65536 # here"), "edge.gue_port must be at most 65535");
+        refused(&edge("gue_port = -5 # here"), "edge.gue_port must be a positive integer");
+        refused(&edge("gue_port = \"6080\" # here"), "expected an integer");
     }
 }

@@ -27,8 +27,9 @@ pub(super) fn check_pools(
     }
     let backend_limit = edge.max_backends - 1;
     let mut distinct: HashSet<IpAddr> = HashSet::new();
-    // The first pool each address is in, with its monitor there.
-    let mut monitored: HashMap<IpAddr, (&str, usize, Monitor)> = HashMap::new();
+    // The first pool each address is in, with its monitor and second_chance
+    // there.
+    let mut monitored: HashMap<IpAddr, (&str, usize, Monitor, bool)> = HashMap::new();
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut pools = Vec::new();
     for raw_pool in raws {
@@ -67,6 +68,8 @@ pub(super) fn check_pools(
                 Some(keys)
             }
         };
+
+        let pool_second_chance = raw.second_chance.as_ref().is_some_and(|v| *v.get_ref());
 
         let Some(raw_backends) = &raw.backends else {
             return Err(
@@ -131,8 +134,9 @@ pub(super) fn check_pools(
                 overrides.as_ref().map(|(keys, span)| (keys, span.clone())),
                 &backend_who,
             )?;
+            let second_chance = raw_backend.second_chance.as_ref().map_or(pool_second_chance, |v| *v.get_ref());
             match monitored.get(&address) {
-                Some((first_pool, line, first)) if *first != monitor => {
+                Some((first_pool, line, first, _)) if *first != monitor => {
                     return Err(src.error(
                         at,
                         format!(
@@ -142,16 +146,34 @@ pub(super) fn check_pools(
                         ),
                     ));
                 }
+                Some((first_pool, line, _, first)) if *first != second_chance => {
+                    return Err(src.error(
+                        at,
+                        format!(
+                            "backend {address} has second_chance = {first} in pool {first_pool:?} (line {line}) but \
+                             {second_chance} in pool {name:?}: whether its decap understands hop lists is one fact \
+                             about the machine, so give it the same second_chance in every pool"
+                        ),
+                    ));
+                }
                 Some(_) => {}
                 None => {
-                    monitored.insert(address, (name, src.line(&at), monitor.clone()));
+                    monitored.insert(address, (name, src.line(&at), monitor.clone(), second_chance));
                 }
             }
-            backends.push(BackendConfig { address, weight, monitor });
+            backends.push(BackendConfig { address, weight, monitor, second_chance });
             backend_spans.push(at);
         }
         pools.push(CheckedPool {
-            pool: Pool { name: name.to_string(), weight, backends, max_latency_ms, capacity, max_utilization },
+            pool: Pool {
+                name: name.to_string(),
+                weight,
+                backends,
+                max_latency_ms,
+                capacity,
+                max_utilization,
+                second_chance: pool_second_chance,
+            },
             backend_spans,
         });
     }
@@ -372,6 +394,36 @@ mod tests {
         refused(&pool_with("max_utilization = 0 # here\n"), "max_utilization must be above 0 and at most 1, not 0");
         refused(&pool_with("max_utilization = 1.5 # here\n"), "at most 1");
         refused(&pool_with("max_utilization = nan # here\n"), "at most 1");
+    }
+
+    #[test]
+    fn second_chance_on_pools_and_backends() {
+        let config = parse_str(MINIMAL).unwrap();
+        assert!(!config.pools[0].second_chance && !config.pools[0].backends[0].second_chance, "never guessed");
+        let two =
+            "backends = [ { address = \"198.51.100.1\" }, { address = \"198.51.100.2\", second_chance = false } ]";
+        let config = parse_str(&minimal_with(15, &format!("second_chance = true\n{two}"))).unwrap();
+        let pool = &config.pools[0];
+        assert!(pool.second_chance);
+        assert_eq!(pool.backends.iter().map(|b| b.second_chance).collect::<Vec<_>>(), [true, false]);
+        let one = "backends = [ { address = \"198.51.100.1\", weight = 100, second_chance = true } ]";
+        let config = parse_str(&minimal_with(15, one)).unwrap();
+        assert!(!config.pools[0].second_chance && config.pools[0].backends[0].second_chance);
+        assert_eq!(
+            config.second_chance_backends().into_iter().collect::<Vec<_>>(),
+            ["198.51.100.1".parse::<IpAddr>().unwrap()]
+        );
+
+        refused(&pool_with("second_chance = 1 # here\n"), "expected a boolean");
+        refused(
+            &minimal_with(15, "backends = [ { address = \"198.51.100.1\", second_chance = \"yes\" } ] # here"),
+            "expected a boolean",
+        );
+        // One machine, one answer, whatever the pool.
+        let text =
+            minimal_with(15, one) + "[[pool]]\nname = \"q\"\nbackends = [ { address = \"198.51.100.1\" } ] # here\n";
+        refused(&text, "backend 198.51.100.1 has second_chance = true in pool \"p\" (line 15) but false in pool \"q\"");
+        parse_str(&text.replace("\"198.51.100.1\" } ] # here", "\"198.51.100.1\", second_chance = true } ]")).unwrap();
     }
 
     #[test]

@@ -86,6 +86,30 @@ pub(super) fn bounded(src: &Source, value: &Spanned<i64>, key: &str, min: i64, m
     Err(src.error(value.span(), message))
 }
 
+/// A duration key written as humantime does ("6h", "90m", "1h 30m", "0s"),
+/// in whole seconds, less than `max_days` days.
+pub(super) fn duration_secs(
+    src: &Source,
+    value: Option<&Spanned<String>>,
+    default: &str,
+    key: &str,
+    max_days: u64,
+) -> Result<u32> {
+    let text = value.map_or(default, |v| v.get_ref().as_str());
+    let at = || value.map(|v| v.span()).unwrap_or(0..0);
+    let duration = humantime::parse_duration(text).map_err(|e| {
+        src.error(at(), format!("{key} {text:?} is not a duration ({e}): write e.g. \"6h\", \"90m\" or \"0s\""))
+    })?;
+    if duration.subsec_nanos() != 0 {
+        return Err(src.error(at(), format!("{key} {text:?} must be a whole number of seconds")));
+    }
+    let secs = duration.as_secs();
+    if secs >= max_days * 86_400 {
+        return Err(src.error(at(), format!("{key} must be less than {max_days} days, not {text:?}")));
+    }
+    Ok(secs as u32)
+}
+
 /// A fraction key: above 0, at most 1.
 pub(super) fn fraction(src: &Source, value: Option<&Spanned<f64>>, default: f64, key: &str) -> Result<f64> {
     let Some(value) = value else { return Ok(default) };
