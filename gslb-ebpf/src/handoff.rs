@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use gslb_common::{
     addr_as_v4, gue_first_byte, hop_list_encap_len, proto, Addr16, DecapStats, GUE_LEN, HOP_LIST_HEADER_LEN,
-    HOP_LIST_TYPE, MAX_HOPS, UDP_LEN,
+    HOP_LIST_TYPE, MAX_HOPS, NEXT_HOP_VALID, UDP_LEN,
 };
 use gslb_ebpf::{
     checksum,
@@ -32,7 +32,7 @@ use network_types::{
     tcp::TcpHdr,
 };
 
-use crate::maps::{DECAP_EDGES, DECAP_PEERS};
+use crate::maps::{DECAP_EDGES, DECAP_PEERS, NEXT_HOPS};
 
 /// What becomes of a hop-list packet.
 pub enum Verdict {
@@ -58,7 +58,7 @@ struct List {
 /// Decides, and counts, what becomes of a hop-list packet addressed to this
 /// backend; a packet sent on is rewritten here.
 pub fn run(ctx: &XdpContext, stats: &mut DecapStats, l2: &L2, outer: &Outer) -> Verdict {
-    let from_edge = outer_source(ctx, l2.len, outer).is_some_and(|(src, _)| unsafe { DECAP_EDGES.get(&src) }.is_some());
+    let from_edge = outer_source(ctx, outer).is_some_and(|(src, _)| unsafe { DECAP_EDGES.get(&src) }.is_some());
     if !from_edge {
         stats.hop_list_refused += 1;
         return Verdict::Act(xdp_action::XDP_PASS);
@@ -78,20 +78,23 @@ pub fn run(ctx: &XdpContext, stats: &mut DecapStats, l2: &L2, outer: &Outer) -> 
         stats.hop_list_last_resort += 1;
         return deliver;
     }
-    let hop = next_hop(ctx, outer, gue_at, list.next);
-    if hop.is_none_or(|hop| unsafe { DECAP_PEERS.get(&hop) }.is_none()) {
+    let Some(hop) = next_hop(ctx, outer, gue_at, list.next) else {
         stats.hop_list_malformed += 1;
         return Verdict::Act(xdp_action::XDP_DROP);
-    }
-    match hop.and_then(|hop| forward(ctx, l2.len, outer, &hop)) {
-        Some(action) => {
-            stats.hop_list_forwarded += 1;
-            Verdict::Act(action)
-        }
-        None => {
+    };
+    let Some(&peer) = (unsafe { DECAP_PEERS.get(&hop) }) else {
+        stats.hop_list_malformed += 1;
+        return Verdict::Act(xdp_action::XDP_DROP);
+    };
+    match forward(ctx, outer, &hop, peer) {
+        NOT_SENT => {
             stats.hop_list_unroutable += 1;
             stats.hop_list_last_resort += 1;
             deliver
+        }
+        action => {
+            stats.hop_list_forwarded += 1;
+            Verdict::Act(action)
         }
     }
 }
@@ -191,23 +194,38 @@ fn valid_cookie(ctx: &XdpContext, flow: &Flow, inner_at: usize, sk: *mut core::f
     rc == 0
 }
 
-/// Sends the packet on to `hop`: the outer destination becomes `hop`, the
-/// list's next index moves past it, and the kernel's routing table picks
-/// the next hop. `None`: no route or neighbour (the packet is unchanged).
+/// Sends the packet on to `hop`, backend `peer` of `DECAP_PEERS`: the
+/// outer destination becomes `hop` and the list's next index moves past
+/// it. The next hop is the one `gslb decap` resolved for the peer
+/// (`NEXT_HOPS`), else the kernel's routing table's (which needs
+/// forwarding enabled on the interface). `NOT_SENT`: neither has one, or
+/// the packet is too big for it (the packet is unchanged). (An action, not
+/// an `Option`: returned in a register.)
 #[inline(never)]
-fn forward(ctx: &XdpContext, l2_len: usize, outer: &Outer, hop: &Addr16) -> Option<u32> {
-    let gue_at = l2_len + outer.header_len + UDP_LEN;
-    let (src, len) = outer_source(ctx, l2_len, outer)?;
+fn forward(ctx: &XdpContext, outer: &Outer, hop: &Addr16, peer: u32) -> u32 {
+    send_on(ctx, outer, hop, peer).unwrap_or(NOT_SENT)
+}
+
+/// What `forward` returns when it could not send the packet on.
+const NOT_SENT: u32 = u32::MAX;
+
+#[inline(always)]
+fn send_on(ctx: &XdpContext, outer: &Outer, hop: &Addr16, peer: u32) -> Option<u32> {
+    let gue_at = outer.ip_at + outer.header_len + UDP_LEN;
+    let (src, len) = outer_source(ctx, outer)?;
+    let resolved = NEXT_HOPS.get(peer).filter(|h| h.flags & NEXT_HOP_VALID != 0 && len <= h.mtu as usize);
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    let packet = Outbound { v6: outer.v6, src, dst: *hop, len, gue: true };
-    if route::lookup(ctx, &packet, &mut fib) != Route::Next {
-        return None;
+    if resolved.is_none() {
+        let packet = Outbound { v6: outer.v6, src, dst: *hop, len, gue: true };
+        if route::lookup(ctx, &packet, &mut fib) != Route::Next {
+            return None;
+        }
     }
     if outer.v6 {
-        let ip = unsafe { &mut *ptr_at::<[u8; Ipv6Hdr::LEN]>(ctx, l2_len)? };
+        let ip = unsafe { &mut *ptr_at::<[u8; Ipv6Hdr::LEN]>(ctx, outer.ip_at)? };
         ip[24..40].copy_from_slice(hop);
     } else {
-        let ip = unsafe { &mut *ptr_at::<[u8; Ipv4Hdr::LEN]>(ctx, l2_len)? };
+        let ip = unsafe { &mut *ptr_at::<[u8; Ipv4Hdr::LEN]>(ctx, outer.ip_at)? };
         ip[16..20].copy_from_slice(&hop[12..16]);
         ip[10] = 0;
         ip[11] = 0;
@@ -219,5 +237,8 @@ fn forward(ctx: &XdpContext, l2_len: usize, outer: &Outer, hop: &Addr16) -> Opti
     *unsafe { &mut *ptr_at::<[u8; 2]>(ctx, gue_at - 2)? } = [0, 0];
     let next = unsafe { &mut *ptr_at::<u8>(ctx, gue_at + GUE_LEN + 3)? };
     *next += 1;
-    route::forward(ctx, &fib, Route::Next)
+    match resolved {
+        Some(next_hop) => route::send(ctx, next_hop),
+        None => route::forward(ctx, &fib, Route::Next),
+    }
 }

@@ -30,7 +30,8 @@ pub static FRAGMENT_VIPS: HashMap<FragmentVipKey, u32> = HashMap::with_max_entri
 /// Backends by id (id 0 is never used).
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(1024, 0);
-/// Next hops by backend id, resolved by the agent (see `NextHop`).
+/// Next hops by backend id, resolved by the agent (see `NextHop`); in
+/// `decap`, by peer index (see `DECAP_PEERS`).
 #[map]
 pub static NEXT_HOPS: Array<NextHop> = Array::with_max_entries(1024, 0);
 /// Client-prefix steering: (VIP, client prefix) to the table those clients
@@ -72,7 +73,8 @@ pub static DECAP_ADDRS: HashMap<Addr16, u32> = HashMap::with_max_entries(16, 0);
 /// Edge tunnel sources `decap` takes hop-list packets from.
 #[map]
 pub static DECAP_EDGES: HashMap<Addr16, u32> = HashMap::with_max_entries(64, 0);
-/// Backends `decap` may send a hop-list packet on to.
+/// Backends `decap` may send a hop-list packet on to, with their index in
+/// `NEXT_HOPS` (which `gslb decap` keeps resolved for them).
 #[map]
 pub static DECAP_PEERS: HashMap<Addr16, u32> = HashMap::with_max_entries(1024, 0);
 #[map]

@@ -366,6 +366,8 @@ fn parse_ports(ctx: &XdpContext, flow: &mut Flow) -> Result<(), Skip> {
 /// source and length with `outer_source`.
 pub struct Outer {
     pub v6: bool,
+    /// Where the IP header starts (after the link layer).
+    pub ip_at: usize,
     /// Bytes of the IP header.
     pub header_len: usize,
     pub proto: u8,
@@ -383,22 +385,28 @@ pub fn parse_outer(ctx: &XdpContext, l2: &L2) -> Option<Outer> {
         if ip.version() != 4 || (ip.ihl() as usize) < Ipv4Hdr::LEN || fragment {
             return None;
         }
-        Some(Outer { v6: false, header_len: ip.ihl() as usize, proto: ip.proto, dst: addr_from_v4(ip.dst_addr) })
+        Some(Outer {
+            v6: false,
+            ip_at: l2.len,
+            header_len: ip.ihl() as usize,
+            proto: ip.proto,
+            dst: addr_from_v4(ip.dst_addr),
+        })
     } else {
         let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, l2.len)? };
-        Some(Outer { v6: true, header_len: Ipv6Hdr::LEN, proto: ip.next_hdr, dst: ip.dst_addr })
+        Some(Outer { v6: true, ip_at: l2.len, header_len: Ipv6Hdr::LEN, proto: ip.next_hdr, dst: ip.dst_addr })
     }
 }
 
-/// The source address of the outer header `parse_outer` read at `ip_at`,
-/// and the whole outer packet's length by that header.
+/// The source address of the outer header `parse_outer` read, and the
+/// whole outer packet's length by that header.
 #[inline(always)]
-pub fn outer_source(ctx: &XdpContext, ip_at: usize, outer: &Outer) -> Option<(Addr16, usize)> {
+pub fn outer_source(ctx: &XdpContext, outer: &Outer) -> Option<(Addr16, usize)> {
     if outer.v6 {
-        let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, ip_at)? };
+        let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, outer.ip_at)? };
         Some((ip.src_addr, Ipv6Hdr::LEN + ip.payload_len() as usize))
     } else {
-        let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, ip_at)? };
+        let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, outer.ip_at)? };
         Some((addr_from_v4(ip.src_addr), ip.tot_len() as usize))
     }
 }

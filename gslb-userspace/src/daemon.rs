@@ -143,8 +143,14 @@ pub fn run_decap(
     if hop_lists.edges.is_empty() {
         info!("no --edge given: hop-list (second chance) packets are refused");
     }
+    let peer_hops = decap.next_hops();
     let decap = Arc::new(Mutex::new(decap));
     runtime()?.block_on(async {
+        // Next hops to the peers, resolved and kept current, so handing a
+        // packet on needs no route lookup (nor forwarding enabled).
+        if !hop_lists.peers.is_empty() {
+            crate::sys::next_hops::spawn(peer_hops)?;
+        }
         if let Some(listener) = metrics_listener {
             let scraped = decap.clone();
             tokio::spawn(async move {

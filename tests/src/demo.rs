@@ -36,7 +36,7 @@ pub fn run(args: &[String]) -> Result<()> {
 
     eprintln!("building the lab: 2 clients, a router, edge-a and edge-b, 6 backends in 3 regions ...");
     let binary = std::env::current_exe().context("locating gslb-lab")?;
-    let d = Deployment::start(&binary, &Setup { monitor: true, ..Setup::default() })?;
+    let d = Deployment::start(&binary, &Setup { monitor: true, second_chance: true, ..Setup::default() })?;
     eprintln!("lab {} is up; starting traffic", d.lab.id());
     let v4 = LongLived::start(&d.lab, ClientNode::Client1, SocketAddr::new(VIP_V4.into(), TCP_PORT), 24, ms(50))?;
     let v6 = LongLived::start(&d.lab, ClientNode::Client2, SocketAddr::new(VIP_V6.into(), TCP_PORT), 12, ms(50))?;

@@ -229,6 +229,10 @@ impl Deployment {
         for edge in EdgeNode::ALL {
             deployment.enable_napi_towards(edge)?;
         }
+        // Backends send hop-list packets on to each other with XDP_TX.
+        for backend in BackendNode::ALL {
+            deployment.enable_napi_towards(backend)?;
+        }
         if let Some(bgp) = &setup.bgp {
             deployment.bgp = Some(Bgp::start(&deployment.lab, bgp)?);
         }
@@ -281,15 +285,17 @@ impl Deployment {
     /// which an attached XDP program turns on (GRO would too, but see
     /// `lab`). `decap` for the router's own address on the link passes
     /// every packet untouched: nothing tunnels to the router.
-    fn enable_napi_towards(&self, edge: EdgeNode) -> Result<()> {
-        let info = self.lab.edge(edge);
-        let log = format!("napi-{}", info.router_iface);
+    fn enable_napi_towards(&self, leaf: impl Into<crate::lab::Node>) -> Result<()> {
+        let leaf = leaf.into();
+        let router_iface = leaf.router_iface().context("not a leaf")?;
+        let gateway_v4 = leaf.gateway_v4().context("not a leaf")?;
+        let log = format!("napi-{router_iface}");
         // The log is appended to when the link is recreated: wait for one
         // more "attached" line than it has now.
         let attached_before = self.log(&log).matches("decap attached").count();
         let mut cmd = self.gslb();
-        cmd.args(["decap", "--iface", info.router_iface, "--address"])
-            .arg(info.gateway_v4.to_string())
+        cmd.args(["decap", "--iface", router_iface, "--address"])
+            .arg(gateway_v4.to_string())
             .stdout(Stdio::null())
             .stderr(self.log_file(&log)?);
         self.lab.spawn(crate::lab::Node::Router, cmd)?;

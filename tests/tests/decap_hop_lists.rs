@@ -511,3 +511,39 @@ fn random_and_mutated_frames_are_never_relayed() {
         assert!(s.hop_list_malformed > 0 && s.decapsulated > 0, "{s:?}");
     });
 }
+
+/// With the next hop `gslb decap` resolved for a peer, a packet goes on
+/// without a route lookup, so without forwarding enabled on the backend;
+/// a peer with no resolved next hop and no usable route gets the packet
+/// delivered here as the last resort.
+#[test]
+fn a_resolved_peer_next_hop_needs_no_forwarding() {
+    in_scratch_netns(|| {
+        sh("sysctl -qw net.ipv4.conf.all.forwarding=0 net.ipv6.conf.all.forwarding=0");
+        sh("sysctl -qw net.ipv4.conf.lo.forwarding=0 net.ipv4.conf.edge0.forwarding=0");
+        let mut d = decap();
+        let hop = gslb_common::NextHop {
+            ifindex: gslb_tests::netns::ifindex(gslb_tests::netns::EDGE_IF),
+            mtu: 1500,
+            flags: gslb_common::NEXT_HOP_VALID,
+            dst_mac: [2, 0, 0, 0, 0, 0x77],
+            src_mac: EDGE_MAC,
+        };
+        // PEER_V4 is the first peer `decap()` adds: index 1.
+        d.next_hops().set(1, hop).unwrap();
+        let packet = inner(SocketAddr::new(ip("100.64.0.1"), 5), SocketAddr::new(ip(VIP_V4), 80), TCP_ACK);
+        let input = hop_list_frame(false, &packet, &[PEER_V4], 0);
+        let out = run_xdp(d.program(), &input, None);
+        assert_eq!(out.action, XDP_REDIRECT, "{}", action_name(out.action));
+        let mut want = forwarded(&input).unwrap();
+        want[..6].copy_from_slice(&hop.dst_mac);
+        assert_eq!(out.frame, want, "sent by the resolved next hop");
+
+        // 198.51.100.3: no resolved next hop, and the route lookup is
+        // refused with forwarding off: delivered here.
+        let input = hop_list_frame(false, &packet, &["198.51.100.3"], 0);
+        assert_delivered(&run_xdp(d.program(), &input, None), &packet, "unroutable");
+        let s = d.stats().unwrap();
+        assert_eq!((s.hop_list_forwarded, s.hop_list_unroutable, s.hop_list_last_resort), (1, 1, 1), "{s:?}");
+    });
+}

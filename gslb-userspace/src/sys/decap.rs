@@ -2,15 +2,17 @@
 //! backend's tunnel addresses and, for second chance, the edges it takes
 //! hop lists from and the backends it may hand packets on to.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use aya::programs::Xdp;
 use aya::{Ebpf, EbpfLoader};
 use gslb_common::{addr_from_ip, names, Addr16, DecapStats, DEFAULT_GUE_PORT};
 
 use super::maps::{sum, take};
+use super::next_hops::NextHopMap;
 use super::OBJECT;
 
 /// The `decap` program and its maps.
@@ -18,7 +20,12 @@ pub struct Decap {
     pub ebpf: Ebpf,
     addrs: HashMap<MapData, Addr16, u32>,
     edges: HashMap<MapData, Addr16, u32>,
+    /// Peer address -> its index in `NEXT_HOPS` (from 1).
     peers: HashMap<MapData, Addr16, u32>,
+    /// The peers' next hops, kept resolved by `next_hops::spawn`.
+    next_hops: NextHopMap,
+    peer_count: u32,
+    peer_room: u32,
     stats: PerCpuArray<MapData, DecapStats>,
 }
 
@@ -40,14 +47,16 @@ impl Decap {
     /// room for its edges and peers (written by `configured`).
     pub fn load_with(hop_lists: &HopLists) -> Result<Decap> {
         let gue_port = hop_lists.gue_port.unwrap_or(DEFAULT_GUE_PORT);
+        let peer_room = hop_lists.peers.len().max(1024) as u32;
         let mut ebpf = EbpfLoader::new()
             .override_global(names::DECAP_GUE_PORT, &gue_port, true)
             .map_max_entries(names::DECAP_EDGES, hop_lists.edges.len().max(64) as u32)
-            .map_max_entries(names::DECAP_PEERS, hop_lists.peers.len().max(1024) as u32)
+            .map_max_entries(names::DECAP_PEERS, peer_room)
             .map_max_entries(names::MAGLEV, 1)
             .map_max_entries(names::FLOWS, 1)
             .map_max_entries(names::BACKENDS, 1)
-            .map_max_entries(names::NEXT_HOPS, 1)
+            // Indexed by peer (from 1).
+            .map_max_entries(names::NEXT_HOPS, peer_room + 1)
             .map_max_entries(names::BACKEND_STATS, 1)
             .load(OBJECT)
             .context("loading the gslb eBPF object")?;
@@ -57,6 +66,9 @@ impl Decap {
             addrs: take(&mut ebpf, names::DECAP_ADDRS)?,
             edges: take(&mut ebpf, names::DECAP_EDGES)?,
             peers: take(&mut ebpf, names::DECAP_PEERS)?,
+            next_hops: NextHopMap::new(take(&mut ebpf, names::NEXT_HOPS)?, BTreeMap::new()),
+            peer_count: 0,
+            peer_room,
             stats: take(&mut ebpf, names::DECAP_STATS)?,
             ebpf,
         })
@@ -73,6 +85,16 @@ impl Decap {
         for address in addresses {
             decap.add_address(*address)?;
         }
+        // Routes to the peers are looked up from this backend's addresses.
+        let v4 = addresses.iter().find_map(|a| match a {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        });
+        let v6 = addresses.iter().find_map(|a| match a {
+            IpAddr::V6(a) => Some(*a),
+            IpAddr::V4(_) => None,
+        });
+        decap.next_hops.set_route_sources(v4, v6);
         for edge in &hop_lists.edges {
             decap.add_edge(*edge)?;
         }
@@ -96,9 +118,22 @@ impl Decap {
         self.edges.insert(addr_from_ip(address), 1, 0).context("writing DECAP_EDGES")
     }
 
-    /// May hand hop-list packets on to backend `address`.
+    /// May hand hop-list packets on to backend `address` (its next hop is
+    /// resolved once `next_hops` is watched).
     pub fn add_peer(&mut self, address: IpAddr) -> Result<()> {
-        self.peers.insert(addr_from_ip(address), 1, 0).context("writing DECAP_PEERS")
+        ensure!(self.peer_count < self.peer_room, "more than {} peers", self.peer_room);
+        let index = self.peer_count + 1;
+        self.next_hops.claim(index, address)?;
+        self.peers.insert(addr_from_ip(address), index, 0).context("writing DECAP_PEERS")?;
+        self.peer_count = index;
+        Ok(())
+    }
+
+    /// The peers' next hops (`NEXT_HOPS`, by peer index from 1 in the
+    /// order the peers were added): hand it to `next_hops::spawn` to keep
+    /// them resolved.
+    pub fn next_hops(&self) -> NextHopMap {
+        self.next_hops.clone()
     }
 
     pub fn stats(&self) -> Result<DecapStats> {
