@@ -948,7 +948,9 @@ fn decap_hop_lists(r: &mut Runner, backend: &mut Object, tunnel_dst: IpAddr) -> 
     let edge = IpAddr::V4(TUNNEL_V4);
     let peer = v4("198.51.100.2");
     backend.decap_edges.insert(addr_from_ip(edge), 1, 0)?;
+    // Peer 1, with the next hop `gslb decap` would resolve for it.
     backend.decap_peers.insert(addr_from_ip(peer), 1, 0)?;
+    backend.set_next_hops(1, true)?;
     let vip = v4("203.0.113.10");
     sh("ip addr add 203.0.113.10/32 dev lo");
     let listener = std::net::TcpListener::bind((vip, 80))?;
@@ -988,7 +990,7 @@ fn decap_hop_lists(r: &mut Runner, backend: &mut Object, tunnel_dst: IpAddr) -> 
     r.wrapped(
         backend,
         hop_list(
-            "decap: hop-list packet not owned here (socket lookup), sent on to the next hop",
+            "decap: hop-list packet not owned here (socket lookup), sent on by the peer's resolved next hop",
             not_owned,
             XDP_TX,
             Expect::HopListForwarded,

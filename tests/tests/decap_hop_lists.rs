@@ -547,3 +547,29 @@ fn a_resolved_peer_next_hop_needs_no_forwarding() {
         assert_eq!((s.hop_list_forwarded, s.hop_list_unroutable, s.hop_list_last_resort), (1, 1, 1), "{s:?}");
     });
 }
+
+/// An ICMP error about a connection (a router's "fragmentation needed" to
+/// the VIP, quoting the backend's reply) follows the same path as the
+/// connection's packets: delivered where the connection is, sent on where
+/// it is not.
+#[test]
+fn icmp_errors_follow_the_connection_they_quote() {
+    in_scratch_netns(|| {
+        serve_vips();
+        let mut d = decap();
+        let conn = Connection::open(VIP_V4);
+        let client = conn.client.local_addr().unwrap();
+        let quote = |client: SocketAddr| {
+            let seg = tcp_segment(80, client.port(), TCP_ACK, 1, 1, &[0; 8]);
+            V4::new(VIP_V4, &client.ip().to_string(), TCP).packet(&seg)
+        };
+        let error = |client: SocketAddr| {
+            gslb_tests::packet::icmp4_error("100.64.9.9", VIP_V4, 3, 4, [0, 0, 5, 0], &quote(client))
+        };
+        let owned = error(client);
+        assert_delivered(&run_xdp(d.program(), &hop_list_frame(false, &owned, &[PEER_V4], 0), None), &owned, "owned");
+        let stranger = error(SocketAddr::new(ip("100.64.0.1"), 7));
+        let out = run_xdp(d.program(), &hop_list_frame(false, &stranger, &[PEER_V4], 0), None);
+        assert_eq!(out.action, XDP_REDIRECT, "an error about another host's connection: {}", action_name(out.action));
+    });
+}

@@ -19,7 +19,7 @@ use gslb_common::{
     FlowKey, FragmentVipKey, GlobalStats, NextHop, SlotHistory, VipKey, VipStats, VipValue, BACKEND_DEAD,
     CLIENT_PREFIX_VIP_BITS, TABLE_GENERATIONS, VIP_SOURCE_IP_AFFINITY,
 };
-use gslb_common::{flow_bucket, flow_buckets, flow_capacity, flow_hash64, vip_filter_bit, FLOW_WAYS};
+use gslb_common::{flow_bucket, flow_buckets, flow_capacity, flow_hash64, vip_filter_bit, FLOW_MID_FLOW, FLOW_WAYS};
 
 use super::history::OwnerHistory;
 use super::maps::{sum, MapSource, MapWrites};
@@ -348,11 +348,18 @@ impl Steer {
         self.read_table(value.table_id, value.generation)
     }
 
-    /// The backend recorded for a flow, if any.
+    /// The backend recorded for a flow, if any (whether or not it was
+    /// first seen mid-flow: see `flow_entry`).
     pub fn flow(&self, key: &FlowKey) -> Option<u32> {
+        self.flow_entry(key).map(|(backend, _)| backend)
+    }
+
+    /// The backend recorded for a flow, and whether the edge first saw it
+    /// mid-connection (its packets may carry a hop list).
+    pub fn flow_entry(&self, key: &FlowKey) -> Option<(u32, bool)> {
         let hash = flow_hash64(key);
         let bucket = self.flows.get(&flow_bucket(hash, self.flows.len()), 0).ok()?;
-        bucket.find(hash).map(|(_, backend)| backend)
+        bucket.find(hash).map(|(_, recorded)| (recorded & !FLOW_MID_FLOW, recorded & FLOW_MID_FLOW != 0))
     }
 
     /// Where `steer` sends tunnel packets to backend `id` without a route
