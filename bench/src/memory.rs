@@ -117,6 +117,11 @@ pub fn run(quick: bool) -> Result<Vec<Measurement>> {
             Limits { max_vips: 512, table_size: DEFAULT_TABLE_SIZE, ..base },
             "MAGLEV",
         )?,
+        maps_measurement(
+            "map memory: owner history (second chance), 512 VIPs, M = 65,537",
+            Limits { max_vips: 512, table_size: DEFAULT_TABLE_SIZE, ..base },
+            "OWNER_HISTORY",
+        )?,
     ];
     let small = "agent resident memory: 1 VIP x 8 backends, M = 65,537";
     results.push(agent_rss(small, &Shape::new(1, 8, DEFAULT_TABLE_SIZE))?);
