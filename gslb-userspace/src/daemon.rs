@@ -119,6 +119,10 @@ pub fn run_agent(config_path: &Path, remove_on_exit: bool, drain_on_exit: bool) 
     Ok(())
 }
 
+/// How often `gslb decap` makes the kernel resolve peers whose next hop is
+/// not resolved (the first time at once).
+const PEER_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `gslb decap`: attaches `decap` (serving its counters if asked) and waits
 /// for SIGINT or SIGTERM; logs the counters on the way out.
 pub fn run_decap(
@@ -149,7 +153,14 @@ pub fn run_decap(
         // Next hops to the peers, resolved and kept current, so handing a
         // packet on needs no route lookup (nor forwarding enabled).
         if !hop_lists.peers.is_empty() {
-            crate::sys::next_hops::spawn(peer_hops)?;
+            crate::sys::next_hops::spawn(peer_hops.clone())?;
+            tokio::spawn(async move {
+                let mut probe = tokio::time::interval(PEER_PROBE_INTERVAL);
+                loop {
+                    probe.tick().await;
+                    Decap::probe_unresolved_peers(&peer_hops);
+                }
+            });
         }
         if let Some(listener) = metrics_listener {
             let scraped = decap.clone();

@@ -129,6 +129,27 @@ impl Decap {
         Ok(())
     }
 
+    /// Makes the kernel resolve the neighbour of every peer whose next hop
+    /// is not resolved yet: one empty UDP datagram to its discard port (9),
+    /// which the peer's kernel ignores or answers with a port unreachable.
+    /// A peer on this backend's own segment that it never talked to has no
+    /// neighbour entry until something is sent to it; the next-hop watcher
+    /// then sees the entry appear and writes the peer's next hop.
+    pub fn probe_unresolved_peers(hops: &NextHopMap) {
+        let targets = hops.targets();
+        for (&index, &peer) in &targets.backends {
+            let resolved = hops.get(index).is_ok_and(|h| h.flags & gslb_common::NEXT_HOP_VALID != 0);
+            if resolved {
+                continue;
+            }
+            let any: IpAddr = if peer.is_ipv4() { [0u8; 4].into() } else { [0u16; 8].into() };
+            let sent = std::net::UdpSocket::bind((any, 0)).and_then(|socket| socket.send_to(&[], (peer, 9)));
+            if let Err(error) = sent {
+                tracing::debug!(%peer, "probing the peer's neighbour: {error}");
+            }
+        }
+    }
+
     /// The peers' next hops (`NEXT_HOPS`, by peer index from 1 in the
     /// order the peers were added): hand it to `next_hops::spawn` to keep
     /// them resolved.
