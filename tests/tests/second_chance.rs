@@ -44,8 +44,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 #[derive(Clone)]
 enum Change {
     Weights(Weights),
-    /// Drained on both edges: no new flows, recorded flows stay.
-    Drain(BackendNode),
+    /// A region's pools drained on both edges: no new flows to their
+    /// backends (a third of the slots move), recorded flows stay.
+    Drain(Region),
 }
 
 #[derive(Clone, Default)]
@@ -136,10 +137,10 @@ fn run(s: &Scenario) -> Outcome {
                 d.write_configs(&Setup { weights: weights.clone(), ..setup.clone() }).unwrap();
                 d.reload_all().unwrap();
             }
-            Change::Drain(backend) => {
+            Change::Drain(region) => {
                 for edge in EdgeNode::ALL {
-                    for address in [backend.v4().to_string(), backend.v6().to_string()] {
-                        d.drain(edge, &address, None).unwrap();
+                    for pool in [region.name().to_string(), format!("{}-v6", region.name())] {
+                        d.drain(edge, &pool, None).unwrap();
                     }
                 }
             }
@@ -226,8 +227,8 @@ fn connections_survive_two_reloads_before_the_move() {
 fn connections_survive_a_drain_before_the_move() {
     let _serial = serial();
     let scenario =
-        Scenario { second_chance: true, changes: vec![Change::Drain(BackendNode::EuWest1)], ..Scenario::default() };
-    assert_sticky(&run(&scenario), "a drained backend, then the move");
+        Scenario { second_chance: true, changes: vec![Change::Drain(Region::EuWest)], ..Scenario::default() };
+    assert_sticky(&run(&scenario), "a drained region, then the move");
 }
 
 #[test]
