@@ -24,8 +24,6 @@
 //! so its size depends only on the outer family. `count` addresses are
 //! valid; `next` is the index of the next one to try.
 
-use crate::Addr16;
-
 /// Previous owners remembered per table slot, and hops in a hop list.
 pub const MAX_HOPS: usize = 2;
 /// The UDP port hop-list packets are sent to, unless configured otherwise.
@@ -119,17 +117,6 @@ impl SlotHistory {
         }
         out
     }
-}
-
-/// The hop list's fields, as `decap` reads them (or as a test writes them).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HopList {
-    /// Valid addresses in `hops`.
-    pub count: u8,
-    /// Index of the next hop to try; `count` when used up.
-    pub next: u8,
-    /// IPv4-mapped for an IPv4 outer header.
-    pub hops: [Addr16; MAX_HOPS],
 }
 
 #[cfg(test)]
