@@ -96,6 +96,13 @@ pub fn maglev_index(table_id: u32, generation: u32, table_size: u32, hash: u32) 
     (table_id * TABLE_GENERATIONS + (generation & 1)) * table_size + hash % table_size
 }
 
+/// Index into `OWNER_HISTORY` of a flow's slot: one entry per slot of each
+/// table id (the history is not per generation).
+#[inline(always)]
+pub fn history_index(table_id: u32, table_size: u32, hash: u32) -> u32 {
+    table_id * table_size + hash % table_size
+}
+
 /// Hash seeds of a backend's Maglev permutation (offset, skip), derived from
 /// its address only, so every edge derives the same permutation.
 #[inline(always)]

@@ -36,6 +36,9 @@ pub const UDP_LEN: usize = 8;
 pub const GUE_LEN: usize = 4;
 /// Hop list header (type, count, next).
 pub const HOP_LIST_HEADER_LEN: usize = 4;
+/// Where `count` and `next` sit in the hop list header.
+pub const HOP_LIST_COUNT: usize = 2;
+pub const HOP_LIST_NEXT: usize = 3;
 
 /// Bytes from the end of the outer IP header to the inner packet: UDP, GUE
 /// and the hop list, for an outer IPv6 (`v6`) or IPv4 header.

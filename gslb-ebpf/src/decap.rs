@@ -30,7 +30,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     };
     match outer.proto {
         proto::IPIP | proto::IPV6 if for_us(&outer) => deliver(ctx, stats, &l2, outer.header_len, outer.proto),
-        proto::UDP if to_gue_port(ctx, &l2, &outer) && for_us(&outer) => match handoff::run(ctx, stats, &l2, &outer) {
+        proto::UDP if to_gue_port(ctx, &l2, &outer) && for_us(&outer) => match handoff::run(ctx, stats, &outer) {
             Verdict::Deliver { strip, inner_proto } => deliver(ctx, stats, &l2, strip, inner_proto),
             Verdict::Act(action) => action,
         },

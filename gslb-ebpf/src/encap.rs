@@ -112,8 +112,8 @@ pub fn encapsulate(ctx: &XdpContext, flow: &Flow, tunnel: &Outbound, hops: Optio
         write_ipv4(unsafe { &mut *ip }, &header);
     }
     match hops {
-        Some(hops) if tunnel.gue => write_hop_list(ctx, tunnel, inner_proto, hops),
-        _ => Some(()),
+        Some(hops) => write_hop_list(ctx, tunnel, inner_proto, hops),
+        None => Some(()),
     }
 }
 

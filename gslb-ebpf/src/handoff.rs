@@ -17,8 +17,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use gslb_common::{
-    addr_as_v4, gue_first_byte, hop_list_encap_len, proto, Addr16, DecapStats, GUE_LEN, HOP_LIST_HEADER_LEN,
-    HOP_LIST_TYPE, MAX_HOPS, NEXT_HOP_VALID, UDP_LEN,
+    addr_as_v4, addr_from_v4, gue_first_byte, hop_list_encap_len, proto, Addr16, DecapStats, GUE_LEN, HOP_LIST_COUNT,
+    HOP_LIST_HEADER_LEN, HOP_LIST_NEXT, HOP_LIST_TYPE, MAX_HOPS, NEXT_HOP_VALID, UDP_LEN,
 };
 use gslb_ebpf::{
     checksum,
@@ -57,20 +57,20 @@ struct List {
 
 /// Decides, and counts, what becomes of a hop-list packet addressed to this
 /// backend; a packet sent on is rewritten here.
-pub fn run(ctx: &XdpContext, stats: &mut DecapStats, l2: &L2, outer: &Outer) -> Verdict {
+pub fn run(ctx: &XdpContext, stats: &mut DecapStats, outer: &Outer) -> Verdict {
     let from_edge = outer_source(ctx, outer).is_some_and(|(src, _)| unsafe { DECAP_EDGES.get(&src) }.is_some());
     if !from_edge {
         stats.hop_list_refused += 1;
         return Verdict::Act(xdp_action::XDP_PASS);
     }
-    let gue_at = l2.len + outer.header_len + UDP_LEN;
+    let gue_at = outer.ip_at + outer.header_len + UDP_LEN;
     let Some(list) = read_list(ctx, outer, gue_at) else {
         stats.hop_list_malformed += 1;
         return Verdict::Act(xdp_action::XDP_DROP);
     };
-    let deliver =
-        Verdict::Deliver { strip: outer.header_len + hop_list_encap_len(outer.v6), inner_proto: list.inner_proto };
-    if owns(ctx, l2.len + outer.header_len + hop_list_encap_len(outer.v6), list.inner_proto) {
+    let strip = outer.header_len + hop_list_encap_len(outer.v6);
+    let deliver = Verdict::Deliver { strip, inner_proto: list.inner_proto };
+    if owns(ctx, outer.ip_at + strip, list.inner_proto) {
         stats.hop_list_delivered += 1;
         return deliver;
     }
@@ -114,10 +114,14 @@ fn read_list(ctx: &XdpContext, outer: &Outer, gue_at: usize) -> Option<List> {
         && h[3] == 0
         && h[4] == ty[0]
         && h[5] == ty[1]
-        && h[6] as usize <= MAX_HOPS
-        && h[7] <= h[6]
+        && h[GUE_LEN + HOP_LIST_COUNT] as usize <= MAX_HOPS
+        && h[GUE_LEN + HOP_LIST_NEXT] <= h[GUE_LEN + HOP_LIST_COUNT]
         && (outer.v6 || outer.header_len == Ipv4Hdr::LEN);
-    well_formed.then_some(List { count: h[6], next: h[7], inner_proto: h[1] })
+    well_formed.then_some(List {
+        count: h[GUE_LEN + HOP_LIST_COUNT],
+        next: h[GUE_LEN + HOP_LIST_NEXT],
+        inner_proto: h[1],
+    })
 }
 
 /// Hop `index` of the list (IPv4-mapped for an IPv4 outer header).
@@ -128,7 +132,7 @@ fn next_hop(ctx: &XdpContext, outer: &Outer, gue_at: usize, index: u8) -> Option
     if outer.v6 {
         Some(unsafe { *ptr_at::<Addr16>(ctx, at + 16 * index)? })
     } else {
-        Some(gslb_common::addr_from_v4(unsafe { *ptr_at::<[u8; 4]>(ctx, at + 4 * index)? }))
+        Some(addr_from_v4(unsafe { *ptr_at::<[u8; 4]>(ctx, at + 4 * index)? }))
     }
 }
 
@@ -235,7 +239,7 @@ fn send_on(ctx: &XdpContext, outer: &Outer, hop: &Addr16, peer: u32) -> Option<u
     }
     // The UDP checksum covered the old destination: zero, as edges send it.
     *unsafe { &mut *ptr_at::<[u8; 2]>(ctx, gue_at - 2)? } = [0, 0];
-    let next = unsafe { &mut *ptr_at::<u8>(ctx, gue_at + GUE_LEN + 3)? };
+    let next = unsafe { &mut *ptr_at::<u8>(ctx, gue_at + GUE_LEN + HOP_LIST_NEXT)? };
     *next += 1;
     match resolved {
         Some(next_hop) => route::send(ctx, next_hop),

@@ -6,10 +6,10 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_boot_ns, maps::lpm_trie::Key as LpmKey, programs::XdpContext,
 };
 use gslb_common::{
-    addr_as_v4, flow_bucket, gue_source_port, hash_address, hash_flow, maglev_index, stage, vip_filter_bit, Addr16,
-    Backend, ClientPrefixKey, EdgeConfig, FragmentVipKey, GlobalStats, VipKey, VipStats, VipValue, BACKEND_DEAD,
-    BACKEND_SECOND_CHANCE, CLIENT_PREFIX_VIP_BITS, FLOW_MID_FLOW, MAX_HOPS, NEXT_HOP_VALID, NO_BACKEND,
-    VIP_CLIENT_STEERING, VIP_SOURCE_IP_AFFINITY,
+    addr_as_v4, flow_bucket, gue_source_port, hash_address, hash_flow, history_index, maglev_index, stage,
+    vip_filter_bit, Addr16, Backend, ClientPrefixKey, EdgeConfig, FragmentVipKey, GlobalStats, VipKey, VipStats,
+    VipValue, BACKEND_DEAD, BACKEND_SECOND_CHANCE, CLIENT_PREFIX_VIP_BITS, FLOW_MID_FLOW, MAX_HOPS, NEXT_HOP_VALID,
+    NO_BACKEND, VIP_CLIENT_STEERING, VIP_SOURCE_IP_AFFINITY,
 };
 use gslb_ebpf::{
     encap::{self, Hops},
@@ -210,6 +210,27 @@ fn table_for(flow: &Flow, vip: &VipValue) -> (u32, u32) {
     (vip.table_id, vip.generation)
 }
 
+/// The flow's 64-bit hash, its key in `FLOWS`. Fragments and source-ip
+/// VIPs are keyed by addresses alone, so every fragment of a datagram, and
+/// every flow of a client, lands together.
+#[inline(always)]
+fn flow_hash(flow: &Flow, vip: &VipValue) -> u64 {
+    let by_address = vip.flags & VIP_SOURCE_IP_AFFINITY != 0 || flow.fragment;
+    let (src_port, dst_port) = if by_address { (0, 0) } else { (flow.src_port, flow.dst_port) };
+    hash_flow(&flow.src, &flow.dst, src_port, dst_port, flow.proto)
+}
+
+/// The hash that picks the flow's table slot: the flow hash's low half, or
+/// for source-ip VIPs the source address's own hash.
+#[inline(always)]
+fn slot_hash(flow: &Flow, vip: &VipValue, hash: u64) -> u32 {
+    if vip.flags & VIP_SOURCE_IP_AFFINITY != 0 {
+        hash_address(&flow.src)
+    } else {
+        hash as u32
+    }
+}
+
 /// Picks the backend: the flow table first, unless its backend is dead;
 /// otherwise the VIP's live Maglev table, recording the choice. Its id goes
 /// to `selected`, with `FLOW_MID_FLOW` set if the flow was first seen
@@ -218,13 +239,7 @@ fn table_for(flow: &Flow, vip: &VipValue) -> (u32, u32) {
 /// pointer returned through the stack loses its type for the verifier.)
 #[inline(never)]
 fn select(flow: &Flow, vip: &VipValue, stats: &mut VipStats, selected: &mut u32) -> Option<&'static Backend> {
-    let source_ip = vip.flags & VIP_SOURCE_IP_AFFINITY != 0;
-    // Fragments and source-ip VIPs are keyed by addresses alone, so every
-    // fragment of a datagram, and every flow of a client, lands together.
-    let by_address = source_ip || flow.fragment;
-    let (src_port, dst_port) = if by_address { (0, 0) } else { (flow.src_port, flow.dst_port) };
-    let hash = hash_flow(&flow.src, &flow.dst, src_port, dst_port, flow.proto);
-
+    let hash = flow_hash(flow, vip);
     let buckets = unsafe { core::ptr::read_volatile(&FLOW_BUCKETS) };
     let bucket = unsafe { &mut *FLOWS.get_ptr_mut(flow_bucket(hash, buckets))? };
     if let Some((way, recorded)) = bucket.find(hash) {
@@ -251,8 +266,7 @@ fn select(flow: &Flow, vip: &VipValue, stats: &mut VipStats, selected: &mut u32)
         return None;
     }
     let (table_id, generation) = table_for(flow, vip);
-    let slot_hash = if source_ip { hash_address(&flow.src) } else { hash as u32 };
-    let index = maglev_index(table_id, generation, table_size, slot_hash);
+    let index = maglev_index(table_id, generation, table_size, slot_hash(flow, vip, hash));
     let id = *MAGLEV.get(index)?;
     if id == NO_BACKEND {
         return None;
@@ -280,16 +294,13 @@ fn select(flow: &Flow, vip: &VipValue, stats: &mut VipStats, selected: &mut u32)
 /// False if there is none (the packet then goes without a hop list).
 #[inline(never)]
 fn previous_owners(flow: &Flow, vip: &VipValue, owner: u32, config: &EdgeConfig, hops: &mut MaybeUninit<Hops>) -> bool {
-    let source_ip = vip.flags & VIP_SOURCE_IP_AFFINITY != 0;
-    let (src_port, dst_port) = if source_ip { (0, 0) } else { (flow.src_port, flow.dst_port) };
-    let hash = hash_flow(&flow.src, &flow.dst, src_port, dst_port, flow.proto);
-    let slot_hash = if source_ip { hash_address(&flow.src) } else { hash as u32 };
+    let hash = flow_hash(flow, vip);
     let table_size = unsafe { core::ptr::read_volatile(&TABLE_SIZE) };
     if table_size == 0 {
         return false;
     }
     let (table_id, _) = table_for(flow, vip);
-    let Some(history) = OWNER_HISTORY.get(table_id * table_size + slot_hash % table_size) else {
+    let Some(history) = OWNER_HISTORY.get(history_index(table_id, table_size, slot_hash(flow, vip, hash))) else {
         return false;
     };
     let Some(current) = BACKENDS.get(owner) else {

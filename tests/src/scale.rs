@@ -14,3 +14,14 @@ pub fn sized(default: u64, full_size: u64) -> u64 {
         default
     }
 }
+
+/// A fuzzer's seed: `GSLB_FUZZ_SEED` to replay a run, else a fresh one.
+/// Prints it with what the run does (`what`, e.g. "steer fuzz: 200000
+/// frames"), so a failure can be replayed.
+pub fn fuzz_seed(what: &str) -> u64 {
+    let seed = std::env::var("GSLB_FUZZ_SEED")
+        .map(|s| s.parse().expect("GSLB_FUZZ_SEED is a number"))
+        .unwrap_or_else(|_| rand::random::<u32>() as u64);
+    println!("{what}, seed {seed} (replay with GSLB_FUZZ_SEED={seed})");
+    seed
+}

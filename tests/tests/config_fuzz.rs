@@ -186,10 +186,7 @@ fn judge(text: &str) -> Result<(), String> {
 #[test]
 fn mutated_configs_give_a_located_error_or_a_valid_config() {
     let cases = sized(10_000, 100_000);
-    let seed = std::env::var("GSLB_FUZZ_SEED")
-        .map(|s| s.parse().expect("GSLB_FUZZ_SEED is a number"))
-        .unwrap_or_else(|_| rand::random::<u32>() as u64);
-    println!("config fuzz: {cases} cases, seed {seed} (replay with GSLB_FUZZ_SEED={seed})");
+    let seed = gslb_tests::scale::fuzz_seed(&format!("config fuzz: {cases} cases"));
     let bases = [documented_example(), SMALL.to_string()];
     for base in &bases {
         judge(base).expect("the base configs are valid");

@@ -460,10 +460,7 @@ fn judge(input: &[u8], out: &Outcome) -> Result<(), String> {
 #[test]
 fn random_and_mutated_frames_are_never_relayed() {
     let runs = gslb_tests::scale::sized(200_000, 2_000_000);
-    let seed = std::env::var("GSLB_FUZZ_SEED")
-        .map(|s| s.parse().expect("GSLB_FUZZ_SEED is a number"))
-        .unwrap_or_else(|_| rand::random::<u32>() as u64);
-    println!("decap fuzz: {runs} frames, seed {seed} (replay with GSLB_FUZZ_SEED={seed})");
+    let seed = gslb_tests::scale::fuzz_seed(&format!("decap fuzz: {runs} frames"));
     in_scratch_netns(move || {
         use rand::{rngs::StdRng, Rng, SeedableRng};
         serve_vips();

@@ -256,6 +256,21 @@ fn connections_survive_with_syn_cookies_and_full_size_segments() {
     assert_sticky(&run(&scenario), "SYN cookies, full-size segments");
 }
 
+/// Waits (bounded) until `edge` has recorded at least `flows` new flows of
+/// VIP `vip`.
+fn wait_for_new_flows(d: &Deployment, edge: EdgeNode, vip: &str, flows: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = d.status(edge).unwrap();
+        let seen = status.vips.iter().find(|v| v.name == vip).map_or(0, |v| v.new_flows);
+        if seen >= flows {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{edge} recorded {seen} of {flows} {vip} flows in 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// UDP has no socket to ask: a flow whose slot changed owner changes
 /// backend when the route moves. Measured, for the docs; the assertion is
 /// only that flows whose slot kept its owner stay put.
@@ -269,11 +284,13 @@ fn udp_flows_across_a_coincident_change_follow_the_new_table() {
         let lab = &d.lab;
         let flows =
             scope.spawn(move || udp_flows(lab, ClientNode::Client1, target, 60, 120, Duration::from_millis(50)));
-        std::thread::sleep(Duration::from_secs(1));
+        // Every flow recorded on edge-a before the change.
+        wait_for_new_flows(&d, EdgeNode::EdgeA, "dns", 60);
         d.write_configs(&Setup { weights: heavier_east(), ..setup.clone() }).unwrap();
         d.reload_all().unwrap();
-        std::thread::sleep(Duration::from_secs(1));
+        let forwarded = d.status(EdgeNode::EdgeB).unwrap().counters.forwarded;
         d.lab.route_vips_to(EdgeNode::EdgeB).unwrap();
+        wait_for_forwarded(&d, EdgeNode::EdgeB, forwarded, 60);
         flows.join().unwrap().unwrap()
     });
     let changed = flows.iter().filter(|f| f.changed_backend()).count();

@@ -194,10 +194,7 @@ fn every_truncation_passes_untouched() {
 #[test]
 fn random_and_mutated_frames_are_never_misrouted() {
     let runs = sized(200_000, 2_000_000);
-    let seed = std::env::var("GSLB_FUZZ_SEED")
-        .map(|s| s.parse().expect("GSLB_FUZZ_SEED is a number"))
-        .unwrap_or_else(|_| rand::random::<u32>() as u64);
-    println!("steer fuzz: {runs} frames, seed {seed} (replay with GSLB_FUZZ_SEED={seed})");
+    let seed = gslb_tests::scale::fuzz_seed(&format!("steer fuzz: {runs} frames"));
     in_scratch_netns(move || {
         narrow_tunnel_path();
         let mut edge = test_edge();

@@ -24,7 +24,7 @@ pub struct Decap {
     peers: HashMap<MapData, Addr16, u32>,
     /// The peers' next hops, kept resolved by `next_hops::spawn`.
     next_hops: NextHopMap,
-    peer_count: u32,
+    /// Peers `DECAP_PEERS` has room for.
     peer_room: u32,
     stats: PerCpuArray<MapData, DecapStats>,
 }
@@ -67,7 +67,6 @@ impl Decap {
             edges: take(&mut ebpf, names::DECAP_EDGES)?,
             peers: take(&mut ebpf, names::DECAP_PEERS)?,
             next_hops: NextHopMap::new(take(&mut ebpf, names::NEXT_HOPS)?, BTreeMap::new()),
-            peer_count: 0,
             peer_room,
             stats: take(&mut ebpf, names::DECAP_STATS)?,
             ebpf,
@@ -94,7 +93,7 @@ impl Decap {
             IpAddr::V6(a) => Some(*a),
             IpAddr::V4(_) => None,
         });
-        decap.next_hops.set_route_sources(v4, v6);
+        decap.next_hops.set_sources(v4, v6);
         for edge in &hop_lists.edges {
             decap.add_edge(*edge)?;
         }
@@ -121,12 +120,10 @@ impl Decap {
     /// May hand hop-list packets on to backend `address` (its next hop is
     /// resolved once `next_hops` is watched).
     pub fn add_peer(&mut self, address: IpAddr) -> Result<()> {
-        ensure!(self.peer_count < self.peer_room, "more than {} peers", self.peer_room);
-        let index = self.peer_count + 1;
+        let index = self.next_hops.targets().backends.len() as u32 + 1;
+        ensure!(index <= self.peer_room, "more than {} peers", self.peer_room);
         self.next_hops.claim(index, address)?;
-        self.peers.insert(addr_from_ip(address), index, 0).context("writing DECAP_PEERS")?;
-        self.peer_count = index;
-        Ok(())
+        self.peers.insert(addr_from_ip(address), index, 0).context("writing DECAP_PEERS")
     }
 
     /// Makes the kernel resolve the neighbour of every peer whose next hop

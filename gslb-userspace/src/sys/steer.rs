@@ -348,18 +348,12 @@ impl Steer {
         self.read_table(value.table_id, value.generation)
     }
 
-    /// The backend recorded for a flow, if any (whether or not it was
-    /// first seen mid-flow: see `flow_entry`).
+    /// The backend recorded for a flow, if any (whether or not the edge
+    /// first saw it mid-flow).
     pub fn flow(&self, key: &FlowKey) -> Option<u32> {
-        self.flow_entry(key).map(|(backend, _)| backend)
-    }
-
-    /// The backend recorded for a flow, and whether the edge first saw it
-    /// mid-connection (its packets may carry a hop list).
-    pub fn flow_entry(&self, key: &FlowKey) -> Option<(u32, bool)> {
         let hash = flow_hash64(key);
         let bucket = self.flows.get(&flow_bucket(hash, self.flows.len()), 0).ok()?;
-        bucket.find(hash).map(|(_, recorded)| (recorded & !FLOW_MID_FLOW, recorded & FLOW_MID_FLOW != 0))
+        bucket.find(hash).map(|(_, recorded)| recorded & !FLOW_MID_FLOW)
     }
 
     /// Where `steer` sends tunnel packets to backend `id` without a route
@@ -409,7 +403,7 @@ impl MapWrites for Steer {
             gue_port: edge.gue_port,
             _pad: 0,
         };
-        self.next_hops.set_sources(v4, v6);
+        self.next_hops.set_sources(Some(v4), v6);
         self.edge_config.set(0, config, 0).context("writing EDGE_CONFIG")
     }
 

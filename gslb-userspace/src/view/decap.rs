@@ -1,42 +1,30 @@
 //! `gslb decap`'s counters as OpenMetrics text, for its optional metrics
 //! endpoint: what it stripped, and what became of hop-list packets.
 
-use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use gslb_common::DecapStats;
 
-type Outcomes = Family<Vec<(&'static str, &'static str)>, Counter>;
+use super::metrics::{counter, counter_family, set_counter, text};
 
 /// The counters, summed over CPUs, as OpenMetrics text.
 pub fn render(stats: &DecapStats) -> String {
     let mut registry = Registry::default();
-    for (name, help, value) in [
-        ("gslb_decap_received", "Packets decap saw", stats.received),
-        ("gslb_decap_decapsulated", "Tunnel packets stripped and delivered", stats.decapsulated),
-        ("gslb_decap_errors", "Tunnel packets for this host that could not be stripped", stats.errors),
-    ] {
-        let counter = Counter::<u64>::default();
-        counter.inc_by(value);
-        registry.register(name, help, counter);
-    }
-    let outcomes = Outcomes::default();
-    registry.register(
+    let r = &mut registry;
+    counter(r, "gslb_decap_received", "Packets decap saw", stats.received);
+    counter(r, "gslb_decap_decapsulated", "Tunnel packets stripped and delivered", stats.decapsulated);
+    counter(r, "gslb_decap_errors", "Tunnel packets for this host that could not be stripped", stats.errors);
+    let outcomes = counter_family(
+        r,
         "gslb_decap_hop_list_packets",
         "Hop-list (second chance) packets by outcome: delivered (owned here, a SYN or a SYN cookie), forwarded \
          (to the next hop), last_resort (delivered with no hop left, or unroutable), unroutable (the next hop had \
          no route or neighbour), refused (not from a configured edge: passed untouched), malformed (dropped)",
-        outcomes.clone(),
     );
     for (outcome, value) in outcome_counts(stats) {
-        outcomes.get_or_create(&vec![("outcome", outcome)]).inc_by(value);
+        set_counter(&outcomes, vec![("outcome", outcome.to_string())], value);
     }
-    let mut out = String::new();
-    // Writing to a String cannot fail.
-    let _ = encode(&mut out, &registry);
-    out
+    text(&registry)
 }
 
 /// The hop-list counters by outcome name.

@@ -35,7 +35,7 @@ type CounterFamily = Family<Labels, Counter>;
 type IntGaugeFamily = Family<Labels, Gauge>;
 type FloatGaugeFamily = Family<Labels, Gauge<f64, AtomicU64>>;
 
-fn counter_family(registry: &mut Registry, name: &str, help: &str) -> CounterFamily {
+pub(super) fn counter_family(registry: &mut Registry, name: &str, help: &str) -> CounterFamily {
     let family = CounterFamily::default();
     registry.register(name, help, family.clone());
     family
@@ -56,8 +56,23 @@ fn float_gauge_family(registry: &mut Registry, name: &str, help: &str, unit: Opt
     family
 }
 
-fn set_counter(family: &CounterFamily, labels: Labels, value: u64) {
+pub(super) fn set_counter(family: &CounterFamily, labels: Labels, value: u64) {
     family.get_or_create(&labels).inc_by(value);
+}
+
+/// Registers a counter without labels, at `value`.
+pub(super) fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let counter = Counter::<u64>::default();
+    counter.inc_by(value);
+    registry.register(name, help, counter);
+}
+
+/// A registry as OpenMetrics text.
+pub(super) fn text(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut out, registry);
+    out
 }
 
 fn set_int(family: &IntGaugeFamily, labels: Labels, value: i64) {
@@ -109,12 +124,11 @@ pub fn render(status: &Status) -> String {
     }
 
     // Second chance, whole edge.
-    let hop_lists = Counter::<u64>::default();
-    hop_lists.inc_by(c.hop_list_packets);
-    r.register(
+    counter(
+        r,
         "gslb_hop_list_packets",
         "Mid-flow packets sent with a hop list of their table slot's recent previous owners (second chance)",
-        hop_lists,
+        c.hop_list_packets,
     );
     let window = Gauge::<f64, AtomicU64>::default();
     window.set(status.second_chance.stickiness_window_secs.into());
@@ -344,11 +358,7 @@ pub fn render(status: &Status) -> String {
     if let Some(bgp) = &status.bgp {
         bgp_metrics(r, bgp);
     }
-
-    let mut out = String::new();
-    // Writing to a String cannot fail.
-    let _ = encode(&mut out, &registry);
-    out
+    text(&registry)
 }
 
 /// BGP announcements (`[bgp]`).

@@ -79,13 +79,9 @@ impl NextHopMap {
         Ok(())
     }
 
-    /// Sets the tunnel sources the route lookups use.
-    pub fn set_sources(&self, v4: Ipv4Addr, v6: Option<Ipv6Addr>) {
-        self.set_route_sources(Some(v4), v6)
-    }
-
-    /// Sets the source addresses the route lookups use, of either family.
-    pub fn set_route_sources(&self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) {
+    /// Sets the source addresses the route lookups use (the tunnel sources
+    /// on an edge, the backend's own addresses in `decap`).
+    pub fn set_sources(&self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) {
         let mut state = self.lock();
         if state.targets.source_v4 != v4 || state.targets.source_v6 != v6 {
             state.targets.source_v4 = v4;
