@@ -130,10 +130,121 @@ pub enum Command {
     },
     /// Load `steer` and `decap` through the kernel verifier, then exit.
     Verify,
+    /// The fleet's config, rollouts and health through etcd (`[fleet]`).
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+        #[command(flatten)]
+        address: FleetAddress,
+    },
     /// Internal: started by `gslb run` with [bgp]; withdraws the agent's
     /// VIPs if the agent dies (see docs/operations.md).
     #[command(hide = true)]
     BgpWatchdog,
+}
+
+/// How a `gslb fleet` command finds etcd: an edge file's `[fleet]`.
+#[derive(clap::Args)]
+pub struct FleetAddress {
+    /// An edge config file whose [fleet] section gives the endpoints,
+    /// credentials and key prefix.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+}
+
+impl FleetAddress {
+    fn fleet(&self) -> Result<config::Fleet> {
+        let Some(path) = &self.config else {
+            anyhow::bail!("give --config EDGE_FILE: its [fleet] section says where etcd is");
+        };
+        match config::load(path)?.fleet {
+            Some(fleet) => Ok(fleet),
+            None => anyhow::bail!("{} has no [fleet] section", path.display()),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum FleetCommand {
+    /// Validate a fleet document ([[vip]] and [[pool]] only) as `gslb check`
+    /// does, store it as the next revision and roll it out: the canary
+    /// group first, then after the bake time every edge.
+    Push {
+        file: PathBuf,
+        /// The rollout group that takes the revision first (fleet.group).
+        #[arg(long, default_value = "canary", conflicts_with = "all_at_once")]
+        canary: String,
+        /// How long the canaries run the revision before every edge takes it.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        bake: std::time::Duration,
+        /// Every edge at once, no canary.
+        #[arg(long)]
+        all_at_once: bool,
+        /// Only validate the file; store nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Wait until every live edge has applied it (exit 1 if it halts),
+        /// at most this long (e.g. 5m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<std::time::Duration>,
+    },
+    /// Return every edge at once to the previous revision (or `--to N`).
+    Rollback {
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// The rollout, every live edge's revision, tables and announcements,
+    /// and per backend each edge's verdict next to the fleet's.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn run_fleet(command: FleetCommand, address: &FleetAddress) -> Result<()> {
+    use crate::fleet::admin;
+    if let FleetCommand::Push { file, dry_run: true, .. } = &command {
+        let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+        let (vips, pools) = config::parse_fleet_document(&text, file, &config::Edge::permissive())?;
+        println!("{}: ok ({} VIPs, {} pools); nothing stored (--dry-run)", file.display(), vips.len(), pools.len());
+        return Ok(());
+    }
+    let fleet = address.fleet()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match command {
+            FleetCommand::Push { file, canary, bake, all_at_once, wait, .. } => {
+                let options = admin::PushOptions { canary_group: (!all_at_once).then_some(canary), bake };
+                let revision = admin::push(&fleet, &file, &options).await?;
+                match &options.canary_group {
+                    Some(group) => println!(
+                        "stored revision {revision}; rolling out to group {group:?} first, then after {} to every edge",
+                        humantime::format_duration(bake)
+                    ),
+                    None => println!("stored revision {revision}; every edge applies it now"),
+                }
+                if let Some(timeout) = wait {
+                    admin::wait(&fleet, revision, timeout, |r| println!("revision {}: {:?}", r.revision, r.phase)).await?;
+                    println!("revision {revision} applied by every live edge");
+                }
+                Ok(())
+            }
+            FleetCommand::Rollback { to } => {
+                let (from, to) = admin::rollback(&fleet, to).await?;
+                println!("rolled back from revision {from} to {to}: every edge applies {to} now");
+                Ok(())
+            }
+            FleetCommand::Status { json } => {
+                let status = admin::status(&fleet).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&status)?);
+                } else {
+                    print!("{}", crate::view::fleet::render_fleet(&status));
+                }
+                Ok(())
+            }
+        }
+    })
 }
 
 pub fn main() -> Result<()> {
@@ -163,6 +274,7 @@ pub fn run(cli: Cli) -> Result<()> {
             daemon::run_decap(&iface, &address, &hop_lists, metrics_listen)
         }
         Command::Verify => client::verify(),
+        Command::Fleet { command, address } => run_fleet(command, &address),
     }
 }
 

@@ -66,6 +66,28 @@ pub fn run_agent(config_path: &Path, remove_on_exit: bool, drain_on_exit: bool) 
         let (events, mut health) = tokio::sync::mpsc::unbounded_channel();
         lock(&agent).start_monitoring(events);
         lock(&agent).start_next_hops();
+        // The fleet task, when `[fleet]` is configured; without it these
+        // channels stay silent.
+        let fleet_settings = lock(&agent).fleet_settings().cloned();
+        let (mut fleet_events, fleet_outgoing) = match fleet_settings {
+            Some(settings) => {
+                let name = lock(&agent).status_edge_name();
+                let link = crate::fleet::sync::spawn(settings, name);
+                lock(&agent).set_fleet_drains(link.drains);
+                (link.events, Some(link.outgoing))
+            }
+            None => (tokio::sync::mpsc::unbounded_channel().1, None),
+        };
+        let publish = |agent: &Shared| {
+            if let (Some(outgoing), Some(now)) = (&fleet_outgoing, lock(agent).fleet_outgoing()) {
+                outgoing.send_if_modified(|current| {
+                    let changed = *current != now;
+                    *current = now;
+                    changed
+                });
+            }
+        };
+        publish(&agent);
         let answered = agent.clone();
         let handler: serve::admin::Handler = Arc::new(move |request| lock(&answered).answer(request));
         let server = tokio::spawn(serve::admin::serve(listener, handler));
@@ -92,11 +114,25 @@ pub fn run_agent(config_path: &Path, remove_on_exit: bool, drain_on_exit: bool) 
                         warn!("applying a health change failed: {error:#}");
                     }
                 }).await,
-                _ = drain_clock.tick() => on_agent(&agent, |agent| {
-                    if let Err(error) = agent.expire_drains() {
-                        warn!("ending a drain failed: {error:#}");
-                    }
-                }).await,
+                _ = drain_clock.tick() => {
+                    on_agent(&agent, |agent| {
+                        if let Err(error) = agent.expire_drains() {
+                            warn!("ending a drain failed: {error:#}");
+                        }
+                        if let Err(error) = agent.check_fleet_grace() {
+                            warn!("going by this edge's own health checks failed: {error:#}");
+                        }
+                    }).await;
+                    publish(&agent);
+                }
+                Some(event) = fleet_events.recv() => {
+                    on_agent(&agent, move |agent| {
+                        if let Err(error) = agent.on_fleet(event) {
+                            warn!("applying the fleet's state failed: {error:#}");
+                        }
+                    }).await;
+                    publish(&agent);
+                }
                 _ = link_clock.tick() => on_agent(&agent, Agent::watch_interfaces).await,
                 _ = announce_clock.tick(), if has_announcer => on_agent(&agent, Agent::step_announcements).await,
                 _ = interrupt.recv() => break,

@@ -19,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod decide;
+pub mod fleet;
 pub mod health;
 pub mod reconcile;
 pub mod serve;

@@ -19,6 +19,7 @@ use gslb_userspace::view::admin::{self, Request};
 use gslb_userspace::view::status::Status;
 
 use crate::bgp::{Bgp, BgpSetup, EdgeBgp};
+use crate::etcd::EtcdCluster;
 use crate::lab::{BackendNode, EdgeNode, Lab, Region, TCP_PORT, UDP_PORT, VIP_V4, VIP_V6};
 use crate::server::{start_servers, Servers};
 
@@ -81,6 +82,19 @@ pub struct Setup {
     /// Every pool's backends understand hop lists (`second_chance`): edges
     /// send mid-flow packets of flows they never saw with a hop list.
     pub second_chance: bool,
+    /// A fleet: a three-member etcd cluster on the router, and edges whose
+    /// files hold `[fleet]` instead of VIPs and pools (those are the fleet
+    /// document, `fleet_document`, pushed with `gslb fleet push`).
+    pub fleet: Option<FleetSetup>,
+}
+
+/// The lab's fleet.
+#[derive(Clone, Debug, Default)]
+pub struct FleetSetup {
+    /// `fleet.group` per edge ("default" when absent).
+    pub groups: BTreeMap<EdgeNode, String>,
+    /// Lines added to every edge's `[fleet]` section.
+    pub extra: String,
 }
 
 impl From<&Weights> for Setup {
@@ -89,9 +103,31 @@ impl From<&Weights> for Setup {
     }
 }
 
-/// The config of one edge.
+/// The config of one edge: with a fleet, its own sections only.
 pub fn edge_config(lab: &Lab, edge: EdgeNode, setup: &Setup) -> String {
-    let weights = &setup.weights;
+    let mut toml = edge_section(lab, edge, setup);
+    match &setup.fleet {
+        None => toml.push_str(&fleet_document(setup)),
+        Some(fleet) => {
+            let group = fleet.groups.get(&edge).map_or("default", String::as_str);
+            let endpoints: Vec<String> = crate::etcd::client_urls().iter().map(|u| format!("\"{u}\"")).collect();
+            let _ = write!(
+                toml,
+                "[fleet]\nendpoints = [{}]\ngroup = \"{group}\"\nstate_file = \"{}\"\n{}\n",
+                endpoints.join(", "),
+                lab.run_dir().join(format!("{}-fleet.json", edge.name())).display(),
+                fleet.extra
+            );
+        }
+    }
+    if let Some(bgp) = setup.bgp.as_ref().filter(|b| b.agent_config) {
+        toml += &EdgeBgp::new(lab, edge, bgp.daemon(edge)).agent_section(bgp);
+    }
+    toml
+}
+
+/// An edge's `[edge]` section.
+fn edge_section(lab: &Lab, edge: EdgeNode, setup: &Setup) -> String {
     let mut toml = String::new();
     let _ = write!(
         toml,
@@ -114,6 +150,14 @@ max_flows = {max_flows}
         pin = lab.bpffs_dir(edge).display(),
         max_flows = setup.max_flows.unwrap_or(LAB_MAX_FLOWS),
     );
+    toml
+}
+
+/// The VIPs and pools every edge has: the rest of an edge's file, or, with
+/// a fleet, the document pushed to it.
+pub fn fleet_document(setup: &Setup) -> String {
+    let weights = &setup.weights;
+    let mut toml = String::new();
     let v4_pools: Vec<String> = Region::ALL.iter().map(|r| format!("\"{}\"", r.name())).collect();
     let v6_pools: Vec<String> = Region::ALL.iter().map(|r| format!("\"{}-v6\"", r.name())).collect();
     let web_pools: Vec<String> = match &setup.web_pools {
@@ -169,9 +213,6 @@ max_flows = {max_flows}
             toml.push('\n');
         }
     }
-    if let Some(bgp) = setup.bgp.as_ref().filter(|b| b.agent_config) {
-        toml += &EdgeBgp::new(lab, edge, bgp.daemon(edge)).agent_section(bgp);
-    }
     toml.push_str(&setup.extra);
     toml
 }
@@ -197,6 +238,8 @@ pub fn config_path(lab: &Lab, edge: EdgeNode) -> PathBuf {
 pub struct Deployment {
     /// Dropped after `servers`, so servers stop before namespaces vanish.
     pub servers: Servers,
+    /// The fleet's etcd cluster (`Setup::fleet`); stopped before the lab.
+    pub etcd: Option<EtcdCluster>,
     pub lab: Lab,
     /// The `gslb-lab` binary; `gslb-lab gslb ARGS` runs `gslb ARGS`.
     lab_binary: PathBuf,
@@ -217,6 +260,7 @@ impl Deployment {
         let servers = start_servers(&lab)?;
         let mut deployment = Deployment {
             servers,
+            etcd: None,
             lab,
             lab_binary: lab_binary.to_path_buf(),
             agents: Mutex::new(BTreeMap::new()),
@@ -235,6 +279,9 @@ impl Deployment {
         }
         if let Some(bgp) = &setup.bgp {
             deployment.bgp = Some(Bgp::start(&deployment.lab, bgp)?);
+        }
+        if setup.fleet.is_some() {
+            deployment.etcd = Some(EtcdCluster::start(&deployment.lab)?);
         }
         for edge in EdgeNode::ALL {
             deployment.write_config(edge, setup)?;
@@ -470,6 +517,40 @@ impl Deployment {
             Ok(text)
         });
         fetch.join().map_err(|_| anyhow::anyhow!("metrics fetch panicked"))?
+    }
+
+    /// Runs `gslb fleet ARGS --config {edge-a's file}` to completion on the
+    /// router (where etcd is): exit status, stdout and stderr.
+    pub fn fleet(&self, args: &[&str]) -> Result<(bool, String, String)> {
+        let out = self
+            .lab
+            .command(crate::lab::Node::Router, &self.lab_binary)
+            .args(["gslb", "fleet"])
+            .args(args)
+            .arg("--config")
+            .arg(config_path(&self.lab, EdgeNode::EdgeA))
+            .env_remove("RUST_BACKTRACE")
+            .output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        ))
+    }
+
+    /// Writes `text` to a file in the lab's run directory and pushes it
+    /// (`gslb fleet push FILE ARGS`); fails with the command's output.
+    pub fn push(&self, name: &str, text: &str, args: &[&str]) -> Result<String> {
+        let path = self.lab.run_dir().join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        let path = path.to_string_lossy().into_owned();
+        let mut all = vec!["push", path.as_str()];
+        all.extend_from_slice(args);
+        let (ok, stdout, stderr) = self.fleet(&all)?;
+        if !ok {
+            bail!("gslb fleet push {name} failed:\n{stdout}{stderr}");
+        }
+        Ok(stdout)
     }
 
     /// Runs `gslb ARGS` to completion on this host (not in a namespace):

@@ -35,7 +35,7 @@ impl Agent {
                 VipView { name: vip.name.clone(), address: vip.address, serving }
             })
             .collect();
-        Inputs { steer_attached, all_failing, vips }
+        Inputs { steer_attached, all_failing, fleet_unreachable: self.fleet_withdraws(), vips }
     }
 
     /// Steps the decision and hands changed routes to the daemon worker.

@@ -26,6 +26,7 @@ use crate::sys::tunnel_errors::{self, TunnelErrors};
 use crate::sys::{attach, bpffs};
 
 mod announce;
+mod fleet;
 mod reactions;
 mod requests;
 mod snapshot;
@@ -57,6 +58,8 @@ pub struct Agent {
     tunnel_errors: Arc<TunnelErrors>,
     /// BGP announcements (`[bgp]`), once started.
     announcer: Option<Announcer>,
+    /// The fleet (`[fleet]`): revisions, verdicts and drains from etcd.
+    fleet: Option<fleet::FleetState>,
 }
 
 /// The outcome of the last reload.
@@ -71,7 +74,13 @@ impl Agent {
     /// Loads the config, adopts pinned state or loads `steer` afresh,
     /// programs the maps, then attaches to the interfaces.
     pub fn start(config_path: &Path) -> Result<Agent> {
-        let config = config::load(config_path)?;
+        let mut config = config::load(config_path)?;
+        // A fleet member starts with the revision it last applied, so that
+        // it steers as before even when etcd is away.
+        let mut fleet = config.fleet.clone().map(|settings| fleet::FleetState::new(settings, SystemTime::now()));
+        if let Some(state) = &mut fleet {
+            config = fleet::with_saved_revision(config, state);
+        }
         let pin_dir = config.edge.bpffs_pin.clone();
         bpffs::check(&pin_dir)?;
         for interface in &config.edge.interfaces {
@@ -157,6 +166,7 @@ impl Agent {
             n_plus_one_failing: BTreeSet::new(),
             tunnel_errors: TunnelErrors::new(),
             announcer: None,
+            fleet,
         };
         agent.configure_tunnel_errors();
         agent.warn_capacity();
@@ -206,6 +216,11 @@ impl Agent {
         }
     }
 
+    /// This edge's name (`edge.name`).
+    pub fn status_edge_name(&self) -> String {
+        self.config.edge.name.clone()
+    }
+
     /// Where the agent pins its state.
     pub fn pin_dir(&self) -> &Path {
         &self.config.edge.bpffs_pin
@@ -238,7 +253,21 @@ impl Agent {
     }
 
     fn try_reload(&mut self) -> Result<Changes> {
-        let config = config::load(&self.config_path)?;
+        let mut config = config::load(&self.config_path)?;
+        if config.fleet != self.config.fleet {
+            bail!("[fleet] cannot change while the agent runs; restart it instead");
+        }
+        if config.fleet.is_some() {
+            // The file gives this host's sections; VIPs and pools stay those
+            // of the applied fleet revision.
+            config = config.with_document(self.config.vips.clone(), self.config.pools.clone());
+        }
+        self.install(config)
+    }
+
+    /// Takes `config` in place of the running one, or refuses it whole
+    /// before anything changes.
+    fn install(&mut self, config: Config) -> Result<Changes> {
         // These take effect only when the agent starts (sizes: only on a
         // fresh start); accepting them silently would misreport the state.
         let (new, old) = (&config.edge, &self.config.edge);

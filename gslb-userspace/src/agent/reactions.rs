@@ -11,13 +11,16 @@ use tracing::{info, warn};
 use super::Agent;
 use crate::decide::conditions::{conditions_of, Drain};
 use crate::decide::plan::{latency_factor, Conditions};
+use crate::fleet::sync::DrainOp;
 use crate::health::{Health, HealthEvent};
 use crate::reconcile::Changes;
 
 impl Agent {
     /// What the planner should know of each backend now.
     pub(super) fn conditions(&self, now: SystemTime) -> Conditions {
-        conditions_of(&self.config, &self.health, &self.drains, now)
+        let mut conditions = conditions_of(&self.config, &self.health, &self.drains, now);
+        self.overlay_fleet_verdicts(&mut conditions);
+        conditions
     }
 
     /// Re-plans with the current conditions and applies the difference;
@@ -54,6 +57,7 @@ impl Agent {
             }
             return Ok(());
         };
+        self.note_disagreements();
         if transition.to == Health::Down {
             let state = self.health.get(&address);
             let first_failure = state.and_then(|s| s.first_failure_at()).unwrap_or(transition.at);
@@ -84,7 +88,9 @@ impl Agent {
         let backends = self.resolve(target)?;
         let now = SystemTime::now();
         for backend in &backends {
-            self.drains.insert(*backend, Drain { since: now, until: duration.map(|d| now + d) });
+            let drain = Drain { since: now, until: duration.map(|d| now + d) };
+            self.drains.insert(*backend, drain);
+            self.share_drain(DrainOp::Drain(*backend, super::fleet::drain_record(&drain)));
             info!(backend = %backend, ?duration, "drained: no new flows");
         }
         self.refresh()?;
@@ -97,6 +103,7 @@ impl Agent {
             if self.drains.remove(backend).is_some() {
                 info!(backend = %backend, "undrained");
             }
+            self.share_drain(DrainOp::Undrain(*backend));
         }
         self.refresh()?;
         Ok(backends)

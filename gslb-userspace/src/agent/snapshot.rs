@@ -170,6 +170,7 @@ impl Agent {
             reloads_failed: agent.reloads_failed,
             failovers,
             bgp: agent.announcer.as_ref().map(|a| a.status()),
+            fleet: agent.fleet_status(),
             last_reload: agent.last_reload.as_ref().map(|r| LastReload {
                 at_unix: unix_secs(r.at),
                 ok: r.ok,

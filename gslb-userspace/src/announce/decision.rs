@@ -38,6 +38,9 @@ pub struct Inputs {
     /// Every monitored backend of every VIP fails its checks (and there is
     /// at least one).
     pub all_failing: bool,
+    /// The fleet's verdicts say this edge cannot reach backends that other
+    /// edges reach (`fleet.withdraw_unreachable_share`): withdraw.
+    pub fleet_unreachable: bool,
     pub vips: Vec<VipView>,
 }
 
@@ -59,6 +62,8 @@ pub enum Reason {
     EdgeDrained,
     /// Held: every check fails at once, most likely the edge's own fault.
     Guard,
+    /// This edge cannot reach backends the fleet sees up.
+    FleetUnreachable,
 }
 
 impl Reason {
@@ -73,6 +78,9 @@ impl Reason {
             Reason::EdgeDraining => "edge draining: announced less preferred".into(),
             Reason::EdgeDrained => "edge drained".into(),
             Reason::Guard => "guard: all checks failing, announcement held".into(),
+            Reason::FleetUnreachable => {
+                "this edge cannot reach backends the fleet sees up (fleet.withdraw_unreachable_share)".into()
+            }
         }
     }
 }
@@ -146,6 +154,8 @@ impl Decision {
             if entry.1.is_none() {
                 if !inputs.steer_attached {
                     entry.1 = Some(Reason::SteerNotAttached);
+                } else if inputs.fleet_unreachable {
+                    entry.1 = Some(Reason::FleetUnreachable);
                 } else if !vip.serving {
                     entry.1 = Some(Reason::NoServingPool(vip.name.clone()));
                 }
@@ -229,6 +239,7 @@ mod tests {
         Inputs {
             steer_attached: true,
             all_failing: false,
+            fleet_unreachable: false,
             vips: serving
                 .iter()
                 .map(|(name, address, serving)| VipView {

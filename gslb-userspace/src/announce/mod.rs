@@ -147,6 +147,11 @@ impl Announcer {
         info!("edge undrained: VIPs that can be served are announced again");
     }
 
+    /// Each address's state, as last decided.
+    pub fn addresses(&self) -> &BTreeMap<IpAddr, decision::AddressState> {
+        &self.decision.addresses
+    }
+
     /// Takes the timers of a reloaded `[bgp]` section.
     pub fn set_timers(&mut self, bgp: &Bgp) {
         self.decision.timers = timers(bgp);

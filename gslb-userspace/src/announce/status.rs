@@ -55,5 +55,6 @@ fn code(reason: &Reason) -> &'static str {
         Reason::EdgeDraining => "edge-draining",
         Reason::EdgeDrained => "edge-drained",
         Reason::Guard => "guard",
+        Reason::FleetUnreachable => "fleet-unreachable",
     }
 }

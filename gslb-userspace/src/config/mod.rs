@@ -94,6 +94,52 @@ pub struct Config {
     pub pools: Vec<Pool>,
     /// `[bgp]`; `daemon = None` when the section is absent.
     pub bgp: Bgp,
+    /// `[fleet]`: VIPs and pools come from the fleet document in etcd, and
+    /// health verdicts are shared. `None`: this file is the whole config.
+    pub fleet: Option<Fleet>,
+}
+
+/// Default `fleet.prefix`.
+pub const DEFAULT_FLEET_PREFIX: &str = "/gslb";
+/// Default `fleet.group`.
+pub const DEFAULT_FLEET_GROUP: &str = "default";
+/// Default `fleet.lease_ttl`.
+pub const DEFAULT_FLEET_LEASE_TTL: &str = "10s";
+/// Default `fleet.health_grace`.
+pub const DEFAULT_FLEET_HEALTH_GRACE: &str = "30s";
+/// Where `fleet.state_file` goes by default (named after the edge).
+pub const DEFAULT_FLEET_STATE_DIR: &str = "/var/lib/gslb";
+
+/// `[fleet]`: this edge's membership of a fleet that shares its config,
+/// health verdicts and drains through etcd.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fleet {
+    /// etcd client URLs (`http://` or `https://`), at least one.
+    pub endpoints: Vec<String>,
+    /// Every key the fleet uses starts with this (no trailing '/').
+    pub prefix: String,
+    /// This edge's rollout group (`gslb fleet push --canary GROUP`).
+    pub group: String,
+    /// TLS: the CA that signed etcd's certificates, and this edge's client
+    /// certificate and key (both or neither). Absolute paths.
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// etcd user; its password is the first line of `password_file`.
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// The last applied fleet revision, kept for a start without etcd.
+    pub state_file: PathBuf,
+    /// This edge's verdicts and report expire this long after it stops.
+    pub lease_ttl_secs: u32,
+    /// With etcd away this long, the edge goes by its own health checks.
+    pub health_grace_secs: u32,
+    /// Down-votes that take a backend out; `None`: a majority of the live
+    /// edges that probe it. Never more than the edges that probe it.
+    pub quorum: Option<u32>,
+    /// Withdraw this edge's routes when its own checks fail more than this
+    /// share of the backends the fleet sees up; `None`: never.
+    pub withdraw_unreachable_share: Option<f64>,
 }
 
 /// `[bgp]`: announcing the VIPs through a local BGP daemon.
@@ -414,10 +460,56 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text, path)
 }
 
+/// Validates a fleet document (`gslb fleet push`): `[[vip]]` and `[[pool]]`
+/// only, checked exactly as in an edge's file, against `edge` (each edge
+/// checks again against its own `[edge]` when it applies the document).
+pub fn parse_fleet_document(text: &str, file: &Path, edge: &Edge) -> Result<(Vec<Vip>, Vec<Pool>), ConfigError> {
+    let source = Source::new(text, file);
+    let raw = raw_config(&source)?;
+    validate::validate_document(&source, raw, edge)
+}
+
+impl Config {
+    /// This edge's file with the VIPs and pools of a fleet document.
+    pub fn with_document(&self, vips: Vec<Vip>, pools: Vec<Pool>) -> Config {
+        Config { vips, pools, ..self.clone() }
+    }
+}
+
+impl Edge {
+    /// An `[edge]` that accepts any document another edge could: the limits
+    /// at their largest, and tunnel sources no VIP or backend can have.
+    pub fn permissive() -> Edge {
+        Edge {
+            name: "fleet".into(),
+            interfaces: vec!["lo".into()],
+            xdp_mode: XdpMode::Auto,
+            tunnel_source_v4: Ipv4Addr::UNSPECIFIED,
+            tunnel_source_v6: Some(Ipv6Addr::UNSPECIFIED),
+            admin_socket: PathBuf::from(DEFAULT_ADMIN_SOCKET),
+            bpffs_pin: PathBuf::from(DEFAULT_BPFFS_PIN),
+            max_flows: DEFAULT_MAX_FLOWS,
+            max_backends: u32::MAX,
+            max_vips: u32::MAX,
+            table_size: u32::MAX,
+            metrics_listen: DEFAULT_METRICS_LISTEN.parse().expect("the default is a socket address"),
+            stickiness_window_secs: 0,
+            gue_port: DEFAULT_GUE_PORT,
+        }
+    }
+}
+
 /// Validates the configuration `text`; `file` is only used in errors.
 pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     let source = Source::new(text, file);
-    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+    let raw = raw_config(&source)?;
+    validate::validate(&source, raw)
+}
+
+/// The file as written, or where TOML or serde refused it.
+fn raw_config(source: &Source) -> Result<raw::RawConfig, ConfigError> {
+    let text = source.text;
+    toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         let mut message = plain_message(e.message().trim_end());
         if message == "invalid type: table, expected an array"
@@ -426,8 +518,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             message.push_str(" (each [[vip]], [[pool]] and [[vip.steer]] needs double brackets)");
         }
         source.error(span, message)
-    })?;
-    validate::validate(&source, raw)
+    })
 }
 
 /// serde's words for TOML types, in TOML's words.

@@ -23,6 +23,27 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub pool: Vec<Spanned<RawPool>>,
     pub bgp: Option<Spanned<RawBgp>>,
+    pub fleet: Option<Spanned<RawFleet>>,
+}
+
+/// `[fleet]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFleet {
+    pub endpoints: Spanned<Vec<Spanned<String>>>,
+    pub prefix: Option<Spanned<String>>,
+    pub group: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<PathBuf>>,
+    pub cert_file: Option<Spanned<PathBuf>>,
+    pub key_file: Option<Spanned<PathBuf>>,
+    pub user: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<PathBuf>>,
+    pub state_file: Option<Spanned<PathBuf>>,
+    /// Durations ("10s"; humantime), checked in `validate`.
+    pub lease_ttl: Option<Spanned<String>>,
+    pub health_grace: Option<Spanned<String>>,
+    pub quorum: Option<Spanned<i64>>,
+    pub withdraw_unreachable_share: Option<Spanned<f64>>,
 }
 
 /// `[bgp]`

@@ -358,6 +358,9 @@ pub fn render(status: &Status) -> String {
     if let Some(bgp) = &status.bgp {
         bgp_metrics(r, bgp);
     }
+    if let Some(fleet) = &status.fleet {
+        fleet.metrics(r);
+    }
     text(&registry)
 }
 

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod bgp;
 pub mod decap;
+pub mod fleet;
 pub mod metrics;
 pub mod render;
 pub mod status;

@@ -169,6 +169,9 @@ impl Status {
         if let Some(bgp) = &self.bgp {
             out.push_str(&bgp.render());
         }
+        if let Some(fleet) = &self.fleet {
+            fleet.render(&mut out);
+        }
         if !self.failovers.is_empty() {
             let _ = writeln!(out, "\nfailovers (first failed probe -> new tables live):");
             for f in self.failovers.iter().rev().take(10) {

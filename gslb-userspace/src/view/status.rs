@@ -35,6 +35,9 @@ pub struct Status {
     /// BGP announcements; absent without `[bgp]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp: Option<super::bgp::BgpStatus>,
+    /// The fleet; absent without `[fleet]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<super::fleet::FleetMemberStatus>,
 }
 
 /// One configured interface: its state and `steer`'s attachment.

@@ -10,14 +10,16 @@
 use std::ops::Range;
 
 use crate::config::raw::RawConfig;
-use crate::config::{Bgp, Config, ConfigError, Pool, Source, Vip};
+use crate::config::{Bgp, Config, ConfigError, Edge, Pool, Source, Vip};
 use bgp::check_bgp;
 use edge::check_edge;
+use fleet::check_fleet;
 use pool::{check_pools, check_vip_pools};
 use vip::check_vips;
 
 mod bgp;
 mod edge;
+mod fleet;
 mod monitor;
 mod pool;
 mod values;
@@ -53,23 +55,57 @@ pub(super) struct CheckedPool {
 }
 
 pub(super) fn validate(src: &Source, raw: RawConfig) -> Result<Config> {
-    let Some(edge) = raw.edge else {
+    let Some(edge) = &raw.edge else {
         return Err(
             src.error(0..0, "missing [edge] section: it must give at least name, interfaces and tunnel_source_v4")
         );
     };
     let edge = check_edge(src, edge.get_ref(), edge.span())?;
-    let vips = check_vips(src, &edge, &raw.vip)?;
-    let pools = check_pools(src, &edge, &vips, &raw.pool)?;
-    check_vip_pools(src, &edge, &vips, &pools)?;
+    let fleet = match &raw.fleet {
+        None => None,
+        Some(fleet) => {
+            // The fleet document is the one place VIPs and pools are
+            // written: two would drift apart.
+            let local = raw.vip.first().map(|v| (v.span(), "[[vip]]")).or(raw.pool.first().map(|p| (p.span(), "[[pool]]")));
+            if let Some((span, what)) = local {
+                return Err(src.error(
+                    span,
+                    format!(
+                        "{what} in an edge file with [fleet]: VIPs and pools come from the fleet document \
+                         (`gslb fleet push`); move them there, or remove [fleet]"
+                    ),
+                ));
+            }
+            Some(check_fleet(src, fleet.get_ref(), &edge)?)
+        }
+    };
+    let (vips, pools) = check_vips_and_pools(src, &raw, &edge)?;
     let bgp = match &raw.bgp {
         None => Bgp::default(),
         Some(bgp) => check_bgp(src, bgp.get_ref(), bgp.span())?,
     };
-    Ok(Config {
-        edge,
-        vips: vips.into_iter().map(|v| v.vip).collect(),
-        pools: pools.into_iter().map(|p| p.pool).collect(),
-        bgp,
-    })
+    Ok(Config { edge, vips, pools, bgp, fleet })
+}
+
+/// A fleet document: VIPs and pools only, checked against `edge`.
+pub(super) fn validate_document(src: &Source, raw: RawConfig, edge: &Edge) -> Result<(Vec<Vip>, Vec<Pool>)> {
+    let host_section = [
+        raw.edge.as_ref().map(|s| (s.span(), "[edge]")),
+        raw.bgp.as_ref().map(|s| (s.span(), "[bgp]")),
+        raw.fleet.as_ref().map(|s| (s.span(), "[fleet]")),
+    ];
+    if let Some((span, what)) = host_section.into_iter().flatten().next() {
+        return Err(src.error(
+            span,
+            format!("{what} in a fleet document: it belongs in each edge's own file; a fleet document holds only [[vip]] and [[pool]]"),
+        ));
+    }
+    check_vips_and_pools(src, &raw, edge)
+}
+
+fn check_vips_and_pools(src: &Source, raw: &RawConfig, edge: &Edge) -> Result<(Vec<Vip>, Vec<Pool>)> {
+    let vips = check_vips(src, edge, &raw.vip)?;
+    let pools = check_pools(src, edge, &vips, &raw.pool)?;
+    check_vip_pools(src, edge, &vips, &pools)?;
+    Ok((vips.into_iter().map(|v| v.vip).collect(), pools.into_iter().map(|p| p.pool).collect()))
 }

@@ -1,0 +1,297 @@
+//! The fleet end to end: a real three-member etcd cluster on the router,
+//! both edges' agents with `[fleet]` (edge-a in the "canary" group), the
+//! config pushed with `gslb fleet push`, and real TCP through the edges.
+//!
+//! - A push reaches every edge: the same revision, the same tables (read
+//!   from the pinned maps); a refused file changes nothing; a staged
+//!   rollout reaches the canary first and the rest after the bake; a canary
+//!   that cannot apply a revision halts the rollout; a rollback restores
+//!   the earlier tables everywhere, with no established connection broken.
+//! - Health by quorum: one edge's probes to a backend blocked keep the
+//!   backend in every table, and that edge reports the disagreement; both
+//!   edges' probes blocked take it out of every table.
+//! - etcd away: the leader killed during traffic breaks nothing and pushes
+//!   work after the election; every member killed, the edges steer on,
+//!   say so, a restarted agent comes back with its saved revision, and all
+//!   resynchronise when etcd returns.
+//!
+//! The tests share the machine's two cores, so they run one at a time.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use gslb_tests::checks::{assert_untouched, short_from_both, wait_for_progress, web_v4};
+use gslb_tests::deploy::{fleet_document, Deployment, FleetSetup, Setup, Weights};
+use gslb_tests::lab::{BackendNode, ClientNode, EdgeNode, Region};
+use gslb_tests::traffic::LongLived;
+use gslb_userspace::sys::steer::Steer;
+use gslb_userspace::view::fleet::FleetMemberStatus;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const LAB_BINARY: &str = env!("CARGO_BIN_EXE_gslb-lab");
+/// How long an edge may take to apply what etcd says.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn fleet_setup(extra: &str) -> Setup {
+    let groups = BTreeMap::from([(EdgeNode::EdgeA, "canary".to_string())]);
+    Setup { monitor: true, fleet: Some(FleetSetup { groups, extra: extra.into() }), ..Setup::default() }
+}
+
+fn member(d: &Deployment, edge: EdgeNode) -> FleetMemberStatus {
+    d.status(edge).expect("agent status").fleet.expect("a fleet member reports its fleet")
+}
+
+/// Polls `check` until it holds, at most `timeout`; fails with `what`.
+fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        if check() {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_for_revision(d: &Deployment, edge: EdgeNode, revision: u64) -> Duration {
+    wait_until(&format!("{edge} applies revision {revision}"), APPLY_TIMEOUT, || {
+        member(d, edge).applied_revision == Some(revision)
+    })
+}
+
+/// Every VIP's installed table on `edge`, slot by slot, as backend
+/// addresses (ids may differ between edges; addresses must not).
+fn tables(d: &Deployment, edge: EdgeNode) -> BTreeMap<String, Vec<Option<IpAddr>>> {
+    let steer = Steer::open_pinned(&d.lab.bpffs_dir(edge)).expect("open the pins");
+    let backends: BTreeMap<u32, IpAddr> =
+        steer.installed_backends().unwrap().into_iter().map(|(id, addr, _)| (id, addr)).collect();
+    let status = d.status(edge).unwrap();
+    status
+        .vips
+        .iter()
+        .map(|vip| {
+            let matcher = gslb_userspace::decide::plan::VipMatch {
+                address: vip.address,
+                port: vip.port,
+                proto: if vip.protocol == "udp" { 17 } else { 6 },
+            };
+            let table = steer.vip_table(matcher).expect("the VIP's table");
+            (vip.name.clone(), table.iter().map(|id| backends.get(id).copied()).collect())
+        })
+        .collect()
+}
+
+fn fleet_status(d: &Deployment) -> serde_json::Value {
+    let (ok, stdout, stderr) = d.fleet(&["status", "--json"]).unwrap();
+    assert!(ok, "gslb fleet status failed: {stderr}");
+    serde_json::from_str(&stdout).expect("fleet status is JSON")
+}
+
+fn heavier_east() -> Weights {
+    let mut weights = Weights::default();
+    weights.pools.insert(Region::UsEast, 300);
+    weights
+}
+
+/// A document every edge accepts but for its `edge.max_vips` (64 in the
+/// lab): 70 VIPs.
+fn too_many_vips(base: &str) -> String {
+    let mut text = base.to_string();
+    for port in 0..70 {
+        text += &format!(
+            "[[vip]]\nname = \"extra{port}\"\naddress = \"203.0.113.10\"\nport = {}\nprotocol = \"tcp\"\npools = [\"us-east\"]\n\n",
+            10_000 + port
+        );
+    }
+    text
+}
+
+#[test]
+fn pushes_roll_out_to_every_edge_and_roll_back() {
+    let _serial = serial();
+    let setup = fleet_setup("");
+    let d = Deployment::start(LAB_BINARY.as_ref(), &setup).expect("deploying gslb with a fleet");
+    assert_eq!(member(&d, EdgeNode::EdgeA).applied_revision, None, "nothing pushed yet");
+
+    // Revision 1, every edge at once.
+    let first = fleet_document(&setup);
+    d.push("rev1.toml", &first, &["--all-at-once", "--wait", "30s"]).unwrap();
+    for edge in EdgeNode::ALL {
+        wait_for_revision(&d, edge, 1);
+    }
+    let rev1_tables = tables(&d, EdgeNode::EdgeA);
+    assert_eq!(rev1_tables, tables(&d, EdgeNode::EdgeB), "both edges hold the same tables");
+    assert_eq!(member(&d, EdgeNode::EdgeA).tables_digest, member(&d, EdgeNode::EdgeB).tables_digest);
+    let report = short_from_both(&d, web_v4(), 40);
+    assert_eq!(report.failures, 0, "connections through the fleet's config failed: {:?}", report.errors);
+
+    // A refused file names its line and stores nothing.
+    let broken = first.replacen("protocol = \"tcp\"", "protocol = \"sctp\"", 1);
+    let path = d.lab.run_dir().join("broken.toml");
+    std::fs::write(&path, &broken).unwrap();
+    let (ok, stdout, stderr) = d.fleet(&["push", path.to_str().unwrap(), "--all-at-once"]).unwrap();
+    assert!(!ok, "a broken document was accepted: {stdout}");
+    assert!(stderr.contains("broken.toml:") && stderr.contains("sctp"), "the refusal names no line: {stderr}");
+    assert_eq!(fleet_status(&d)["revisions"], serde_json::json!([1]), "a refused push stored something");
+
+    let v4 = LongLived::start(&d.lab, ClientNode::Client1, web_v4(), 40, Duration::from_millis(20)).unwrap();
+    wait_for_progress(&v4, &v4.snapshot(), 3, "before the rollout");
+
+    // Revision 2, staged: the canary (edge-a) first, edge-b after the bake.
+    let second = fleet_document(&Setup { weights: heavier_east(), ..setup.clone() });
+    d.push("rev2.toml", &second, &["--canary", "canary", "--bake", "4s"]).unwrap();
+    wait_for_revision(&d, EdgeNode::EdgeA, 2);
+    let canary_at = Instant::now();
+    assert_eq!(member(&d, EdgeNode::EdgeB).applied_revision, Some(1), "edge-b took revision 2 before the bake");
+    let status = fleet_status(&d);
+    assert!(status["rollout"]["phase"] == "canary" || status["rollout"]["phase"] == "baking", "{status}");
+    wait_for_revision(&d, EdgeNode::EdgeB, 2);
+    let behind = canary_at.elapsed();
+    assert!(behind >= Duration::from_secs(3), "edge-b followed the canary after {behind:?}, before the 4 s bake");
+    let rev2_tables = tables(&d, EdgeNode::EdgeA);
+    assert_ne!(rev1_tables, rev2_tables, "revision 2 changed no table: the test proves nothing");
+    assert_eq!(rev2_tables, tables(&d, EdgeNode::EdgeB));
+
+    // Revision 3 is refused by the canary: the rollout halts, edge-b never
+    // sees it.
+    d.push("rev3.toml", &too_many_vips(&second), &["--canary", "canary", "--bake", "1s"]).unwrap();
+    wait_until("the rollout halts on the canary's refusal", APPLY_TIMEOUT, || {
+        fleet_status(&d)["rollout"]["phase"] == "halted"
+    });
+    let status = fleet_status(&d);
+    assert!(status["rollout"]["reason"].as_str().unwrap().contains("could not apply"), "{status}");
+    assert_eq!(member(&d, EdgeNode::EdgeA).apply_error.map(|e| e.revision), Some(3));
+    for edge in EdgeNode::ALL {
+        assert_eq!(member(&d, edge).applied_revision, Some(2), "{edge} left revision 2");
+    }
+    let (ok, _, stderr) = d.fleet(&["push", "/nonexistent.toml"]).unwrap();
+    assert!(!ok && stderr.contains("nonexistent"), "{stderr}");
+
+    // Rollback to revision 1: every edge, the same tables as before.
+    let (ok, stdout, stderr) = d.fleet(&["rollback", "--to", "1"]).unwrap();
+    assert!(ok, "rollback failed: {stdout}{stderr}");
+    for edge in EdgeNode::ALL {
+        wait_for_revision(&d, edge, 1);
+        assert_eq!(tables(&d, edge), rev1_tables, "{edge} did not return to revision 1's tables");
+    }
+    let before = v4.snapshot();
+    wait_for_progress(&v4, &before, 5, "after the rollback");
+    assert_untouched(&v4.stop(), "long-lived connections through the rollout and rollback");
+}
+
+/// nftables in `edge`'s namespace: drop its health checks to `backends`.
+fn block_checks(d: &Deployment, edge: EdgeNode, backends: &[BackendNode]) {
+    let mut script = String::from("table inet fleet_test {\n chain out {\n  type filter hook output priority 0;\n");
+    for b in backends {
+        script += &format!("  ip daddr {} tcp dport 8080 drop\n", b.v4());
+        script += &format!("  ip6 daddr {} tcp dport 8080 drop\n", b.v6());
+    }
+    script += " }\n}\n";
+    let path = d.lab.run_dir().join(format!("block-{edge}.nft"));
+    std::fs::write(&path, script).unwrap();
+    d.lab.exec(edge, &["nft", "-f", path.to_str().unwrap()]).expect("nft");
+}
+
+fn in_tables(d: &Deployment, edge: EdgeNode, backend: BackendNode) -> bool {
+    let status = d.status(edge).unwrap();
+    let web = status.vips.iter().find(|v| v.name == "web").expect("web VIP");
+    web.backends.iter().any(|b| b.address == IpAddr::from(backend.v4()))
+}
+
+#[test]
+fn health_by_quorum() {
+    let _serial = serial();
+    let setup = fleet_setup("");
+    let d = Deployment::start(LAB_BINARY.as_ref(), &setup).expect("deploying gslb with a fleet");
+    d.push("rev1.toml", &fleet_document(&setup), &["--all-at-once", "--wait", "30s"]).unwrap();
+    let target = BackendNode::UsEast1;
+    let address = IpAddr::from(target.v4());
+
+    // Only edge-a's checks fail: one vote of two, the fleet keeps it.
+    block_checks(&d, EdgeNode::EdgeA, &[target]);
+    wait_until("edge-a reports its disagreement with the fleet", APPLY_TIMEOUT, || {
+        let disagreements = member(&d, EdgeNode::EdgeA).disagreements;
+        disagreements.len() == 2 && disagreements.iter().any(|x| x.backend == address)
+    });
+    for edge in EdgeNode::ALL {
+        assert!(in_tables(&d, edge, target), "{edge} took {target} out on one edge's word");
+    }
+    assert_eq!(tables(&d, EdgeNode::EdgeA), tables(&d, EdgeNode::EdgeB), "the edges' tables differ");
+    let metrics = d.metrics(EdgeNode::EdgeA).unwrap();
+    assert!(metrics.contains("gslb_fleet_health_disagreements 2"), "disagreement metric:\n{metrics}");
+    assert!(member(&d, EdgeNode::EdgeB).disagreements.is_empty());
+
+    // Both edges' checks fail: a quorum, every edge takes it out.
+    block_checks(&d, EdgeNode::EdgeB, &[target]);
+    let took = wait_until("every edge takes the backend out", APPLY_TIMEOUT, || {
+        EdgeNode::ALL.iter().all(|&edge| !in_tables(&d, edge, target))
+    });
+    println!("both edges dropped {target} {took:?} after edge-b's checks were blocked");
+    assert_eq!(tables(&d, EdgeNode::EdgeA), tables(&d, EdgeNode::EdgeB), "the edges' tables differ");
+    let report = short_from_both(&d, web_v4(), 40);
+    assert_eq!(report.failures, 0, "{:?}", report.errors);
+    assert!(!report.per_backend.contains_key(&target.name().to_string()), "new flows still reach {target}");
+}
+
+#[test]
+fn etcd_away_and_back() {
+    let _serial = serial();
+    let setup = fleet_setup("health_grace = \"2s\"\n");
+    let d = Deployment::start(LAB_BINARY.as_ref(), &setup).expect("deploying gslb with a fleet");
+    d.push("rev1.toml", &fleet_document(&setup), &["--all-at-once", "--wait", "30s"]).unwrap();
+    let etcd = d.etcd.as_ref().unwrap();
+    let v4 = LongLived::start(&d.lab, ClientNode::Client1, web_v4(), 40, Duration::from_millis(20)).unwrap();
+    wait_for_progress(&v4, &v4.snapshot(), 3, "before etcd's trouble");
+
+    // The leader dies: an election, nothing else.
+    let leader = etcd.leader().unwrap();
+    etcd.kill(leader).unwrap();
+    etcd.wait_leader().unwrap();
+    let second = fleet_document(&Setup { weights: heavier_east(), ..setup.clone() });
+    d.push("rev2.toml", &second, &["--all-at-once", "--wait", "30s"]).expect("a push after the election");
+    etcd.restart(leader).unwrap();
+    etcd.wait_healthy().unwrap();
+
+    // Every member dies: the edges steer on and say so.
+    etcd.kill_all().unwrap();
+    for edge in EdgeNode::ALL {
+        wait_until(&format!("{edge} reports etcd away"), APPLY_TIMEOUT, || !member(&d, edge).connected);
+    }
+    wait_until("edge-a goes by its own checks after the grace", APPLY_TIMEOUT, || {
+        member(&d, EdgeNode::EdgeA).health_source.starts_with("local")
+    });
+    let metrics = d.metrics(EdgeNode::EdgeA).unwrap();
+    assert!(metrics.contains("gslb_fleet_connected 0"), "{metrics}");
+    let report = short_from_both(&d, web_v4(), 40);
+    assert_eq!(report.failures, 0, "steering stopped with etcd away: {:?}", report.errors);
+
+    // A restarted agent comes back with its saved revision.
+    let tables_before = tables(&d, EdgeNode::EdgeA);
+    d.kill_agent(EdgeNode::EdgeA).unwrap();
+    d.start_agent(EdgeNode::EdgeA).unwrap();
+    let restarted = member(&d, EdgeNode::EdgeA);
+    assert_eq!(restarted.applied_revision, Some(2), "the restarted agent lost its revision");
+    assert!(!restarted.connected);
+    assert_eq!(tables(&d, EdgeNode::EdgeA), tables_before, "the restart changed edge-a's tables");
+
+    // etcd returns: everyone resynchronises.
+    etcd.restart_all().unwrap();
+    for edge in EdgeNode::ALL {
+        wait_until(&format!("{edge} reconnects"), Duration::from_secs(30), || {
+            let m = member(&d, edge);
+            m.connected && m.health_source == "fleet"
+        });
+    }
+    d.push("rev3.toml", &fleet_document(&setup), &["--all-at-once", "--wait", "30s"]).expect("a push after etcd returned");
+    let before = v4.snapshot();
+    wait_for_progress(&v4, &before, 5, "after etcd returned");
+    let reports = v4.stop();
+    assert!(reports.iter().all(|r| !r.broken()), "connections broke while etcd was away: {reports:?}");
+}
