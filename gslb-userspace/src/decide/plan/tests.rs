@@ -288,3 +288,58 @@ fn slow_backends_lose_weight_gradually_never_all() {
     let weights = &vip(&p, "weighted").default.weights;
     assert_eq!(weights[&ip("10.0.1.1")] * 4, weights[&ip("10.0.1.2")], "400 ms against 100: a quarter");
 }
+
+/// A VIP with the default panic cap and a fallback pool.
+const RESCUED: &str = r#"
+[[vip]]
+name = "rescued"
+address = "203.0.113.20"
+port = 80
+protocol = "tcp"
+pools = ["east"]
+fallback_pool = "last"
+
+[[pool]]
+name = "east"
+backends = [ { address = "10.0.1.1" }, { address = "10.0.1.2" } ]
+
+[[pool]]
+name = "last"
+backends = [ { address = "10.0.3.1" }, { address = "10.0.3.2" } ]
+"#;
+
+fn plan_rescued(conditions: &Conditions) -> Plan {
+    plan(&parse(&format!("{EDGE}{RESCUED}")), &BTreeMap::new(), 4096, 4099, conditions).unwrap()
+}
+
+#[test]
+fn a_passing_fallback_pool_takes_over_with_the_default_cap() {
+    // Every listed backend down, the fallback passing: it serves, no panic,
+    // and the dead backends' recorded flows move to it.
+    let p = plan_rescued(&with(&[("10.0.1.1", DOWN), ("10.0.1.2", DOWN)]));
+    let rescued = vip(&p, "rescued");
+    assert!(!rescued.panic, "the cap must not override the operator's fallback pool");
+    assert!(rescued.default.fallback);
+    assert_eq!(in_table(&rescued.default), vec![ip("10.0.3.1"), ip("10.0.3.2")]);
+    assert!(p.dead.contains(&ip("10.0.1.1")) && p.dead.contains(&ip("10.0.1.2")));
+
+    // Part of the fallback down: only its healthy backends.
+    let p = plan_rescued(&with(&[("10.0.1.1", DOWN), ("10.0.1.2", DOWN), ("10.0.3.2", DOWN)]));
+    assert_eq!(in_table(&vip(&p, "rescued").default), vec![ip("10.0.3.1")]);
+
+    // A monitoring fault failing every check, fallback included: the cap
+    // keeps the listed pool in rotation.
+    let everything = with(&[("10.0.1.1", DOWN), ("10.0.1.2", DOWN), ("10.0.3.1", SUSPECT), ("10.0.3.2", DOWN)]);
+    let p = plan_rescued(&everything);
+    let rescued = vip(&p, "rescued");
+    assert!(rescued.panic);
+    assert!(!rescued.default.fallback);
+    assert_eq!(in_table(&rescued.default), vec![ip("10.0.1.1"), ip("10.0.1.2")]);
+    assert!(!p.dead.contains(&ip("10.0.1.1")) && !p.dead.contains(&ip("10.0.1.2")), "panic keeps them alive");
+
+    // One listed backend down is below the cap: as before.
+    let p = plan_rescued(&with(&[("10.0.1.1", DOWN)]));
+    let rescued = vip(&p, "rescued");
+    assert!(!rescued.panic && !rescued.default.fallback);
+    assert_eq!(in_table(&rescued.default), vec![ip("10.0.1.2")]);
+}
