@@ -224,7 +224,8 @@ fn run_fleet(command: FleetCommand, address: &FleetAddress) -> Result<()> {
                     None => println!("stored revision {revision}; every edge applies it now"),
                 }
                 if let Some(timeout) = wait {
-                    admin::wait(&fleet, revision, timeout, |r| println!("revision {}: {:?}", r.revision, r.phase)).await?;
+                    admin::wait(&fleet, revision, timeout, |r| println!("revision {}: {:?}", r.revision, r.phase))
+                        .await?;
                     println!("revision {revision} applied by every live edge");
                 }
                 Ok(())

@@ -71,7 +71,7 @@ pub fn run_agent(config_path: &Path, remove_on_exit: bool, drain_on_exit: bool) 
         let fleet_settings = lock(&agent).fleet_settings().cloned();
         let (mut fleet_events, fleet_outgoing) = match fleet_settings {
             Some(settings) => {
-                let name = lock(&agent).status_edge_name();
+                let name = lock(&agent).edge_name();
                 let link = crate::fleet::sync::spawn(settings, name);
                 lock(&agent).set_fleet_drains(link.drains);
                 (link.events, Some(link.outgoing))

@@ -112,7 +112,8 @@ impl EtcdCluster {
     /// Runs `etcdctl ARGS` against the running members, in the router's
     /// namespace; returns its stdout.
     pub fn ctl(&self, args: &[&str]) -> Result<String> {
-        let running: Vec<String> = (0..MEMBERS).filter(|&i| self.is_running(i)).map(|i| client_urls()[i].clone()).collect();
+        let running: Vec<String> =
+            (0..MEMBERS).filter(|&i| self.is_running(i)).map(|i| client_urls()[i].clone()).collect();
         let out = Command::new("ip")
             .args(["netns", "exec", &self.netns, "etcdctl", "--dial-timeout=1s", "--command-timeout=2s"])
             .arg(format!("--endpoints={}", running.join(",")))

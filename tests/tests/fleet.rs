@@ -289,7 +289,8 @@ fn etcd_away_and_back() {
             m.connected && m.health_source == "fleet"
         });
     }
-    d.push("rev3.toml", &fleet_document(&setup), &["--all-at-once", "--wait", "30s"]).expect("a push after etcd returned");
+    d.push("rev3.toml", &fleet_document(&setup), &["--all-at-once", "--wait", "30s"])
+        .expect("a push after etcd returned");
     let before = v4.snapshot();
     wait_for_progress(&v4, &before, 5, "after etcd returned");
     let reports = v4.stop();

@@ -129,7 +129,8 @@ fn save(path: &Path, saved: &SavedRevision) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, serde_json::to_vec(saved)?).with_context(|| format!("writing {}", temporary.display()))?;
+    std::fs::write(&temporary, serde_json::to_vec(saved)?)
+        .with_context(|| format!("writing {}", temporary.display()))?;
     std::fs::rename(&temporary, path).with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))
 }
 
@@ -166,7 +167,10 @@ impl Agent {
                 match outcome {
                     Ok(()) => fleet.apply_error = None,
                     Err(e) => {
-                        error!(revision, "fleet: cannot apply revision {revision}: {e:#}; the running config stays in force");
+                        error!(
+                            revision,
+                            "fleet: cannot apply revision {revision}: {e:#}; the running config stays in force"
+                        );
                         fleet.apply_error = Some(ApplyError { revision, error: format!("{e:#}"), at_ms: now_ms() });
                     }
                 }
@@ -261,7 +265,8 @@ impl Agent {
             }
             fleet.disagreements = disagreements;
         }
-        let unreachable = fleet.disagreements.iter().filter(|d| d.local == Health::Down && d.fleet != Health::Down).count();
+        let unreachable =
+            fleet.disagreements.iter().filter(|d| d.local == Health::Down && d.fleet != Health::Down).count();
         let withdraw = fleet.connection.is_ok()
             && fleet.settings.withdraw_unreachable_share.is_some_and(|share| {
                 let voted = own.keys().filter(|b| fleet.verdicts.contains_key(b)).count();

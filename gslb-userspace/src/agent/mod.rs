@@ -217,7 +217,7 @@ impl Agent {
     }
 
     /// This edge's name (`edge.name`).
-    pub fn status_edge_name(&self) -> String {
+    pub fn edge_name(&self) -> String {
         self.config.edge.name.clone()
     }
 

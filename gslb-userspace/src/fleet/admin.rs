@@ -52,12 +52,10 @@ pub async fn push(fleet: &Fleet, file: &Path, options: &PushOptions) -> Result<u
         None => Compare::version(rollout_key.as_str(), CompareOp::Equal, 0),
     };
     let revision_key = keys.revision(revision);
-    let txn = Txn::new()
-        .when([unchanged, Compare::version(revision_key.as_str(), CompareOp::Equal, 0)])
-        .and_then([
-            TxnOp::put(revision_key.as_str(), text.into_bytes(), None),
-            TxnOp::put(rollout_key.as_str(), serde_json::to_vec(&rollout)?, None),
-        ]);
+    let txn = Txn::new().when([unchanged, Compare::version(revision_key.as_str(), CompareOp::Equal, 0)]).and_then([
+        TxnOp::put(revision_key.as_str(), text.into_bytes(), None),
+        TxnOp::put(rollout_key.as_str(), serde_json::to_vec(&rollout)?, None),
+    ]);
     if !deadline("storing the revision", client.txn(txn)).await?.succeeded() {
         bail!("another push or rollback changed the rollout meanwhile; nothing was stored: check `gslb fleet status` and push again");
     }
@@ -66,10 +64,7 @@ pub async fn push(fleet: &Fleet, file: &Path, options: &PushOptions) -> Result<u
 
 /// The highest revision stored.
 async fn latest_revision(client: &mut Client, keys: &Keys) -> Result<u64> {
-    let options = GetOptions::new()
-        .with_prefix()
-        .with_keys_only()
-        .with_sort(SortTarget::Key, SortOrder::Descend);
+    let options = GetOptions::new().with_prefix().with_keys_only().with_sort(SortTarget::Key, SortOrder::Descend);
     let prefix = keys.revisions();
     let answer = deadline("listing revisions", client.get(prefix.as_str(), Some(options))).await?;
     // Keys sort as text ("9" after "10"): take the largest number.

@@ -27,7 +27,8 @@ pub async fn connect(fleet: &Fleet) -> Result<Client> {
             tls = tls.ca_certificate(Certificate::from_pem(pem));
         }
         if let (Some(cert), Some(key)) = (&fleet.cert_file, &fleet.key_file) {
-            let cert_pem = std::fs::read(cert).with_context(|| format!("reading fleet.cert_file {}", cert.display()))?;
+            let cert_pem =
+                std::fs::read(cert).with_context(|| format!("reading fleet.cert_file {}", cert.display()))?;
             let key_pem = std::fs::read(key).with_context(|| format!("reading fleet.key_file {}", key.display()))?;
             tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
         }
@@ -71,7 +72,10 @@ async fn member(endpoint: &str, options: ConnectOptions) -> Result<Client> {
 }
 
 /// Runs one etcd call with the deadline.
-pub async fn deadline<T>(what: &str, call: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>) -> Result<T> {
+pub async fn deadline<T>(
+    what: &str,
+    call: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+) -> Result<T> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(result) => result.with_context(|| format!("etcd: {what}")),
         Err(_) => anyhow::bail!("etcd: {what}: no answer within {CALL_TIMEOUT:?}"),

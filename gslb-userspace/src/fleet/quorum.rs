@@ -71,7 +71,8 @@ mod tests {
         let one_of_two = [verdicts(&[(b, Health::Down)]), verdicts(&[(b, Health::Up)])];
         let v = fleet_verdicts(&one_of_two, None)[&b.parse().unwrap()];
         assert_eq!((v.health, v.voters, v.needed), (Health::Up, 2, 2), "one edge's view is not the fleet's");
-        let two_of_three = [verdicts(&[(b, Health::Down)]), verdicts(&[(b, Health::Down)]), verdicts(&[(b, Health::Up)])];
+        let two_of_three =
+            [verdicts(&[(b, Health::Down)]), verdicts(&[(b, Health::Down)]), verdicts(&[(b, Health::Up)])];
         assert_eq!(fleet_verdicts(&two_of_three, None)[&b.parse().unwrap()].health, Health::Down);
         let alone = [verdicts(&[(b, Health::Down)])];
         assert_eq!(fleet_verdicts(&alone, None)[&b.parse().unwrap()].health, Health::Down, "a lone edge decides");

@@ -186,7 +186,10 @@ mod tests {
         let mut refused = report("a", "canary", Some(1));
         refused.apply_error = Some(ApplyError { revision: 2, error: "too many VIPs".into(), at_ms: 1 });
         let halted = rollout.step(&[refused], 2000).unwrap();
-        assert!(matches!(&halted.phase, Phase::Halted { reason, .. } if reason.contains("too many VIPs")), "{halted:?}");
+        assert!(
+            matches!(&halted.phase, Phase::Halted { reason, .. } if reason.contains("too many VIPs")),
+            "{halted:?}"
+        );
         assert_eq!(halted.target("default"), Some(1));
         assert_eq!(halted.step(&[], 9000), None, "a halted rollout stays halted");
 

@@ -68,7 +68,8 @@ pub fn spawn(fleet: Fleet, edge: String) -> FleetLink {
     let (outgoing, outgoing_rx) = watch::channel(Outgoing::default());
     let (drains, drains_rx) = mpsc::unbounded_channel();
     let keys = Keys::new(&fleet.prefix);
-    let task = Sync { fleet, keys, edge, events: events_tx, outgoing: outgoing_rx, drains: drains_rx, pending: Vec::new() };
+    let task =
+        Sync { fleet, keys, edge, events: events_tx, outgoing: outgoing_rx, drains: drains_rx, pending: Vec::new() };
     tokio::spawn(task.run());
     FleetLink { events, outgoing, drains }
 }
@@ -124,7 +125,9 @@ impl Sync {
         let (mut keeper, mut kept) = deadline("keeping the lease alive", client.lease_keep_alive(lease)).await?;
 
         let state = self.keys.state();
-        let snapshot = deadline("reading the fleet state", client.get(state.as_str(), Some(GetOptions::new().with_prefix()))).await?;
+        let snapshot =
+            deadline("reading the fleet state", client.get(state.as_str(), Some(GetOptions::new().with_prefix())))
+                .await?;
         let mut mirror: Mirror = BTreeMap::new();
         for kv in snapshot.kvs() {
             mirror.insert(String::from_utf8_lossy(kv.key()).into_owned(), (kv.value().to_vec(), kv.mod_revision()));
@@ -228,7 +231,8 @@ impl Sync {
             let report = EdgeReport { reported_at_ms: now_ms(), ..outgoing.report.clone() };
             let value = serde_json::to_vec(&report)?;
             let options = PutOptions::new().with_lease(lease);
-            deadline("writing this edge's report", client.put(self.keys.edge(&self.edge), value, Some(options))).await?;
+            deadline("writing this edge's report", client.put(self.keys.edge(&self.edge), value, Some(options)))
+                .await?;
         }
         if last.is_none_or(|l| l.verdicts != outgoing.verdicts) {
             let value = serde_json::to_vec(&outgoing.verdicts)?;
@@ -315,7 +319,8 @@ impl View {
 /// Reads everything under `{prefix}/state/` once (for `gslb fleet`).
 pub async fn read_view(client: &mut Client, keys: &Keys) -> Result<View> {
     let state = keys.state();
-    let answer = deadline("reading the fleet state", client.get(state.as_str(), Some(GetOptions::new().with_prefix()))).await?;
+    let answer =
+        deadline("reading the fleet state", client.get(state.as_str(), Some(GetOptions::new().with_prefix()))).await?;
     let entries: Vec<(String, (Vec<u8>, i64))> = answer
         .kvs()
         .iter()

@@ -38,7 +38,11 @@ pub struct FleetMemberStatus {
 impl FleetMemberStatus {
     pub fn render(&self, out: &mut String) {
         let revision = self.applied_revision.map_or("none".to_string(), |r| r.to_string());
-        let connection = if self.connected { "connected".to_string() } else { format!("etcd away: {}", self.error.as_deref().unwrap_or("?")) };
+        let connection = if self.connected {
+            "connected".to_string()
+        } else {
+            format!("etcd away: {}", self.error.as_deref().unwrap_or("?"))
+        };
         let _ = writeln!(
             out,
             "\nfleet: group {}, revision {revision}, {connection}, health by {}, tables {}",
@@ -48,7 +52,11 @@ impl FleetMemberStatus {
             let _ = writeln!(out, "  refused revision {}: {}", error.revision, error.error);
         }
         for d in &self.disagreements {
-            let _ = writeln!(out, "  disagreement: {} is {} by this edge's checks, {} by the fleet's", d.backend, d.local, d.fleet);
+            let _ = writeln!(
+                out,
+                "  disagreement: {} is {} by this edge's checks, {} by the fleet's",
+                d.backend, d.local, d.fleet
+            );
         }
         if self.withdrawn_unreachable {
             let _ = writeln!(out, "  routes withdrawn: this edge cannot reach backends the fleet sees up");
@@ -117,12 +125,18 @@ pub fn render_fleet(status: &FleetStatus) -> String {
             let _ = writeln!(out, "rollout: revision {}{previous}: {phase}{back}", r.revision);
         }
     }
-    let _ = writeln!(out, "revisions stored: {}", status.revisions.iter().map(u64::to_string).collect::<Vec<_>>().join(" "));
+    let _ = writeln!(
+        out,
+        "revisions stored: {}",
+        status.revisions.iter().map(u64::to_string).collect::<Vec<_>>().join(" ")
+    );
     let identical = if status.tables_identical { "identical" } else { "DIFFERENT" };
     let _ = writeln!(out, "\nedges ({}, tables {identical}):", status.edges.len());
     for e in &status.edges {
         let revision = e.applied_revision.map_or("none".to_string(), |r| r.to_string());
-        let applied = e.applied_at_ms.map_or(String::new(), |at| format!(" {}s ago", status.read_at_ms.saturating_sub(at) / 1000));
+        let applied = e
+            .applied_at_ms
+            .map_or(String::new(), |at| format!(" {}s ago", status.read_at_ms.saturating_sub(at) / 1000));
         let routes = match &e.announcements {
             None => "no bgp".to_string(),
             Some(a) if a.withdrawn.is_empty() => format!("{} announced", a.announced.len()),

@@ -9,8 +9,8 @@ use super::values::{bounded, duration_secs, fraction};
 use super::Result;
 use crate::config::raw::RawFleet;
 use crate::config::{
-    Edge, Fleet, Source, DEFAULT_FLEET_GROUP, DEFAULT_FLEET_HEALTH_GRACE, DEFAULT_FLEET_LEASE_TTL, DEFAULT_FLEET_PREFIX,
-    DEFAULT_FLEET_STATE_DIR,
+    Edge, Fleet, Source, DEFAULT_FLEET_GROUP, DEFAULT_FLEET_HEALTH_GRACE, DEFAULT_FLEET_LEASE_TTL,
+    DEFAULT_FLEET_PREFIX, DEFAULT_FLEET_STATE_DIR,
 };
 
 pub(super) fn check_fleet(src: &Source, raw: &RawFleet, edge: &Edge) -> Result<Fleet> {
@@ -36,7 +36,10 @@ pub(super) fn check_fleet(src: &Source, raw: &RawFleet, edge: &Edge) -> Result<F
     let prefix = raw.prefix.as_ref().map_or(DEFAULT_FLEET_PREFIX, |p| p.get_ref().as_str());
     if !prefix.starts_with('/') || prefix.ends_with('/') || prefix.contains("//") {
         let at = raw.prefix.as_ref().map(|p| p.span()).unwrap_or(0..0);
-        return Err(src.error(at, format!("fleet.prefix must start with '/' and not end with one, like \"/gslb\", not {prefix:?}")));
+        return Err(src.error(
+            at,
+            format!("fleet.prefix must start with '/' and not end with one, like \"/gslb\", not {prefix:?}"),
+        ));
     }
     let group = match &raw.group {
         None => DEFAULT_FLEET_GROUP.to_string(),
@@ -94,7 +97,9 @@ pub(super) fn check_fleet(src: &Source, raw: &RawFleet, edge: &Edge) -> Result<F
     };
     let withdraw_unreachable_share = match &raw.withdraw_unreachable_share {
         None => None,
-        Some(_) => Some(fraction(src, raw.withdraw_unreachable_share.as_ref(), 1.0, "fleet.withdraw_unreachable_share")?),
+        Some(_) => {
+            Some(fraction(src, raw.withdraw_unreachable_share.as_ref(), 1.0, "fleet.withdraw_unreachable_share")?)
+        }
     };
     Ok(Fleet {
         endpoints,

@@ -66,7 +66,8 @@ pub(super) fn validate(src: &Source, raw: RawConfig) -> Result<Config> {
         Some(fleet) => {
             // The fleet document is the one place VIPs and pools are
             // written: two would drift apart.
-            let local = raw.vip.first().map(|v| (v.span(), "[[vip]]")).or(raw.pool.first().map(|p| (p.span(), "[[pool]]")));
+            let local =
+                raw.vip.first().map(|v| (v.span(), "[[vip]]")).or(raw.pool.first().map(|p| (p.span(), "[[pool]]")));
             if let Some((span, what)) = local {
                 return Err(src.error(
                     span,
