@@ -7,6 +7,7 @@ pub mod checks;
 pub mod demo;
 pub mod deploy;
 pub mod edge;
+pub mod etcd;
 pub mod flood;
 pub mod lab;
 pub mod netns;
