@@ -110,7 +110,8 @@ pub fn edge_config(lab: &Lab, edge: EdgeNode, setup: &Setup) -> String {
         None => toml.push_str(&fleet_document(setup)),
         Some(fleet) => {
             let group = fleet.groups.get(&edge).map_or("default", String::as_str);
-            let endpoints: Vec<String> = crate::etcd::client_urls().iter().map(|u| format!("\"{u}\"")).collect();
+            let endpoints: Vec<String> =
+                (0..crate::etcd::MEMBERS).map(|m| format!("\"{}\"", EtcdCluster::endpoint(m))).collect();
             let _ = write!(
                 toml,
                 "[fleet]\nendpoints = [{}]\ngroup = \"{group}\"\nstate_file = \"{}\"\n{}\n",

@@ -549,24 +549,7 @@ impl Lab {
     }
 
     fn enter_ns_before_exec(&self, cmd: &mut Command, node: Node) {
-        let path = CString::new(self.netns_path(node).as_os_str().as_bytes()).expect("no NUL in path");
-        // SAFETY: between fork and exec only async-signal-safe calls are
-        // made (open, setns, close); io::Error's OS variant doesn't allocate.
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let rc = libc::setns(fd, libc::CLONE_NEWNET);
-                let err = io::Error::last_os_error();
-                libc::close(fd);
-                if rc != 0 {
-                    return Err(err);
-                }
-                Ok(())
-            });
-        }
+        enter_netns_before_exec(cmd, &self.netns_path(node));
     }
 
     /// Spawns `cmd` in the node's namespace and tracks it: the lab kills
@@ -722,9 +705,33 @@ fn kill_processes_in(netns: &str) {
     }
 }
 
-fn kill_and_reap(mut child: Child) {
+pub(crate) fn kill_and_reap(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Makes `cmd`'s child join the network namespace at `path` (a file under
+/// /run/netns) before exec, as `Lab::command` does; for helpers that keep
+/// a namespace's path rather than a borrow of the lab.
+pub fn enter_netns_before_exec(cmd: &mut Command, path: &Path) {
+    let path = CString::new(path.as_os_str().as_bytes()).expect("no NUL in path");
+    // SAFETY: between fork and exec only async-signal-safe calls are made
+    // (open, setns, close); io::Error's OS variant doesn't allocate.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let rc = libc::setns(fd, libc::CLONE_NEWNET);
+            let err = io::Error::last_os_error();
+            libc::close(fd);
+            if rc != 0 {
+                return Err(err);
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Moves the calling thread into the namespace at `path`.

@@ -9,11 +9,24 @@ const LLVM_CONFIG: &str = "llvm-config-22";
 const BPF_LINKER_VERSION: &str = "0.13";
 /// Debian packages: LLVM for bpf-linker, `ip` and `ethtool` for the tests,
 /// `nft` for the benchmarks' kernel-path baseline, BIRD 2 and GoBGP (with
-/// its `gobgp` client) for the lab's BGP routing.
-const DEBIAN_PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "ethtool", "nftables", "bird2", "gobgpd"];
+/// its `gobgp` client) for the lab's BGP routing, etcd and `etcdctl` for
+/// the lab's three-member etcd cluster, and `protoc` for the build script
+/// of the `etcd-client` crate.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "iproute2",
+    "ethtool",
+    "nftables",
+    "bird2",
+    "gobgpd",
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
+];
 /// Services those packages would start with their stock configs; the lab
-/// starts its own daemons in namespaces.
-const SERVICES: &[(&str, &str)] = &[("bird2", "bird.service"), ("gobgpd", "gobgpd.service")];
+/// starts its own daemons (BGP speakers, etcd members) in namespaces.
+const SERVICES: &[(&str, &str)] =
+    &[("bird2", "bird.service"), ("gobgpd", "gobgpd.service"), ("etcd-server", "etcd.service")];
 /// Refuses every service start while packages install (see invoke-rc.d(8)).
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
@@ -70,7 +83,9 @@ fn debian_packages() -> Result<()> {
 }
 
 /// Runs `install` with service starts refused, so a postinst script neither
-/// waits on a daemon nor leaves a system BIRD or GoBGP running. An existing
+/// waits on a daemon nor leaves a system BIRD, GoBGP or etcd running (their
+/// postinsts start them through invoke-rc.d and deb-systemd-invoke, which
+/// both ask policy-rc.d; a refusal is not an error for either). An existing
 /// policy is the machine's own and stays as it is.
 fn without_service_starts(install: impl FnOnce() -> Result<()>) -> Result<()> {
     if Path::new(POLICY_RC_D).exists() {

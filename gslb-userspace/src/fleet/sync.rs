@@ -196,8 +196,7 @@ impl Sync {
     async fn tell_agent(&mut self, client: &mut Client, mirror: &Mirror, sent: &mut Sent) -> Result<bool> {
         let view = View::of(&self.keys, mirror);
         let target = view.rollout.as_ref().and_then(|(r, _)| r.target(&self.fleet.group));
-        if target.is_some() && target != sent.target {
-            let revision = target.expect("checked");
+        if let Some(revision) = target.filter(|_| target != sent.target) {
             let key = self.keys.revision(revision);
             let answer = deadline("reading a revision", client.get(key.as_str(), None)).await?;
             let document = match answer.kvs().first() {
