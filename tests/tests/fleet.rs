@@ -301,3 +301,80 @@ fn etcd_away_and_back() {
     let reports = v4.stop();
     assert!(reports.iter().all(|r| !r.broken()), "connections broke while etcd was away: {reports:?}");
 }
+
+#[test]
+fn an_edge_that_cannot_reach_what_the_fleet_reaches_withdraws() {
+    use gslb_tests::bgp::{lab_vips, wait_for_edges, BgpSetup};
+    let _serial = serial();
+    let bgp = BgpSetup { agent_config: true, ..BgpSetup::default() };
+    let setup = Setup { bgp: Some(bgp), ..fleet_setup("withdraw_unreachable_share = 0.3\n") };
+    let d = Deployment::start(LAB_BINARY.as_ref(), &setup).expect("deploying gslb with a fleet and BGP");
+    d.push("rev1.toml", &fleet_document(&setup), &["--all-at-once", "--wait", "30s"]).unwrap();
+    let routes = Duration::from_secs(20);
+    for vip in lab_vips() {
+        wait_for_edges(&d.lab, vip, &EdgeNode::ALL, routes).expect("both edges announce");
+    }
+
+    // edge-a's checks to two of six backends fail (4 of 12 monitored
+    // addresses, above 0.3): the fleet keeps them, edge-a withdraws.
+    block_checks(&d, EdgeNode::EdgeA, &[BackendNode::UsEast1, BackendNode::EuWest1]);
+    for vip in lab_vips() {
+        wait_for_edges(&d.lab, vip, &[EdgeNode::EdgeB], routes).expect("edge-a withdraws, edge-b stays");
+    }
+    let a = member(&d, EdgeNode::EdgeA);
+    assert!(a.withdrawn_unreachable, "edge-a does not say why it withdrew: {a:?}");
+    assert_eq!(a.disagreements.len(), 4);
+    assert!(EdgeNode::ALL.iter().all(|&e| in_tables(&d, e, BackendNode::UsEast1)), "the fleet took the backend out");
+    let report = short_from_both(&d, web_v4(), 40);
+    assert_eq!(report.failures, 0, "traffic did not continue through edge-b: {:?}", report.errors);
+
+    // Its checks pass again: it announces again.
+    d.lab.exec(EdgeNode::EdgeA, &["nft", "delete", "table", "inet", "fleet_test"]).unwrap();
+    for vip in lab_vips() {
+        wait_for_edges(&d.lab, vip, &EdgeNode::ALL, routes).expect("edge-a announces again");
+    }
+    assert!(!member(&d, EdgeNode::EdgeA).withdrawn_unreachable);
+}
+
+#[test]
+fn drains_are_fleet_wide_and_survive_restarts() {
+    let _serial = serial();
+    let setup = fleet_setup("");
+    let d = Deployment::start(LAB_BINARY.as_ref(), &setup).expect("deploying gslb with a fleet");
+    d.push("rev1.toml", &fleet_document(&setup), &["--all-at-once", "--wait", "30s"]).unwrap();
+    let target = BackendNode::EuWest2;
+
+    // Drained on edge-a: out of every edge's tables.
+    d.drain(EdgeNode::EdgeA, &target.v4().to_string(), None).unwrap();
+    wait_until("every edge drains the backend", APPLY_TIMEOUT, || {
+        EdgeNode::ALL.iter().all(|&edge| !in_tables(&d, edge, target))
+    });
+    let status = fleet_status(&d);
+    assert!(status["drains"].get(target.v4().to_string()).is_some(), "the drain is not in etcd: {status}");
+
+    // Both agents killed and started again, with etcd away: the drain
+    // stays (saved beside the revision); with etcd back, still.
+    let etcd = d.etcd.as_ref().unwrap();
+    let members = etcd.running();
+    etcd.kill_all();
+    for edge in EdgeNode::ALL {
+        d.kill_agent(edge).unwrap();
+        d.start_agent(edge).unwrap();
+        assert!(!member(&d, edge).connected);
+        assert!(!in_tables(&d, edge, target), "{edge} forgot the drain over a restart without etcd");
+    }
+    for member_index in members {
+        etcd.restart(member_index).unwrap();
+    }
+    etcd.wait_healthy().unwrap();
+    for edge in EdgeNode::ALL {
+        wait_until(&format!("{edge} reconnects"), Duration::from_secs(30), || member(&d, edge).connected);
+        assert!(!in_tables(&d, edge, target), "{edge} forgot the drain over a restart");
+    }
+
+    // Undrained on edge-b: back everywhere.
+    d.undrain(EdgeNode::EdgeB, &target.v4().to_string()).unwrap();
+    wait_until("every edge takes the backend back", APPLY_TIMEOUT, || {
+        EdgeNode::ALL.iter().all(|&edge| in_tables(&d, edge, target))
+    });
+}

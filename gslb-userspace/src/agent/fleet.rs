@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 use super::Agent;
 use crate::announce::Reason;
 use crate::config::{self, Config, Fleet};
-use crate::decide::conditions::Drain;
+use crate::decide::conditions::{Drain, Drains};
 use crate::decide::plan::{Conditions, Plan};
 use crate::fleet::keys::{Announcements, ApplyError, Disagreement, DrainRecord, EdgeReport, Verdicts};
 use crate::fleet::quorum::{fleet_verdicts, FleetVerdict};
@@ -48,14 +48,20 @@ pub(super) struct FleetState {
     pub(super) withdrawn_unreachable: bool,
     /// Where the operator's drains go to be stored fleet-wide.
     pub(super) drain_ops: Option<tokio::sync::mpsc::UnboundedSender<DrainOp>>,
+    /// The applied revision's document and the fleet's drains, as saved in
+    /// `state_file`.
+    saved: SavedState,
 }
 
-/// The last applied revision as kept on disk (`fleet.state_file`).
-#[derive(Debug, Serialize, Deserialize)]
-struct SavedRevision {
-    revision: u64,
+/// What a restart without etcd needs, kept on disk (`fleet.state_file`):
+/// the last applied revision and the fleet's drains.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct SavedState {
+    revision: Option<u64>,
     applied_at_ms: u64,
     document: String,
+    #[serde(default)]
+    drains: BTreeMap<IpAddr, DrainRecord>,
 }
 
 impl FleetState {
@@ -72,6 +78,7 @@ impl FleetState {
             disagreements: Vec::new(),
             withdrawn_unreachable: false,
             drain_ops: None,
+            saved: SavedState::default(),
         }
     }
 
@@ -85,35 +92,50 @@ impl FleetState {
     }
 }
 
-/// The edge file with the revision kept on disk, if there is one this edge
-/// accepts; otherwise the file alone (no VIPs until the fleet gives some).
-pub(super) fn with_saved_revision(config: Config, state: &mut FleetState) -> Config {
+/// The edge file with the revision and drains kept on disk, if there are
+/// any this edge accepts; otherwise the file alone (no VIPs until the fleet
+/// gives some) and no drains.
+pub(super) fn with_saved_state(config: Config, state: &mut FleetState) -> (Config, Drains) {
     let path = state.settings.state_file.clone();
     let saved = match std::fs::read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            info!(path = %path.display(), "fleet: no saved revision; steering nothing until etcd gives one");
-            return config;
+            info!(path = %path.display(), "fleet: nothing saved; steering nothing until etcd gives a revision");
+            return (config, Drains::new());
         }
         Err(e) => {
-            warn!(path = %path.display(), "fleet: cannot read the saved revision ({e}); steering nothing until etcd gives one");
-            return config;
+            warn!(path = %path.display(), "fleet: cannot read the saved state ({e}); steering nothing until etcd gives a revision");
+            return (config, Drains::new());
         }
     };
-    let parsed = serde_json::from_slice::<SavedRevision>(&saved)
-        .map_err(anyhow::Error::from)
-        .and_then(|s| Ok((document_config(&config, s.revision, &s.document)?, s)));
+    let parsed = serde_json::from_slice::<SavedState>(&saved).map_err(anyhow::Error::from).and_then(|s| {
+        let config = match s.revision {
+            Some(revision) => document_config(&config, revision, &s.document)?,
+            None => config.clone(),
+        };
+        Ok((config, s))
+    });
     match parsed {
         Ok((with_document, saved)) => {
-            info!(revision = saved.revision, path = %path.display(), "fleet: steering with the saved revision until etcd answers");
-            state.applied = Some((saved.revision, from_unix_ms(saved.applied_at_ms)));
-            with_document
+            info!(revision = ?saved.revision, drains = saved.drains.len(), path = %path.display(), "fleet: steering with the saved revision and drains until etcd answers");
+            state.applied = saved.revision.map(|r| (r, from_unix_ms(saved.applied_at_ms)));
+            let drains = drains_of(&saved.drains);
+            state.saved = saved;
+            (with_document, drains)
         }
         Err(e) => {
-            warn!(path = %path.display(), "fleet: the saved revision is unusable ({e:#}); steering nothing until etcd gives one");
-            config
+            warn!(path = %path.display(), "fleet: the saved state is unusable ({e:#}); steering nothing until etcd gives a revision");
+            (config, Drains::new())
         }
     }
+}
+
+/// Drains as the planner takes them.
+fn drains_of(records: &BTreeMap<IpAddr, DrainRecord>) -> Drains {
+    records
+        .iter()
+        .map(|(backend, d)| (*backend, Drain { since: from_unix_ms(d.since_ms), until: d.until_ms.map(from_unix_ms) }))
+        .collect()
 }
 
 /// The edge file's config with fleet document `revision`.
@@ -124,7 +146,7 @@ fn document_config(config: &Config, revision: u64, document: &str) -> Result<Con
 }
 
 /// Writes `saved` to `path` whole (a crash leaves the old file or the new).
-fn save(path: &Path, saved: &SavedRevision) -> Result<()> {
+fn save(path: &Path, saved: &SavedState) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -178,12 +200,13 @@ impl Agent {
             FleetEvent::State { verdicts, drains } => {
                 fleet.verdicts = fleet_verdicts(verdicts.values(), fleet.settings.quorum);
                 fleet.published = verdicts;
-                self.drains = drains
-                    .into_iter()
-                    .map(|(backend, d)| {
-                        (backend, Drain { since: from_unix_ms(d.since_ms), until: d.until_ms.map(from_unix_ms) })
-                    })
-                    .collect();
+                self.drains = drains_of(&drains);
+                if fleet.saved.drains != drains {
+                    fleet.saved.drains = drains;
+                    if let Err(e) = save(&fleet.settings.state_file, &fleet.saved) {
+                        warn!("fleet: drains not saved for a restart without etcd: {e:#}");
+                    }
+                }
                 self.forget_removed();
                 self.note_disagreements();
                 self.refresh()?;
@@ -215,8 +238,13 @@ impl Agent {
         let fleet = self.fleet.as_mut().expect("a fleet member");
         fleet.applied = Some((revision, now));
         info!(revision, ?changes, "fleet: applied revision {revision}");
-        let saved = SavedRevision { revision, applied_at_ms: unix_ms(now), document: document.to_string() };
-        if let Err(e) = save(&fleet.settings.state_file, &saved) {
+        fleet.saved = SavedState {
+            revision: Some(revision),
+            applied_at_ms: unix_ms(now),
+            document: document.to_string(),
+            drains: std::mem::take(&mut fleet.saved.drains),
+        };
+        if let Err(e) = save(&fleet.settings.state_file, &fleet.saved) {
             warn!("fleet: revision {revision} applied but not saved for a restart without etcd: {e:#}");
         }
         Ok(())

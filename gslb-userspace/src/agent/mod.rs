@@ -3,7 +3,7 @@
 //! (`reactions`, `announce`, `requests`); `snapshot` turns the state into
 //! the status contract that views and servers read.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -78,8 +78,9 @@ impl Agent {
         // A fleet member starts with the revision it last applied, so that
         // it steers as before even when etcd is away.
         let mut fleet = config.fleet.clone().map(|settings| fleet::FleetState::new(settings, SystemTime::now()));
+        let mut drains = Drains::new();
         if let Some(state) = &mut fleet {
-            config = fleet::with_saved_revision(config, state);
+            (config, drains) = fleet::with_saved_state(config, state);
         }
         let pin_dir = config.edge.bpffs_pin.clone();
         bpffs::check(&pin_dir)?;
@@ -142,7 +143,7 @@ impl Agent {
         for address in &installed.dead {
             health.assume_down(*address, now, "marked dead by the previous agent");
         }
-        let conditions = conditions_of(&config, &health, &BTreeMap::new(), now);
+        let conditions = conditions_of(&config, &health, &drains, now);
         let (plan, changes) = reconcile(&config, &conditions, &mut installed, &mut steer)?;
         info!(?changes, "programmed the data plane");
 
@@ -160,7 +161,7 @@ impl Agent {
             last_reload: None,
             health,
             monitors: None,
-            drains: Drains::new(),
+            drains,
             failovers: Failovers::default(),
             latency_steps: LatencySteps::new(),
             n_plus_one_failing: BTreeSet::new(),
