@@ -169,6 +169,7 @@ impl Agent {
             announcer: None,
             fleet,
         };
+        agent.note_plan_for_fleet();
         agent.configure_tunnel_errors();
         agent.warn_capacity();
         agent.sync_interfaces()?;
@@ -326,6 +327,7 @@ impl Agent {
         log_panic_changes(&self.plan, &plan, &self.config);
         tracing::debug!(reconcile_ms = started.elapsed().as_millis() as u64, "replanned");
         self.plan = plan;
+        self.note_plan_for_fleet();
         self.warn_capacity();
         Ok(changes)
     }

@@ -465,6 +465,19 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// checks again against its own `[edge]` when it applies the document).
 pub fn parse_fleet_document(text: &str, file: &Path, edge: &Edge) -> Result<(Vec<Vip>, Vec<Pool>), ConfigError> {
     let source = Source::new(text, file);
+    // Host sections first: their own required keys would otherwise be what
+    // the refusal talks about.
+    if let Ok(table) = text.parse::<toml::Table>() {
+        if let Some(section) = ["edge", "bgp", "fleet"].into_iter().find(|s| table.contains_key(*s)) {
+            let at = text.find(&format!("[{section}]")).unwrap_or(0);
+            return Err(source.error(
+                at..at,
+                format!(
+                    "[{section}] in a fleet document: it belongs in each edge's own file; a fleet document holds only [[vip]] and [[pool]]"
+                ),
+            ));
+        }
+    }
     let raw = raw_config(&source)?;
     validate::validate_document(&source, raw, edge)
 }

@@ -117,3 +117,102 @@ pub(super) fn check_fleet(src: &Source, raw: &RawFleet, edge: &Edge) -> Result<F
         withdraw_unreachable_share,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use crate::config::fixtures::*;
+    use crate::config::{parse_fleet_document, Edge};
+
+    fn fleet(lines: &str) -> String {
+        format!("{EDGE}\n[fleet]\nendpoints = [\"http://10.0.0.1:2379\"]\n{lines}\n")
+    }
+
+    #[test]
+    fn defaults_and_keys() {
+        let f = parse_str(&fleet("")).unwrap().fleet.unwrap();
+        assert_eq!((f.prefix.as_str(), f.group.as_str()), ("/gslb", "default"));
+        assert_eq!((f.lease_ttl_secs, f.health_grace_secs, f.quorum), (10, 30, None));
+        assert_eq!(f.state_file, PathBuf::from("/var/lib/gslb/fleet-edge-a.json"));
+        assert_eq!(f.withdraw_unreachable_share, None);
+        let f = parse_str(&fleet(
+            "group = \"canary\"\nquorum = 2\nhealth_grace = \"0s\"\nwithdraw_unreachable_share = 0.5",
+        ))
+        .unwrap()
+        .fleet
+        .unwrap();
+        assert_eq!((f.group.as_str(), f.quorum, f.health_grace_secs), ("canary", Some(2), 0));
+        assert_eq!(f.withdraw_unreachable_share, Some(0.5));
+        assert!(parse_str(MINIMAL).unwrap().fleet.is_none(), "no [fleet], no fleet");
+    }
+
+    #[test]
+    fn refusals() {
+        refused(&format!("{EDGE}\n[fleet]\nendpoints = [] # here\n"), "at least one");
+        refused(
+            &fleet("").replace("[\"http://10.0.0.1:2379\"]", "[\"10.0.0.1:2379\"] # here"),
+            "not an etcd client URL",
+        );
+        refused(&fleet("prefix = \"gslb/\" # here"), "fleet.prefix");
+        refused(&fleet("group = \"a b\" # here"), "fleet.group");
+        refused(&fleet("cert_file = \"/c.pem\" # here"), "go together");
+        let plain_with_tls =
+            format!("{EDGE}\n[fleet]\nendpoints = [\"http://10.0.0.1:2379\"] # here\nca_file = \"/ca.pem\"\n");
+        refused(&plain_with_tls, "https://");
+        refused(&fleet("user = \"edge\" # here"), "go together");
+        refused(&fleet("lease_ttl = \"1s\" # here"), "at least");
+        refused(&fleet("quorum = 0 # here"), "fleet.quorum");
+        refused(&fleet("withdraw_unreachable_share = 1.5 # here"), "at most 1");
+        refused(&fleet("state_file = \"relative\" # here"), "absolute");
+        refused(&fleet("colour = 1 # here"), "unknown field");
+        // VIPs and pools belong to the fleet document.
+        let text =
+            format!("{}\n[[pool]] # here\nname = \"p\"\nbackends = [ {{ address = \"198.51.100.1\" }} ]\n", fleet(""));
+        refused(&text, "fleet document");
+    }
+
+    #[test]
+    fn fleet_documents() {
+        let document = &MINIMAL[MINIMAL.find("[[vip]]").unwrap()..];
+        let (vips, pools) = parse_fleet_document(document, Path::new("doc.toml"), &Edge::permissive()).unwrap();
+        assert_eq!((vips.len(), pools.len()), (1, 1));
+        for section in ["[edge]\nname = \"x\"\n", "[bgp]\n", "[fleet]\nendpoints = []\n"] {
+            let text = format!("{document}\n{section}");
+            let err = parse_fleet_document(&text, Path::new("doc.toml"), &Edge::permissive()).unwrap_err();
+            assert!(err.message.contains("in a fleet document"), "{err}");
+            assert_eq!(err.line, document.lines().count() + 2, "{err}");
+        }
+        // Each edge checks again against its own [edge].
+        let edge = parse_str(MINIMAL).unwrap().edge;
+        let v6 = document.replace("198.51.100.1", "2001:db8::1");
+        assert!(parse_fleet_document(&v6, Path::new("doc.toml"), &Edge::permissive()).is_ok());
+        let err = parse_fleet_document(&v6, Path::new("doc.toml"), &edge).unwrap_err();
+        assert!(err.message.contains("tunnel_source_v6"), "{err}");
+    }
+
+    #[test]
+    fn documented_fleet_example_is_valid() {
+        let doc = include_str!("../../../../docs/configuration.md");
+        let start = doc.find("```\n[fleet]\n").expect("the doc has a [fleet] example") + "```\n".len();
+        let end = start + doc[start..].find("```").unwrap();
+        let fleet = parse_str(&format!("{EDGE}\n{}", &doc[start..end])).unwrap().fleet.unwrap();
+        assert_eq!(fleet.endpoints.len(), 3);
+        for key in [
+            "endpoints",
+            "prefix",
+            "group",
+            "ca_file",
+            "state_file",
+            "lease_ttl",
+            "health_grace",
+            "quorum",
+            "withdraw_unreachable_share",
+        ] {
+            assert!(doc.contains(&format!("| `{key}` |")), "docs/configuration.md does not describe fleet.{key}");
+        }
+        for key in ["cert_file", "user"] {
+            assert!(doc.contains(&format!("| `{key}`")), "docs/configuration.md does not describe fleet.{key}");
+        }
+    }
+}
