@@ -97,7 +97,8 @@ pub enum Command {
         #[command(flatten)]
         agent: AgentAddress,
     },
-    /// Validate a config file and exit.
+    /// Validate a config file (or a fleet document: VIPs and pools without
+    /// [edge]) and exit.
     Check {
         #[arg(long)]
         config: PathBuf,
@@ -206,7 +207,12 @@ fn run_fleet(command: FleetCommand, address: &FleetAddress) -> Result<()> {
     if let FleetCommand::Push { file, dry_run: true, .. } = &command {
         let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
         let (vips, pools) = config::parse_fleet_document(&text, file, &config::Edge::permissive())?;
-        println!("{}: ok ({} VIPs, {} pools); nothing stored (--dry-run)", file.display(), vips.len(), pools.len());
+        println!(
+            "{}: valid fleet document ({} VIPs, {} pools); nothing stored (--dry-run)",
+            file.display(),
+            vips.len(),
+            pools.len()
+        );
         return Ok(());
     }
     let fleet = address.fleet()?;

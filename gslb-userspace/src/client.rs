@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::config::{self, Limits};
 use crate::sys::decap::Decap;
@@ -62,13 +62,26 @@ pub fn undrain_edge(socket: &Path) -> Result<()> {
 
 /// `gslb check`: validates a config file.
 pub fn check(path: &Path) -> Result<()> {
-    let parsed = config::load(path)?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read the configuration file", path.display()))?;
+    // A file of VIPs and pools without [edge] is a fleet document
+    // (`gslb fleet push`): checked as every edge will check it.
+    let is_document = text
+        .parse::<toml::Table>()
+        .is_ok_and(|t| !t.contains_key("edge") && (t.contains_key("vip") || t.contains_key("pool")));
+    let (what, vips, pools) = if is_document {
+        let (vips, pools) = config::parse_fleet_document(&text, path, &config::Edge::permissive())?;
+        ("valid fleet document", vips, pools)
+    } else {
+        let parsed = config::parse(&text, path)?;
+        ("valid", parsed.vips, parsed.pools)
+    };
     println!(
-        "{}: valid ({} VIPs, {} pools, {} backends)",
+        "{}: {what} ({} VIPs, {} pools, {} backends)",
         path.display(),
-        parsed.vips.len(),
-        parsed.pools.len(),
-        parsed.pools.iter().map(|p| p.backends.len()).sum::<usize>()
+        vips.len(),
+        pools.len(),
+        pools.iter().map(|p| p.backends.len()).sum::<usize>()
     );
     Ok(())
 }
