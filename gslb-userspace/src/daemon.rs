@@ -66,17 +66,16 @@ pub fn run_agent(config_path: &Path, remove_on_exit: bool, drain_on_exit: bool) 
         let (events, mut health) = tokio::sync::mpsc::unbounded_channel();
         lock(&agent).start_monitoring(events);
         lock(&agent).start_next_hops();
-        // The fleet task, when `[fleet]` is configured; without it these
-        // channels stay silent.
+        // The fleet task, when `[fleet]` is configured.
         let fleet_settings = lock(&agent).fleet_settings().cloned();
-        let (mut fleet_events, fleet_outgoing) = match fleet_settings {
+        let (mut fleet_events, fleet_outgoing, fleet_task) = match fleet_settings {
             Some(settings) => {
                 let name = lock(&agent).edge_name();
                 let link = crate::fleet::sync::spawn(settings, name);
                 lock(&agent).set_fleet_drains(link.drains);
-                (link.events, Some(link.outgoing))
+                (link.events, Some(link.outgoing), Some(link.task))
             }
-            None => (tokio::sync::mpsc::unbounded_channel().1, None),
+            None => (tokio::sync::mpsc::unbounded_channel().1, None, None),
         };
         let publish = |agent: &Shared| {
             if let (Some(outgoing), Some(now)) = (&fleet_outgoing, lock(agent).fleet_outgoing()) {
@@ -125,7 +124,7 @@ pub fn run_agent(config_path: &Path, remove_on_exit: bool, drain_on_exit: bool) 
                     }).await;
                     publish(&agent);
                 }
-                Some(event) = fleet_events.recv() => {
+                Some(event) = fleet_events.recv(), if fleet_outgoing.is_some() => {
                     on_agent(&agent, move |agent| {
                         if let Err(error) = agent.on_fleet(event) {
                             warn!("applying the fleet's state failed: {error:#}");
@@ -141,6 +140,12 @@ pub fn run_agent(config_path: &Path, remove_on_exit: bool, drain_on_exit: bool) 
         }
         server.abort();
         metrics_server.abort();
+        // The fleet task revokes this edge's lease once its channel closes;
+        // an etcd that does not answer only delays the exit by a deadline.
+        drop(fleet_outgoing);
+        if let Some(task) = fleet_task {
+            let _ = tokio::time::timeout(crate::fleet::etcd::CALL_TIMEOUT, task).await;
+        }
         anyhow::Ok(())
     })?;
     let _ = std::fs::remove_file(&socket);

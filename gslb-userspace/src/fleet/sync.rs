@@ -60,6 +60,9 @@ pub struct FleetLink {
     pub events: mpsc::UnboundedReceiver<FleetEvent>,
     pub outgoing: watch::Sender<Outgoing>,
     pub drains: mpsc::UnboundedSender<DrainOp>,
+    /// Ends once `outgoing` is dropped (having revoked this edge's lease,
+    /// so that its verdicts stop counting at once).
+    pub task: tokio::task::JoinHandle<()>,
 }
 
 /// Starts the task on the current tokio runtime.
@@ -70,8 +73,8 @@ pub fn spawn(fleet: Fleet, edge: String) -> FleetLink {
     let keys = Keys::new(&fleet.prefix);
     let task =
         Sync { fleet, keys, edge, events: events_tx, outgoing: outgoing_rx, drains: drains_rx, pending: Vec::new() };
-    tokio::spawn(task.run());
-    FleetLink { events, outgoing, drains }
+    let task = tokio::spawn(task.run());
+    FleetLink { events, outgoing, drains, task }
 }
 
 struct Sync {
@@ -177,6 +180,8 @@ impl Sync {
                 }
                 changed = self.outgoing.changed() => {
                     if changed.is_err() {
+                        // The agent is stopping: its verdicts and report go now.
+                        let _ = deadline("revoking this edge's lease", client.lease_revoke(lease)).await;
                         return Ok(());
                     }
                     self.publish(&mut client, lease, &mut sent).await?;
