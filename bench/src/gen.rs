@@ -1,5 +1,5 @@
 //! Generated agent configs: many VIPs over many backends, for the
-//! control-plane and memory benchmarks.
+//! control-plane, memory and fleet benchmarks.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -71,6 +71,13 @@ pub fn config_text(shape: &Shape) -> String {
         shape.max_vips,
         shape.table_size,
     );
+    toml.push_str(&document_text(shape));
+    toml
+}
+
+/// The VIPs and pools of `config_text` alone: a fleet document.
+pub fn document_text(shape: &Shape) -> String {
+    let mut toml = String::new();
     for i in 0..shape.vips {
         let pools: Vec<String> =
             (0..shape.pools_per_vip).map(|k| format!("\"pool-{}\"", (i + k) % shape.pools)).collect();

@@ -1,12 +1,13 @@
 //! `gslb-bench`: the benchmarks behind `cargo xtask bench`.
 //!
 //! Runs the groups in order (per-packet, forwarding, control-plane,
-//! failover, memory), prints one table, and writes `report.json` and plots
-//! into `target/bench/`. A group that fails is reported and the others
-//! still run. Run it as root, through `cargo xtask bench [--quick]`.
+//! failover, memory, fleet), prints one table, and writes `report.json`
+//! and plots into `target/bench/`. A group that fails is reported and the
+//! others still run. Run it as root, through `cargo xtask bench [--quick]`.
 
 mod control;
 mod failover;
+mod fleet;
 mod gen;
 mod live;
 mod memory;
@@ -23,13 +24,16 @@ use clap::Parser;
 use report::{GroupError, Machine, Measurement, Report};
 
 /// The groups, in the order they run.
-const GROUPS: [&str; 5] = ["per-packet", "forwarding", "control-plane", "failover", "memory"];
+const GROUPS: [&str; 6] = ["per-packet", "forwarding", "control-plane", "failover", "memory", "fleet"];
 
 #[derive(Parser)]
-#[command(name = "gslb-bench", about = "gslb benchmarks: per-packet cost, forwarding, control plane, failover, memory")]
+#[command(
+    name = "gslb-bench",
+    about = "gslb benchmarks: per-packet cost, forwarding, control plane, failover, memory, fleet"
+)]
 struct Cli {
     /// Fewer repetitions and smaller sizes where noted: the whole run takes
-    /// under two minutes.
+    /// under two minutes, and about 40 s more for the fleet group.
     #[arg(long)]
     quick: bool,
     /// Run only this group (repeatable).
@@ -44,6 +48,7 @@ fn run_group(group: &str, quick: bool) -> Result<Vec<Measurement>> {
         "control-plane" => control::run(quick),
         "failover" => failover::run(quick),
         "memory" => memory::run(quick),
+        "fleet" => fleet::run(quick),
         _ => unreachable!("clap checks group names"),
     }
 }

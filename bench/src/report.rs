@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 /// A figure from one benchmark run.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Measurement {
-    /// "per-packet", "forwarding", "control-plane", "failover", "memory".
+    /// "per-packet", "forwarding", "control-plane", "failover", "memory",
+    /// "fleet".
     pub group: String,
     /// What was measured, e.g. "steer: established TCP flow, 1 VIP, 8 backends".
     pub name: String,

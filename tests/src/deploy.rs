@@ -74,6 +74,10 @@ pub struct Setup {
     pub web_extra: String,
     /// `edge.max_flows` of both edges, if not `LAB_MAX_FLOWS`.
     pub max_flows: Option<u32>,
+    /// `edge.max_vips` and `edge.table_size` of both edges, if not the
+    /// config's defaults (64 VIPs of 65,537 slots).
+    pub max_vips: Option<u32>,
+    pub table_size: Option<u32>,
     /// Real routing: BGP daemons on the router and the edges, instead of
     /// the static route to `edge-a` (see `bgp`).
     pub bgp: Option<BgpSetup>,
@@ -141,7 +145,6 @@ tunnel_source_v6 = "{v6}"
 admin_socket = "{socket}"
 bpffs_pin = "{pin}"
 max_flows = {max_flows}
-
 "#,
         edge = edge.name(),
         mode = xdp_mode(edge),
@@ -151,6 +154,13 @@ max_flows = {max_flows}
         pin = lab.bpffs_dir(edge).display(),
         max_flows = setup.max_flows.unwrap_or(LAB_MAX_FLOWS),
     );
+    if let Some(max_vips) = setup.max_vips {
+        let _ = writeln!(toml, "max_vips = {max_vips}");
+    }
+    if let Some(table_size) = setup.table_size {
+        let _ = writeln!(toml, "table_size = {table_size}");
+    }
+    toml.push('\n');
     toml
 }
 
@@ -437,6 +447,12 @@ impl Deployment {
             Some(error) => bail!("edge undrain of {edge} refused: {error}"),
             None => Ok(()),
         }
+    }
+
+    /// The pid of the agent of `edge`, while it runs (`gslb-lab` runs the
+    /// `gslb` command line in its own process: this is the agent).
+    pub fn agent_pid(&self, edge: EdgeNode) -> Option<u32> {
+        self.agents.lock().unwrap().get(&edge).copied()
     }
 
     /// SIGKILLs the agent of `edge`: no chance to clean up.
