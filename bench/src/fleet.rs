@@ -534,9 +534,7 @@ fn large_config(lab_binary: &Path, quick: bool) -> Result<Vec<Measurement>> {
     for edge in EdgeNode::ALL {
         install_etcd_counters(&d, edge)?;
     }
-    // The first revision: pushed over the lab's own document (4 VIPs at
-    // other addresses), it is refused at max_vips = 512 (see
-    // docs/benchmarks.md, "fleet").
+    // The first revision, into empty maps (the agents start with none).
     std::thread::sleep(PUSH_SETTLE);
     let before_memory = each_edge(|e| agent_memory(&d, e))?;
     let before_traffic = each_edge(|e| etcd_traffic(&d, e))?;

@@ -184,7 +184,8 @@ pub enum FleetCommand {
         /// Only validate the file; store nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Wait until every live edge has applied it (exit 1 if it halts),
+        /// Wait until every live edge has applied it (exit 1 if it halts or an
+        /// edge refuses it),
         /// at most this long (e.g. 5m).
         #[arg(long, value_parser = humantime::parse_duration)]
         wait: Option<std::time::Duration>,

@@ -108,11 +108,15 @@ pub fn run_agent(config_path: &Path, remove_on_exit: bool, drain_on_exit: bool) 
         loop {
             tokio::select! {
                 _ = hangup.recv() => on_agent(&agent, |agent| { let _ = agent.reload(); }).await,
-                Some(event) = health.recv() => on_agent(&agent, move |agent| {
-                    if let Err(error) = agent.on_health(event) {
-                        warn!("applying a health change failed: {error:#}");
-                    }
-                }).await,
+                Some(event) = health.recv() => {
+                    on_agent(&agent, move |agent| {
+                        if let Err(error) = agent.on_health(event) {
+                            warn!("applying a health change failed: {error:#}");
+                        }
+                    }).await;
+                    // A new verdict goes to the fleet at once.
+                    publish(&agent);
+                }
                 _ = drain_clock.tick() => {
                     on_agent(&agent, |agent| {
                         if let Err(error) = agent.expire_drains() {

@@ -174,6 +174,26 @@ fn pushes_roll_out_to_every_edge_and_roll_back() {
     let (ok, _, stderr) = d.fleet(&["push", "/nonexistent.toml"]).unwrap();
     assert!(!ok && stderr.contains("nonexistent"), "{stderr}");
 
+    // Revision 4 replaces three VIPs with 63 others: 64 VIPs, as many as
+    // the edges hold (each edge makes room before it adds).
+    let (vips, pools) = second.split_at(second.find("[[pool]]").expect("pools"));
+    let web: Vec<&str> = vips.split("[[vip]]").filter(|v| v.contains("name = \"web\"")).collect();
+    let web_only = format!("[[vip]]{}\n{pools}", web.concat());
+    let mut crowded = web_only.clone();
+    for i in 0..63 {
+        crowded += &format!("[[vip]]\nname = \"many{i}\"\naddress = \"198.18.1.{}\"\nport = 80\nprotocol = \"tcp\"\npools = [\"us-east\"]\n\n", i + 1);
+    }
+    d.push("rev4.toml", &crowded, &["--all-at-once", "--wait", "30s"]).expect("a full revision replacing VIPs");
+    for edge in EdgeNode::ALL {
+        assert_eq!(d.status(edge).unwrap().vips.len(), 64, "{edge}");
+    }
+    // Revision 5, too big for the edges, all at once: `--wait` says so.
+    let path = d.lab.run_dir().join("rev5.toml");
+    std::fs::write(&path, too_many_vips(&second)).unwrap();
+    let (ok, stdout, stderr) = d.fleet(&["push", path.to_str().unwrap(), "--all-at-once", "--wait", "30s"]).unwrap();
+    assert!(!ok && stderr.contains("refused revision 5"), "a refused revision was not reported: {stdout}{stderr}");
+    assert_eq!(member(&d, EdgeNode::EdgeB).applied_revision, Some(4));
+
     // Rollback to revision 1: every edge, the same tables as before.
     let (ok, stdout, stderr) = d.fleet(&["rollback", "--to", "1"]).unwrap();
     assert!(ok, "rollback failed: {stdout}{stderr}");

@@ -126,6 +126,13 @@ pub async fn wait(fleet: &Fleet, revision: u64, timeout: Duration, progress: imp
             bail!("revision {} replaced revision {revision} before it completed", rollout.revision);
         }
         let everyone_applied = view.reports.iter().all(|r| r.applied_revision == Some(revision));
+        let refused = view.reports.iter().find(|r| {
+            r.apply_error.as_ref().is_some_and(|e| e.revision == revision) && r.applied_revision != Some(revision)
+        });
+        if let (Some(report), Phase::Complete) = (refused, &rollout.phase) {
+            let error = report.apply_error.as_ref().map_or("", |e| e.error.as_str());
+            bail!("edge {} refused revision {revision}: {error}", report.edge);
+        }
         if last.as_ref() != Some(&rollout.phase) {
             progress(&rollout);
             last = Some(rollout.phase.clone());

@@ -226,17 +226,19 @@ impl Installed {
             }
         }
 
-        for (&(address, proto), &port) in &plan.fragment_vips {
-            if self.fragment_vips.get(&(address, proto)) != Some(&port) {
-                maps.set_fragment_vip(address, proto, port)?;
-                self.fragment_vips.insert((address, proto), port);
-            }
-        }
+        // Stale entries first: the map holds only max_vips, and a config
+        // that replaces most VIPs needs their room.
         let stale: Vec<(IpAddr, u8)> =
             self.fragment_vips.keys().filter(|k| !plan.fragment_vips.contains_key(k)).copied().collect();
         for (address, proto) in stale {
             maps.remove_fragment_vip(address, proto)?;
             self.fragment_vips.remove(&(address, proto));
+        }
+        for (&(address, proto), &port) in &plan.fragment_vips {
+            if self.fragment_vips.get(&(address, proto)) != Some(&port) {
+                maps.set_fragment_vip(address, proto, port)?;
+                self.fragment_vips.insert((address, proto), port);
+            }
         }
 
         for address in &plan.dead {
