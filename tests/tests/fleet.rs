@@ -140,6 +140,9 @@ fn pushes_roll_out_to_every_edge_and_roll_back() {
     assert!(!ok, "a broken document was accepted: {stdout}");
     assert!(stderr.contains("broken.toml:") && stderr.contains("sctp"), "the refusal names no line: {stderr}");
     assert_eq!(fleet_status(&d)["revisions"], serde_json::json!([1]), "a refused push stored something");
+    let (ok, text, _) = d.fleet(&["status"]).unwrap();
+    assert!(ok && text.contains("revision 1") && text.contains("tables identical"), "gslb fleet status:\n{text}");
+    assert!(EdgeNode::ALL.iter().all(|e| text.contains(e.name())), "gslb fleet status lists every edge:\n{text}");
 
     let v4 = LongLived::start(&d.lab, ClientNode::Client1, web_v4(), 40, Duration::from_millis(20)).unwrap();
     wait_for_progress(&v4, &v4.snapshot(), 3, "before the rollout");
