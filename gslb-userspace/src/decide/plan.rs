@@ -169,12 +169,7 @@ pub fn plan(
         let members = vip_backends(config, vip);
         let down = members.iter().filter(|a| condition(a).down).count();
         let failing = members.iter().filter(|a| condition(a).failing || condition(a).down).count();
-        let over_cap = !members.is_empty() && failing as f64 / members.len() as f64 > vip.max_unhealthy_fraction;
-        // The fallback pool is the operator's instruction for "nothing
-        // listed can serve": when it passes its checks it takes over, and
-        // the cap only guards against a monitoring fault that fails the
-        // fallback too.
-        let panic = over_cap && !fallback_takes_over(config, vip, conditions, &backend_ids, table_size)?;
+        let panic = !members.is_empty() && failing as f64 / members.len() as f64 > vip.max_unhealthy_fraction;
         if panic {
             in_panic.extend(members.iter().copied());
         }
@@ -225,27 +220,6 @@ pub fn plan(
         vips,
         fragment_vips,
     })
-}
-
-/// Whether, health applied, the VIP's default table would go to its
-/// fallback pool and that pool has a backend passing its checks.
-fn fallback_takes_over(
-    config: &Config,
-    vip: &Vip,
-    conditions: &Conditions,
-    backend_ids: &BTreeMap<IpAddr, u32>,
-    table_size: u32,
-) -> Result<bool> {
-    let Some(fallback) = vip.fallback_pool.as_deref().and_then(|n| config.pool(n)) else { return Ok(false) };
-    let passing = fallback.backends.iter().any(|b| {
-        let c = conditions.get(&b.address).copied().unwrap_or_default();
-        b.weight > 0 && !c.failing && !c.down && !c.drained
-    });
-    if !passing {
-        return Ok(false);
-    }
-    let chooser = Chooser { config, vip, conditions, panic: false, backend_ids, table_size };
-    Ok(chooser.table(&vip.pools)?.0.fallback)
 }
 
 /// Every backend of a VIP's listed pools and steer rules (not its
@@ -301,13 +275,10 @@ impl Chooser<'_> {
                 }
             }
         }
-        // Nothing healthy in the listed pools: the fallback pool's healthy
-        // backends (all of them if none is), else the listed pools
-        // regardless of health.
+        // Nothing healthy in the listed pools: the fallback pool, whatever
+        // its health, else the listed pools regardless of health.
         if let Some(fallback) = self.vip.fallback_pool.as_deref().and_then(|n| self.config.pool(n)) {
-            let healthy = self.weights(&[fallback], false);
-            let weights = if healthy.is_empty() { self.weights(&[fallback], true) } else { healthy };
-            return (weights, vec![fallback.name.clone()], true, false);
+            return (self.weights(&[fallback], true), vec![fallback.name.clone()], true, false);
         }
         (self.weights(pools, true), names(pools), false, true)
     }
