@@ -319,8 +319,10 @@ impl Chooser<'_> {
     /// 2. Panic, when the cap is tripped: the listed pools, by the policy,
     ///    regardless of health.
     /// 3. The listed pools' backends that are up, by the policy.
-    /// 4. Panic, when nothing listed is up and no fallback pool can serve:
-    ///    the listed pools regardless of health, rather than no backend.
+    /// 4. Panic, when nothing listed is up and no fallback pool can serve
+    ///    (or, with the cap tripped, the policy finds nothing even
+    ///    regardless of health): every backend of the listed pools,
+    ///    regardless of health, rather than no backend.
     ///
     /// When the listed pools have no backend for new flows even regardless
     /// of health (all drained), the fallback pool, if any, is the last
@@ -342,20 +344,19 @@ impl Chooser<'_> {
                 }
             }
         }
-        if let (false, Some((weights, used))) = (self.capped, up) {
+        if self.capped {
+            if let Some((weights, used)) = self.listed(pools, Health::Ignored) {
+                return Choice { weights, pools: used, fallback: false, panic: true };
+            }
+        } else if let Some((weights, used)) = up {
             return Choice { weights, pools: used, fallback: false, panic: false };
         }
-        match self.listed(pools, Health::Ignored) {
-            Some((weights, used)) => Choice { weights, pools: used, fallback: false, panic: true },
-            None => match fallback_pool {
-                Some(fallback) => fallback_choice(fallback),
-                None => Choice {
-                    weights: self.weights(pools, Health::Ignored),
-                    pools: pools.iter().map(|p| p.name.clone()).collect(),
-                    fallback: false,
-                    panic: true,
-                },
-            },
+        let weights = self.weights(pools, Health::Ignored);
+        match fallback_pool {
+            Some(fallback) if weights.is_empty() => fallback_choice(fallback),
+            _ => {
+                Choice { weights, pools: pools.iter().map(|p| p.name.clone()).collect(), fallback: false, panic: true }
+            }
         }
     }
 

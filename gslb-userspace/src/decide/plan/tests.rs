@@ -476,6 +476,27 @@ fn failover_moves_to_the_fallback_when_no_pool_has_min_healthy_up() {
 }
 
 #[test]
+fn with_nothing_up_and_no_fallback_that_can_serve_every_listed_backend_stays() {
+    // One down in each pool (2 of 4: the cap is not tripped), neither pool
+    // with min_healthy up, the fallback down: as with no fallback pool,
+    // every listed backend, regardless of health.
+    let p = plan_fallback(&with(&[("10.1.1.1", DOWN), ("10.1.2.2", DOWN), ("10.0.9.1", DOWN), ("10.0.9.2", DOWN)]));
+    let api = vip(&p, "api");
+    assert!(api.panic && !api.default.fallback, "{api:?}");
+    assert_eq!(api.default.pools, vec!["north".to_string(), "south".to_string()]);
+    assert_eq!(in_table(&api.default), ips(&["10.1.1.1", "10.1.1.2", "10.1.2.1", "10.1.2.2"]));
+    assert!(p.dead.is_empty(), "{:?}", p.dead);
+
+    // Every listed backend drained: the fallback pool is the last resort,
+    // whatever its health.
+    let conditions =
+        all(&["10.1.1.1", "10.1.1.2", "10.1.2.1", "10.1.2.2"], DRAINED, &[("10.0.9.1", DOWN), ("10.0.9.2", DOWN)]);
+    let api = vip(&plan_fallback(&conditions), "api");
+    assert!(api.panic && api.default.fallback, "{api:?}");
+    assert_eq!(in_table(&api.default), ips(&["10.0.9.1", "10.0.9.2"]));
+}
+
+#[test]
 fn steer_rules_follow_the_same_rule_per_table() {
     // Clients of the rule lose west; the others keep east and west's
     // remains. 3 of 4 failing trips the cap: the default table is in panic
