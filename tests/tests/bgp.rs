@@ -24,6 +24,8 @@ const ROUTE_CHANGE: Duration = Duration::from_secs(10);
 const BOTH: [EdgeNode; 2] = [EdgeNode::EdgeA, EdgeNode::EdgeB];
 /// A VIP on its own address whose only pool is ap-south (scenario 3).
 const LONE_VIP: &str = "203.0.113.20";
+/// The same, with us-east as its fallback pool (scenario 3).
+const RESCUED_VIP: &str = "203.0.113.21";
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -122,17 +124,23 @@ fn an_edge_whose_agent_stops_or_dies_is_withdrawn_and_no_connection_breaks() {
 fn a_vip_with_no_serving_pool_is_withdrawn_alone_and_the_guard_holds_on_total_failure() {
     let _serial = serial();
     let extra = format!(
-        "\n[[vip]]\nname = \"lone\"\naddress = \"{LONE_VIP}\"\nport = 80\nprotocol = \"tcp\"\npools = [\"ap-south\"]\n"
+        "\n[[vip]]\nname = \"lone\"\naddress = \"{LONE_VIP}\"\nport = 80\nprotocol = \"tcp\"\npools = [\"ap-south\"]\n\
+         \n[[vip]]\nname = \"rescued\"\naddress = \"{RESCUED_VIP}\"\nport = 80\nprotocol = \"tcp\"\npools = [\"ap-south\"]\n\
+         fallback_pool = \"us-east\"\n"
     );
     let d = deploy(Daemon::Bird, Daemon::Bird, |s| {
         s.monitor = true;
         s.extra = extra;
     });
     let lone: IpAddr = LONE_VIP.parse().unwrap();
+    let rescued: IpAddr = RESCUED_VIP.parse().unwrap();
     wait_for_edges(&d.lab, lone, &BOTH, ROUTE_CHANGE).unwrap();
+    wait_for_edges(&d.lab, rescued, &BOTH, ROUTE_CHANGE).unwrap();
 
     // Scenario 3: edge-a alone sees ap-south down: it withdraws the lone
-    // VIP only; edge-b keeps it; the other VIPs stay on both.
+    // VIP only; edge-b keeps it; the other VIPs stay on both, and so does
+    // the VIP whose fallback pool passes its checks (with the default
+    // panic cap, which every listed backend down trips).
     let ap_south = Region::ApSouth.backends();
     let watch = RouteWatch::start(&d.lab).unwrap();
     let at = Instant::now();
@@ -143,6 +151,12 @@ fn a_vip_with_no_serving_pool_is_withdrawn_alone_and_the_guard_holds_on_total_fa
     let bgp = d.status(EdgeNode::EdgeA).unwrap().bgp.unwrap();
     let lone_status = bgp.routes.iter().find(|r| r.address == lone).unwrap();
     assert_eq!(lone_status.reason_code, "no-serving-pool", "{lone_status:?}");
+    // Decided in the same step as the lone VIP's withdrawal.
+    let rescued_status = bgp.routes.iter().find(|r| r.address == rescued).unwrap();
+    assert!(rescued_status.announced && rescued_status.reason_code == "serving", "{rescued_status:?}");
+    let vip = d.status(EdgeNode::EdgeA).unwrap().vips.into_iter().find(|v| v.name == "rescued").unwrap();
+    assert!(vip.fallback && !vip.panic, "edge-a: {vip:?}");
+    assert_eq!(router_edges_for(&d.lab, rescued).unwrap(), BOTH.into_iter().collect(), "the rescued VIP moved");
     for vip in lab_vips() {
         assert_eq!(router_edges_for(&d.lab, vip).unwrap(), BOTH.into_iter().collect(), "{vip} moved");
         assert!(announced(&d, EdgeNode::EdgeA, &vip.to_string()));

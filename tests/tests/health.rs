@@ -14,6 +14,7 @@ use gslb_tests::deploy::{Deployment, Setup};
 use gslb_tests::lab::{BackendNode, ClientNode, EdgeNode, Region};
 use gslb_tests::server::HealthMode;
 use gslb_tests::traffic::{short_connections, ConnReport, LongLived};
+use gslb_userspace::view::status::VipStatus;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 const LAB_BINARY: &str = env!("CARGO_BIN_EXE_gslb-lab");
@@ -148,7 +149,8 @@ fn failover_policy_moves_to_the_next_pool_then_the_fallback() {
     let _serial = serial();
     let mut d = deploy(|s| {
         s.web_pools = Some(vec![Region::UsEast, Region::EuWest]);
-        s.web_extra = "policy = \"failover\"\nfallback_pool = \"ap-south\"\nmax_unhealthy_fraction = 1.0\n".into();
+        // The default panic cap: the fallback pool takes over all the same.
+        s.web_extra = "policy = \"failover\"\nfallback_pool = \"ap-south\"\n".into();
     });
     let only = |report: &gslb_tests::traffic::ShortReport, region: Region, what: &str| {
         assert_eq!(report.failures, 0, "{what}: {:?}", report.errors);
@@ -177,6 +179,99 @@ fn failover_policy_moves_to_the_next_pool_then_the_fallback() {
     assert!(web.fallback && web.active_pools == vec!["ap-south".to_string()], "{web:?}");
     let metrics = d.metrics(EdgeNode::EdgeA).unwrap();
     assert!(metrics.contains("gslb_vip_fallback{vip=\"web\"} 1"), "metrics:\n{metrics}");
+}
+
+/// Polls both edges' status until the `web` VIP satisfies `done`, for at
+/// most `DETECTION`; fails with what each edge last reported.
+fn wait_for_web(d: &Deployment, what: &str, done: impl Fn(&VipStatus) -> bool) {
+    let deadline = std::time::Instant::now() + DETECTION;
+    loop {
+        let webs: Vec<Option<VipStatus>> = EdgeNode::ALL
+            .iter()
+            .map(|&edge| d.status(edge).ok().and_then(|s| s.vips.into_iter().find(|v| v.name == "web")))
+            .collect();
+        if webs.iter().all(|w| w.as_ref().is_some_and(&done)) {
+            return;
+        }
+        let seen = |w: &Option<VipStatus>| {
+            w.as_ref().map(|w| {
+                (w.panic, w.fallback, w.active_pools.clone(), w.backends.iter().map(|b| b.address).collect::<Vec<_>>())
+            })
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "web: {what} not within {DETECTION:?}; (panic, fallback, pools, backends) per edge: {:?}",
+            webs.iter().map(seen).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Both edges' metrics give the `web` VIP these panic and fallback flags.
+fn metrics_say(d: &Deployment, panic: u8, fallback: u8, what: &str) {
+    for edge in EdgeNode::ALL {
+        let metrics = d.metrics(edge).unwrap();
+        for line in
+            [format!("gslb_vip_panic{{vip=\"web\"}} {panic}"), format!("gslb_vip_fallback{{vip=\"web\"}} {fallback}")]
+        {
+            assert!(metrics.lines().any(|l| l == line), "{what}: {edge}'s metrics lack {line:?}");
+        }
+    }
+}
+
+#[test]
+fn a_fallback_pool_passing_its_checks_takes_over_and_the_panic_cap_waits_for_it_to_fail() {
+    let _serial = serial();
+    let mut d = deploy(|s| {
+        s.web_pools = Some(vec![Region::UsEast, Region::EuWest]);
+        // The default panic cap (max_unhealthy_fraction = 0.5).
+        s.web_extra = "fallback_pool = \"ap-south\"\n".into();
+    });
+    let listed: Vec<BackendNode> = [Region::UsEast, Region::EuWest].iter().flat_map(|r| r.backends()).collect();
+    let names = |backends: &[BackendNode]| backends.iter().map(|b| b.name().to_string()).collect::<Vec<_>>();
+    let answered_only_by = |report: &gslb_tests::traffic::ShortReport, backends: &[BackendNode], what: &str| {
+        assert_eq!(report.failures, 0, "{what}: {} connections failed: {:?}", report.failures, report.errors);
+        assert_eq!(answered_by(report), names(backends), "{what}: answered by {:?}", report.per_backend);
+    };
+    let mut sorted = listed.clone();
+    sorted.sort_by_key(|b| b.name());
+    answered_only_by(&short_from_both(&d, web_v4(), 300), &sorted, "all healthy");
+    metrics_say(&d, 0, 0, "all healthy");
+
+    // Every listed backend dies (its server with it: connections refused):
+    // more than half fail at once, which trips the cap while they go down,
+    // but once none is up the fallback pool, passing its checks, serves.
+    for &victim in &listed {
+        d.servers.kill(victim);
+    }
+    wait_for_web(&d, "the fallback pool serving, not in panic", |web| {
+        web.fallback && !web.panic && web.active_pools == ["ap-south"] && web.backends.len() == 2
+    });
+    answered_only_by(&short_from_both(&d, web_v4(), 300), &Region::ApSouth.backends(), "listed pools dead");
+    metrics_say(&d, 0, 1, "listed pools dead");
+    for edge in EdgeNode::ALL {
+        let web = d.status(edge).unwrap().vips.into_iter().find(|v| v.name == "web").unwrap();
+        assert_eq!((web.backends_down, web.backends_total), (4, 4), "{edge}: {web:?}");
+    }
+
+    // A monitoring fault: the listed servers come back but their checks
+    // keep failing (they stay down, and the fallback keeps serving)...
+    for &backend in &listed {
+        d.servers.set_health(backend, HealthMode::Failing);
+        let (lab, servers) = (&d.lab, &mut d.servers);
+        servers.start(lab, backend).unwrap();
+    }
+    answered_only_by(&short_from_both(&d, web_v4(), 200), &Region::ApSouth.backends(), "listed checks failing");
+    // ...then the fallback's fail too: every check fails. Panic: the cap
+    // keeps every listed backend in rotation, and they do serve.
+    for backend in Region::ApSouth.backends() {
+        d.servers.set_health(backend, HealthMode::Failing);
+    }
+    wait_for_web(&d, "in panic with the listed pools in rotation", |web| {
+        web.panic && !web.fallback && web.backends.len() == 4
+    });
+    answered_only_by(&short_from_both(&d, web_v4(), 300), &sorted, "every check failing");
+    metrics_say(&d, 1, 0, "every check failing");
 }
 
 #[test]

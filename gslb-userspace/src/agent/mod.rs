@@ -16,7 +16,7 @@ use crate::config::{self, Config};
 use crate::decide::capacity::capacity;
 use crate::decide::conditions::{conditions_of, Drains, LatencySteps};
 use crate::decide::failover::Failovers;
-use crate::decide::plan::{Conditions, Plan};
+use crate::decide::plan::{Conditions, Plan, PlannedVip};
 use crate::health::{HealthEvent, HealthTable, Monitors};
 use crate::reconcile::{reconcile, Changes, Installed};
 use crate::sys::interfaces::Interfaces;
@@ -324,7 +324,7 @@ impl Agent {
     fn replan(&mut self, conditions: &Conditions) -> Result<Changes> {
         let started = std::time::Instant::now();
         let (plan, changes) = reconcile(&self.config, conditions, &mut self.installed, &mut self.steer)?;
-        log_panic_changes(&self.plan, &plan, &self.config);
+        log_vip_changes(&self.plan, &plan, &self.config);
         tracing::debug!(reconcile_ms = started.elapsed().as_millis() as u64, "replanned");
         self.plan = plan;
         self.note_plan_for_fleet();
@@ -382,21 +382,44 @@ impl Agent {
     }
 }
 
-/// Says loudly when a VIP enters or leaves panic, and why.
-fn log_panic_changes(old: &Plan, new: &Plan, config: &Config) {
+/// Says loudly when a VIP enters or leaves panic, and why, and when its
+/// fallback pool takes over or hands back.
+fn log_vip_changes(old: &Plan, new: &Plan, config: &Config) {
+    let on_fallback = |v: &PlannedVip| v.default.fallback || v.client_tables.values().any(|t| t.fallback);
     for (matcher, vip) in &new.vips {
-        let was = old.vips.get(matcher).is_some_and(|v| v.panic);
-        let cap = config.vips.iter().find(|v| v.name == vip.name).map_or(0.5, |v| v.max_unhealthy_fraction);
+        let before = old.vips.get(matcher);
+        let configured = config.vips.iter().find(|v| v.name == vip.name);
+        let cap = configured.map_or(0.5, |v| v.max_unhealthy_fraction);
+        let was = before.is_some_and(|v| v.panic);
         if vip.panic && !was {
+            let capped = vip.total > 0 && vip.failing as f64 / vip.total as f64 > cap;
+            let why = if capped {
+                "health checks would take out more than the cap allows"
+            } else {
+                "no backend is up in the pools of one of its tables, nor in its fallback pool"
+            };
             warn!(
                 vip = vip.name,
                 failing = vip.failing,
                 backends = vip.total,
                 max_unhealthy_fraction = cap,
-                "PANIC: health checks would take out more than the cap allows; keeping every backend in rotation (trust the fleet, not the check)"
+                "PANIC: {why}; keeping the listed pools' backends in rotation regardless of health (trust the fleet, not the check)"
             );
         } else if was && !vip.panic {
             info!(vip = vip.name, failing = vip.failing, backends = vip.total, "panic over: health checks apply again");
+        }
+        let was = before.is_some_and(on_fallback);
+        let fallback_pool = configured.and_then(|v| v.fallback_pool.as_deref()).unwrap_or("");
+        if on_fallback(vip) && !was {
+            warn!(
+                vip = vip.name,
+                down = vip.down,
+                backends = vip.total,
+                fallback_pool,
+                "FALLBACK: the listed pools have no backend up; new flows go to the fallback pool"
+            );
+        } else if was && !on_fallback(vip) {
+            info!(vip = vip.name, fallback_pool, "fallback over: new flows go to the listed pools again");
         }
     }
 }

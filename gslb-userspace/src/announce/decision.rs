@@ -25,8 +25,8 @@ pub struct Route {
 pub struct VipView {
     pub name: String,
     pub address: IpAddr,
-    /// Its plan has a serving pool: healthy backends in its table, or its
-    /// fallback pool.
+    /// Its plan has a serving pool: a backend up in its table, from its
+    /// listed pools or, when those have none, its fallback pool.
     pub serving: bool,
 }
 

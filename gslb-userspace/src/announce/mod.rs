@@ -330,10 +330,13 @@ fn report_error(state: &Mutex<DaemonState>, error: &anyhow::Error, doing: &str) 
     }
 }
 
-/// Whether a VIP's table has a serving pool: its fallback pool with some
-/// backend in it (used whatever its health), or a backend that `serves`.
+/// Whether a VIP's table has a serving pool: a backend in it that
+/// `serves`, from its listed pools or, when those have nothing up, its
+/// fallback pool (the planner puts the fallback's backends that are not
+/// down in the table). A table in panic holds every listed backend, down
+/// ones included: those do not count.
 pub fn has_serving_pool(table: &crate::decide::plan::PlannedTable, serves: impl Fn(&IpAddr) -> bool) -> bool {
-    (table.fallback && !table.weights.is_empty()) || table.weights.keys().any(serves)
+    table.weights.keys().any(serves)
 }
 
 /// Refuses a reload that changes how the daemon is driven.
@@ -375,14 +378,56 @@ mod tests {
     }
 
     #[test]
-    fn a_serving_pool_is_a_serving_backend_or_the_fallback() {
-        let up = |a: &IpAddr| *a == "198.51.100.1".parse::<IpAddr>().unwrap();
+    fn a_serving_pool_is_a_serving_backend_listed_or_fallback() {
+        let up = |a: &IpAddr| ["198.51.100.1", "198.51.100.9"].iter().any(|u| *a == u.parse::<IpAddr>().unwrap());
         assert!(has_serving_pool(&table(&["198.51.100.1", "198.51.100.2"], false), up));
-        // The planner keeps unhealthy backends when nothing else is left:
-        // that is no serving pool.
+        // The planner keeps unhealthy backends when nothing else is left
+        // (panic): that is no serving pool.
         assert!(!has_serving_pool(&table(&["198.51.100.2"], false), up));
+        // A fallback pool serves with its backends that are up.
         assert!(has_serving_pool(&table(&["198.51.100.9"], true), up));
+        assert!(!has_serving_pool(&table(&["198.51.100.8"], true), up));
         assert!(!has_serving_pool(&table(&[], true), up));
+    }
+
+    #[test]
+    fn a_vip_its_fallback_pool_serves_has_a_serving_pool() {
+        use crate::decide::plan::{plan, Condition, Conditions};
+        let text = format!(
+            "{}{}",
+            crate::config::fixtures::EDGE,
+            r#"
+[[vip]]
+name = "web"
+address = "203.0.113.10"
+port = 80
+protocol = "tcp"
+pools = ["east"]
+fallback_pool = "spare"
+
+[[pool]]
+name = "east"
+backends = [ { address = "10.0.1.1" }, { address = "10.0.1.2" } ]
+
+[[pool]]
+name = "spare"
+backends = [ { address = "10.0.9.1" } ]
+"#
+        );
+        let config = crate::config::parse(&text, std::path::Path::new("test.toml")).unwrap();
+        let down = Condition { down: true, failing: true, ..Condition::default() };
+        let suspect = Condition { failing: true, ..Condition::default() };
+        let serving = |conditions: &Conditions| {
+            let p = plan(&config, &BTreeMap::new(), 4096, 4099, conditions).unwrap();
+            let web = p.vips.values().next().unwrap();
+            has_serving_pool(&web.default, |a| !conditions.get(a).is_some_and(|c| c.down))
+        };
+        let east_down: Conditions =
+            [("10.0.1.1", down), ("10.0.1.2", down)].map(|(a, c)| (a.parse().unwrap(), c)).into();
+        assert!(serving(&east_down), "the healthy fallback pool serves the VIP");
+        let mut all_failing = east_down.clone();
+        all_failing.insert("10.0.9.1".parse().unwrap(), suspect);
+        assert!(!serving(&all_failing), "in panic, only down backends are in the table");
     }
 
     #[test]

@@ -263,12 +263,15 @@ pub struct Vip {
     /// `Failover`: a pool is usable with at least this many up backends.
     /// >= 1; always 1 under `Weighted`.
     pub min_healthy: u32,
-    /// An existing pool, used whatever its health when no pool the VIP
-    /// would use has a healthy backend. It may also be in `pools`; at least
-    /// one of its backends has an effective weight above 0.
+    /// An existing pool that takes the new flows when no pool the VIP
+    /// would use has a backend in service and it has one (one passing its
+    /// checks while the panic cap is tripped): see `decide::plan`. It may
+    /// also be in `pools`; at least one of its backends has an effective
+    /// weight above 0.
     pub fallback_pool: Option<String>,
     /// The panic cap: 0 < x <= 1. If health checks would take more than
-    /// this fraction of the VIP's backends out at once, none are taken out.
+    /// this fraction of the VIP's backends out at once, none are taken out
+    /// (unless the fallback pool takes over).
     pub max_unhealthy_fraction: f64,
     /// Client-prefix rules, in file order; no prefix twice. A client in
     /// several prefixes follows the longest.

@@ -68,8 +68,9 @@ pub struct Plan {
     pub edge: EdgeSettings,
     /// Every backend of every pool, by address.
     pub backend_ids: BTreeMap<IpAddr, u32>,
-    /// Backends whose recorded flows must re-select: down (unless a VIP
-    /// using them is in panic) or drained past their drain time.
+    /// Backends whose recorded flows must re-select: down (unless a table
+    /// in panic could use them: its listed pools' and its VIP's fallback
+    /// pool's backends) or drained past their drain time.
     pub dead: BTreeSet<IpAddr>,
     /// Backends whose `decap` understands hop lists (`second_chance`).
     pub second_chance: BTreeSet<IpAddr>,
@@ -114,11 +115,15 @@ pub struct PlannedVip {
     pub default: PlannedTable,
     /// Tables of client prefixes, by (network address, length).
     pub client_tables: BTreeMap<(IpAddr, u8), PlannedTable>,
-    /// Health checks would have taken out more than the VIP's
-    /// `max_unhealthy_fraction`: its backends stay in rotation regardless.
+    /// Some table of the VIP ignores the health checks (panic) and keeps
+    /// its listed pools in rotation regardless: the panic cap is tripped,
+    /// or nothing the table could use is up. A table the fallback pool
+    /// serves because the listed pools have nothing up is not in panic
+    /// (see `Chooser::choose`).
     pub panic: bool,
-    /// Backends down in this VIP's pools, failing their checks (down or
-    /// suspect), and in all.
+    /// Backends of this VIP's listed pools and steer rules' pools (not of
+    /// its fallback pool: the panic cap's measure) down, failing their
+    /// checks (down or suspect), and in all.
     pub down: usize,
     pub failing: usize,
     pub total: usize,
@@ -132,7 +137,7 @@ pub struct PlannedTable {
     pub weights: BTreeMap<IpAddr, u64>,
     /// The pools new flows go to.
     pub pools: Vec<String>,
-    /// No listed pool could serve: the fallback pool does.
+    /// New flows go to the fallback pool: the listed pools have nothing up.
     pub fallback: bool,
     /// What the Maglev table is built from: the backends in rotation with
     /// their ids and weights. The table itself (`build`) is built only when
@@ -164,23 +169,32 @@ pub fn plan(
     let condition = |address: &IpAddr| conditions.get(address).copied().unwrap_or_default();
 
     let mut vips = BTreeMap::new();
+    // Backends a table in panic could use: its listed pools' and the
+    // fallback pool's. The checks are in doubt, so none is dead: recorded
+    // flows stay where they are, also those the fallback pool took before
+    // its own checks failed.
     let mut in_panic: BTreeSet<IpAddr> = BTreeSet::new();
     for vip in &config.vips {
         let members = vip_backends(config, vip);
         let down = members.iter().filter(|a| condition(a).down).count();
         let failing = members.iter().filter(|a| condition(a).failing || condition(a).down).count();
-        let panic = !members.is_empty() && failing as f64 / members.len() as f64 > vip.max_unhealthy_fraction;
-        if panic {
-            in_panic.extend(members.iter().copied());
-        }
-        let chooser = Chooser { config, vip, conditions, panic, backend_ids: &backend_ids, table_size };
-        let (default, default_panic) = chooser.table(&vip.pools)?;
+        let capped = !members.is_empty() && failing as f64 / members.len() as f64 > vip.max_unhealthy_fraction;
+        let chooser = Chooser { config, vip, conditions, capped, backend_ids: &backend_ids, table_size };
+        let fallback_name = vip.fallback_pool.as_slice();
+        let mut panic = false;
+        let mut table = |pool_names: &[String]| -> Result<PlannedTable> {
+            let (table, table_panic) = chooser.table(pool_names)?;
+            if table_panic {
+                panic = true;
+                in_panic.extend(listed_backends(config, pool_names));
+                in_panic.extend(listed_backends(config, fallback_name));
+            }
+            Ok(table)
+        };
+        let default = table(&vip.pools)?;
         let mut client_tables = BTreeMap::new();
-        let mut rules_panic = false;
         for rule in &vip.steer {
-            let (table, rule_panic) = chooser.table(&rule.pools)?;
-            rules_panic |= rule_panic;
-            client_tables.insert((rule.client_prefix.address, rule.client_prefix.len), table);
+            client_tables.insert((rule.client_prefix.address, rule.client_prefix.len), table(&rule.pools)?);
         }
         let matcher = VipMatch { address: vip.address, port: vip.port, proto: vip.protocol.number() };
         let planned = PlannedVip {
@@ -188,7 +202,7 @@ pub fn plan(
             source_ip_affinity: vip.affinity == Affinity::SourceIp,
             default,
             client_tables,
-            panic: panic || default_panic || rules_panic,
+            panic,
             down,
             failing,
             total: members.len(),
@@ -225,8 +239,36 @@ pub fn plan(
 /// Every backend of a VIP's listed pools and steer rules (not its
 /// fallback pool): the set the panic cap is measured on.
 fn vip_backends(config: &Config, vip: &Vip) -> BTreeSet<IpAddr> {
-    let names = vip.pools.iter().chain(vip.steer.iter().flat_map(|r| r.pools.iter()));
-    names.filter_map(|n| config.pool(n)).flat_map(|p| p.backends.iter().map(|b| b.address)).collect()
+    let names: Vec<String> = vip.pools.iter().chain(vip.steer.iter().flat_map(|r| r.pools.iter())).cloned().collect();
+    listed_backends(config, &names).collect()
+}
+
+/// Every backend of the named pools.
+fn listed_backends<'a>(config: &'a Config, pool_names: &'a [String]) -> impl Iterator<Item = IpAddr> + 'a {
+    pool_names.iter().filter_map(|n| config.pool(n)).flat_map(|p| p.backends.iter().map(|b| b.address))
+}
+
+/// Which backends count as usable, by their health checks. Drained
+/// backends never do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Health {
+    /// Not down: up, or suspect (still in service until declared down).
+    NotDown,
+    /// Passing outright: neither down nor suspect.
+    Passing,
+    /// Whatever the checks say (panic).
+    Ignored,
+}
+
+/// One table's backends, as `Chooser::choose` picks them.
+struct Choice {
+    weights: BTreeMap<IpAddr, u64>,
+    /// The pools new flows go to.
+    pools: Vec<String>,
+    /// The fallback pool serves.
+    fallback: bool,
+    /// The health checks are ignored.
+    panic: bool,
 }
 
 /// Builds the tables of one VIP.
@@ -234,17 +276,19 @@ struct Chooser<'a> {
     config: &'a Config,
     vip: &'a Vip,
     conditions: &'a Conditions,
-    panic: bool,
+    /// More than `max_unhealthy_fraction` of the VIP's listed backends fail
+    /// their checks: the checks themselves are in doubt.
+    capped: bool,
     backend_ids: &'a BTreeMap<IpAddr, u32>,
     table_size: u32,
 }
 
 impl Chooser<'_> {
-    /// The table for clients using `pool_names`; also whether it had to
-    /// ignore health because nothing healthy was left.
+    /// The table for clients using `pool_names`; also whether it is in
+    /// panic (health ignored).
     fn table(&self, pool_names: &[String]) -> Result<(PlannedTable, bool)> {
         let pools: Vec<&Pool> = pool_names.iter().filter_map(|n| self.config.pool(n)).collect();
-        let (weights, used, fallback, ignored_health) = self.choose(&pools);
+        let Choice { weights, pools: used, fallback, panic } = self.choose(&pools);
         let members: Vec<MaglevBackend> = weights
             .iter()
             .map(|(address, &weight)| MaglevBackend {
@@ -253,51 +297,101 @@ impl Chooser<'_> {
                 weight: weight.min(u32::MAX as u64) as u32,
             })
             .collect();
-        Ok((PlannedTable { weights, pools: used, fallback, members, table_size: self.table_size }, ignored_health))
+        Ok((PlannedTable { weights, pools: used, fallback, members, table_size: self.table_size }, panic))
     }
 
-    /// Weights per backend, the pools used, whether the fallback pool is in
-    /// use, and whether health had to be ignored.
-    fn choose(&self, pools: &[&Pool]) -> (BTreeMap<IpAddr, u64>, Vec<String>, bool, bool) {
-        let names = |ps: &[&Pool]| ps.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+    /// The backends of one table. In order:
+    ///
+    /// 1. The fallback pool, when the listed pools have nothing up
+    ///    (weighted: no backend that is not down; failover: no pool with
+    ///    `min_healthy` up) and the fallback pool can serve. It is the
+    ///    operator's answer to "nothing listed can serve", so it comes
+    ///    before the panic cap: it serves with its backends that are not
+    ///    down, and the table is not in panic. It can serve when one of its
+    ///    backends (effective weight above 0, not drained) is not down;
+    ///    while the cap is tripped (the checks are in doubt), when one
+    ///    passes its checks outright, suspect not enough. Checks that fail
+    ///    everywhere at once make every backend suspect before the last
+    ///    listed one is declared down, so a fallback failing with the rest
+    ///    never takes over. One passing backend is enough, however many of
+    ///    the fallback's others fail: it shows that checks still pass, so
+    ///    the listed pools' failures are believed.
+    /// 2. Panic, when the cap is tripped: the listed pools, by the policy,
+    ///    regardless of health.
+    /// 3. The listed pools' backends that are up, by the policy.
+    /// 4. Panic, when nothing listed is up and no fallback pool can serve
+    ///    (or, with the cap tripped, the policy finds nothing even
+    ///    regardless of health): every backend of the listed pools,
+    ///    regardless of health, rather than no backend.
+    ///
+    /// When the listed pools have no backend for new flows even regardless
+    /// of health (all drained), the fallback pool, if any, is the last
+    /// resort: its backends that are not down, else all of them (panic).
+    fn choose(&self, pools: &[&Pool]) -> Choice {
+        let fallback_pool = self.vip.fallback_pool.as_deref().and_then(|n| self.config.pool(n));
+        let fallback_choice = |fallback: &Pool| {
+            let up = self.weights(&[fallback], Health::NotDown);
+            let panic = up.is_empty();
+            let weights = if panic { self.weights(&[fallback], Health::Ignored) } else { up };
+            Choice { weights, pools: vec![fallback.name.clone()], fallback: true, panic }
+        };
+        let up = self.listed(pools, Health::NotDown);
+        if up.is_none() {
+            if let Some(fallback) = fallback_pool {
+                let proof = if self.capped { Health::Passing } else { Health::NotDown };
+                if !self.weights(&[fallback], proof).is_empty() {
+                    return fallback_choice(fallback);
+                }
+            }
+        }
+        if self.capped {
+            if let Some((weights, used)) = self.listed(pools, Health::Ignored) {
+                return Choice { weights, pools: used, fallback: false, panic: true };
+            }
+        } else if let Some((weights, used)) = up {
+            return Choice { weights, pools: used, fallback: false, panic: false };
+        }
+        let weights = self.weights(pools, Health::Ignored);
+        match fallback_pool {
+            Some(fallback) if weights.is_empty() => fallback_choice(fallback),
+            _ => {
+                Choice { weights, pools: pools.iter().map(|p| p.name.clone()).collect(), fallback: false, panic: true }
+            }
+        }
+    }
+
+    /// What the policy picks from `pools` counting backends by `health`:
+    /// weights and the pools used, or `None` when nothing qualifies.
+    fn listed(&self, pools: &[&Pool], health: Health) -> Option<(BTreeMap<IpAddr, u64>, Vec<String>)> {
         match self.vip.policy {
             Policy::Weighted => {
-                let weights = self.weights(pools, false);
-                if !weights.is_empty() {
-                    return (weights, names(pools), false, false);
-                }
+                let weights = self.weights(pools, health);
+                (!weights.is_empty()).then(|| (weights, pools.iter().map(|p| p.name.clone()).collect()))
             }
-            Policy::Failover => {
-                for pool in pools {
-                    if self.up_count(pool) >= self.vip.min_healthy as usize {
-                        return (self.weights(&[pool], false), vec![pool.name.clone()], false, false);
-                    }
-                }
-            }
+            Policy::Failover => pools.iter().find_map(|pool| {
+                let weights = self.weights(&[pool], health);
+                (weights.len() >= self.vip.min_healthy as usize).then(|| (weights, vec![pool.name.clone()]))
+            }),
         }
-        // Nothing healthy in the listed pools: the fallback pool, whatever
-        // its health, else the listed pools regardless of health.
-        if let Some(fallback) = self.vip.fallback_pool.as_deref().and_then(|n| self.config.pool(n)) {
-            return (self.weights(&[fallback], true), vec![fallback.name.clone()], true, false);
-        }
-        (self.weights(pools, true), names(pools), false, true)
     }
 
-    fn usable(&self, address: &IpAddr, ignore_health: bool) -> bool {
+    fn usable(&self, address: &IpAddr, health: Health) -> bool {
         let c = self.conditions.get(address).copied().unwrap_or_default();
-        !c.drained && (ignore_health || self.panic || !c.down)
+        !c.drained
+            && match health {
+                Health::NotDown => !c.down,
+                Health::Passing => !c.down && !c.failing,
+                Health::Ignored => true,
+            }
     }
 
-    fn up_count(&self, pool: &Pool) -> usize {
-        pool.backends.iter().filter(|b| b.weight > 0 && self.usable(&b.address, false)).count()
-    }
-
-    /// Effective weights of the usable backends of `pools`.
-    fn weights(&self, pools: &[&Pool], ignore_health: bool) -> BTreeMap<IpAddr, u64> {
+    /// Effective weights of the backends of `pools` usable by `health`
+    /// (those of effective weight 0 are left out).
+    fn weights(&self, pools: &[&Pool], health: Health) -> BTreeMap<IpAddr, u64> {
         let mut weights = BTreeMap::new();
         for pool in pools {
             for backend in &pool.backends {
-                if !self.usable(&backend.address, ignore_health) {
+                if !self.usable(&backend.address, health) {
                     continue;
                 }
                 let configured = pool.weight as u64 * backend.weight as u64;

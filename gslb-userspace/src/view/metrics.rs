@@ -156,16 +156,28 @@ pub fn render(status: &Status) -> String {
     let vip_panic = int_gauge_family(
         r,
         "gslb_vip_panic",
-        "1 when health checks would take out too many of the VIP's backends and all stay in rotation",
+        "1 when the VIP ignores its health checks (panic): its listed pools' backends stay in rotation, down ones included",
     );
-    let vip_fallback = int_gauge_family(r, "gslb_vip_fallback", "1 when the VIP's new flows go to its fallback pool");
+    let vip_fallback = int_gauge_family(
+        r,
+        "gslb_vip_fallback",
+        "1 when the VIP's new flows go to its fallback pool: its listed pools have no backend up",
+    );
     let vip_n_plus_one = int_gauge_family(
         r,
         "gslb_vip_n_plus_one_ok",
         "1 when the other pools can absorb the loss of the busiest at current shares (only with pool capacities)",
     );
-    let vip_backends_down = int_gauge_family(r, "gslb_vip_backends_down", "Backends of the VIP that are down");
-    let vip_backends = int_gauge_family(r, "gslb_vip_backends", "Backends of the VIP, up or down");
+    let vip_backends_down = int_gauge_family(
+        r,
+        "gslb_vip_backends_down",
+        "Backends of the VIP's listed pools (not its fallback pool) that are down",
+    );
+    let vip_backends = int_gauge_family(
+        r,
+        "gslb_vip_backends",
+        "Backends of the VIP's listed pools (not its fallback pool), up or down",
+    );
     let vip_backend_share = float_gauge_family(
         r,
         "gslb_vip_backend_share",

@@ -132,11 +132,17 @@ pub struct VipStatus {
     pub flow_hits: u64,
     pub flow_misses: u64,
     pub policy: String,
-    /// Health checks would take out too many backends: all stay in rotation.
+    /// Health checks are ignored (panic): the listed pools' backends stay
+    /// in rotation, down ones included, because checks would take out more
+    /// than `max_unhealthy_fraction` of them or nothing is up, and no
+    /// fallback pool can serve. In any of its tables.
     pub panic: bool,
-    /// New flows go to the fallback pool.
+    /// New flows (of clients no steer rule matches) go to the fallback
+    /// pool: the listed pools have no backend up.
     pub fallback: bool,
     pub active_pools: Vec<String>,
+    /// Backends of the listed pools and steer rules' pools (not of the
+    /// fallback pool), down and in all.
     pub backends_down: usize,
     pub backends_total: usize,
     pub backends: Vec<VipBackend>,

@@ -142,9 +142,6 @@ policy = "failover"
 min_healthy = 2
 pools = ["east", "west"]
 fallback_pool = "last"
-# Without this the panic cap would keep east and west in rotation long
-# before all of them were down.
-max_unhealthy_fraction = 1.0
 
 [[vip]]
 name = "steered"
@@ -236,11 +233,15 @@ fn failover_uses_the_first_pool_with_enough_healthy_backends_then_the_fallback()
 }
 
 #[test]
-fn the_fallback_pool_serves_whatever_its_health() {
+fn a_fallback_pool_with_nothing_up_is_no_fallback() {
+    // Every listed backend down but 10.0.2.2, and the fallback down: no
+    // pool has min_healthy up, the fallback cannot serve, and the cap
+    // (3 of 4) keeps the listed pools, by the policy, in rotation.
     let everything_down = with(&[("10.0.1.1", DOWN), ("10.0.1.2", DOWN), ("10.0.2.1", DOWN), ("10.0.3.1", DOWN)]);
     let failover = vip(&plan_with(&everything_down), "failover");
-    assert!(failover.default.fallback);
-    assert_eq!(in_table(&failover.default), vec![ip("10.0.3.1")]);
+    assert!(!failover.default.fallback && failover.panic, "{failover:?}");
+    assert_eq!(failover.default.pools, vec!["east".to_string()]);
+    assert_eq!(in_table(&failover.default), vec![ip("10.0.1.1"), ip("10.0.1.2")]);
 }
 
 #[test]
@@ -287,4 +288,243 @@ fn slow_backends_lose_weight_gradually_never_all() {
     let p = plan_with(&with(&[("10.0.1.1", slow)]));
     let weights = &vip(&p, "weighted").default.weights;
     assert_eq!(weights[&ip("10.0.1.1")] * 4, weights[&ip("10.0.1.2")], "400 ms against 100: a quarter");
+}
+
+/// Two VIPs with the fallback pool `spare`, on pools of their own and the
+/// default panic cap: `web` weighted, sending one client prefix to `west`
+/// alone; `api` failover with `min_healthy = 2`. Follows `fixtures::EDGE`.
+const FALLBACK: &str = r#"
+[[vip]]
+name = "web"
+address = "203.0.113.20"
+port = 80
+protocol = "tcp"
+pools = ["east", "west"]
+fallback_pool = "spare"
+[[vip.steer]]
+client_prefix = "198.51.100.0/24"
+pools = ["west"]
+
+[[vip]]
+name = "api"
+address = "203.0.113.21"
+port = 443
+protocol = "tcp"
+policy = "failover"
+min_healthy = 2
+pools = ["north", "south"]
+fallback_pool = "spare"
+
+[[pool]]
+name = "east"
+backends = [ { address = "10.0.1.1" }, { address = "10.0.1.2" } ]
+
+[[pool]]
+name = "west"
+backends = [ { address = "10.0.2.1" }, { address = "10.0.2.2" } ]
+
+[[pool]]
+name = "north"
+backends = [ { address = "10.1.1.1" }, { address = "10.1.1.2" } ]
+
+[[pool]]
+name = "south"
+backends = [ { address = "10.1.2.1" }, { address = "10.1.2.2" } ]
+
+[[pool]]
+name = "spare"
+backends = [ { address = "10.0.9.1" }, { address = "10.0.9.2" }, { address = "10.0.9.3", weight = 0 } ]
+"#;
+
+fn plan_fallback(conditions: &Conditions) -> Plan {
+    plan(&parse(&format!("{EDGE}{FALLBACK}")), &BTreeMap::new(), 4096, 4099, conditions).unwrap()
+}
+
+const EAST: [&str; 2] = ["10.0.1.1", "10.0.1.2"];
+const WEST: [&str; 2] = ["10.0.2.1", "10.0.2.2"];
+const LISTED: [&str; 4] = ["10.0.1.1", "10.0.1.2", "10.0.2.1", "10.0.2.2"];
+
+/// `condition` on each of `backends`, then `more`.
+fn all(backends: &[&str], condition: Condition, more: &[(&str, Condition)]) -> Conditions {
+    let mut conditions: Conditions = backends.iter().map(|a| (ip(a), condition)).collect();
+    conditions.extend(with(more));
+    conditions
+}
+
+fn ips(addresses: &[&str]) -> Vec<IpAddr> {
+    addresses.iter().map(|a| ip(a)).collect()
+}
+
+fn rule(v: &PlannedVip) -> &PlannedTable {
+    &v.client_tables[&(ip("198.51.100.0"), 24)]
+}
+
+#[test]
+fn every_listed_backend_down_and_the_fallback_up_the_fallback_serves_without_panic() {
+    // Four of four failing trips the default cap; the fallback still wins.
+    let p = plan_fallback(&all(&LISTED, DOWN, &[]));
+    let web = vip(&p, "web");
+    assert!(!web.panic, "{web:?}");
+    assert_eq!((web.down, web.failing, web.total), (4, 4, 4));
+    for table in [&web.default, rule(&web)] {
+        assert!(table.fallback, "{table:?}");
+        assert_eq!(table.pools, vec!["spare".to_string()]);
+        // Weight 0 takes no new flows, in the fallback as anywhere.
+        assert_eq!(in_table(table), ips(&["10.0.9.1", "10.0.9.2"]));
+    }
+    // Recorded flows to the dead pools move (to the fallback).
+    assert_eq!(p.dead, ips(&LISTED).into_iter().collect());
+    assert!(!vip(&p, "api").default.fallback, "api's pools are healthy");
+}
+
+#[test]
+fn checks_failing_everywhere_fallback_included_keep_the_listed_pools_in_rotation() {
+    let listed_in_panic = |conditions: &Conditions, what: &str| {
+        let p = plan_fallback(conditions);
+        let web = vip(&p, "web");
+        assert!(web.panic, "{what}: {web:?}");
+        assert!(!web.default.fallback && !rule(&web).fallback, "{what}: {web:?}");
+        assert_eq!(in_table(&web.default), ips(&LISTED), "{what}");
+        assert_eq!(in_table(rule(&web)), ips(&WEST), "{what}");
+        assert!(p.dead.is_empty(), "{what}: nothing is dead in panic: {:?}", p.dead);
+    };
+    // As checks fail everywhere, the first listed backend to go down finds
+    // the others suspect: the cap holds before anything is taken out.
+    listed_in_panic(
+        &all(&LISTED, SUSPECT, &[("10.0.1.1", DOWN), ("10.0.9.1", SUSPECT), ("10.0.9.2", SUSPECT)]),
+        "first down",
+    );
+    // The last listed backend goes down with the fallback only suspect:
+    // suspect is no proof while the cap is tripped, so no move.
+    listed_in_panic(&all(&LISTED, DOWN, &[("10.0.9.1", SUSPECT), ("10.0.9.2", SUSPECT)]), "fallback suspect");
+    listed_in_panic(&all(&LISTED, DOWN, &[("10.0.9.1", DOWN), ("10.0.9.2", SUSPECT)]), "fallback down and suspect");
+    listed_in_panic(&all(&LISTED, DOWN, &[("10.0.9.1", DOWN), ("10.0.9.2", DOWN)]), "fallback down");
+
+    // Checks pass again on one fallback backend: it takes over.
+    let p = plan_fallback(&all(&LISTED, DOWN, &[("10.0.9.1", DOWN)]));
+    let web = vip(&p, "web");
+    assert!(!web.panic && web.default.fallback, "{web:?}");
+    assert_eq!(in_table(&web.default), ips(&["10.0.9.2"]));
+}
+
+#[test]
+fn a_partly_down_fallback_serves_with_its_up_backends_only() {
+    // One fallback backend passing is enough, however many others fail.
+    let p = plan_fallback(&all(&LISTED, DOWN, &[("10.0.9.1", DOWN)]));
+    let web = vip(&p, "web");
+    assert!(!web.panic && web.default.fallback);
+    assert_eq!(in_table(&web.default), ips(&["10.0.9.2"]));
+    assert!(p.dead.contains(&ip("10.0.9.1")), "a down fallback backend is dead like any other");
+
+    // Suspect backends stay in service until declared down, in the
+    // fallback as anywhere, once one backend passes outright.
+    let p = plan_fallback(&all(&LISTED, DOWN, &[("10.0.9.1", SUSPECT)]));
+    assert_eq!(in_table(&vip(&p, "web").default), ips(&["10.0.9.1", "10.0.9.2"]));
+
+    // With the cap not tripped (west down: 2 of 4), the checks are not in
+    // doubt: the steer rule's table moves to a fallback that is suspect.
+    let p = plan_fallback(&all(&WEST, DOWN, &[("10.0.9.1", SUSPECT), ("10.0.9.2", DOWN)]));
+    let web = vip(&p, "web");
+    assert!(!web.panic, "{web:?}");
+    assert!(!web.default.fallback && in_table(&web.default) == ips(&EAST), "{web:?}");
+    assert!(rule(&web).fallback && in_table(rule(&web)) == ips(&["10.0.9.1"]), "{web:?}");
+    assert_eq!(p.dead, ips(&["10.0.2.1", "10.0.2.2", "10.0.9.2"]).into_iter().collect());
+}
+
+#[test]
+fn drained_fallback_backends_do_not_count_and_take_no_new_flows() {
+    let p = plan_fallback(&all(&LISTED, DOWN, &[("10.0.9.1", DRAINED)]));
+    let web = vip(&p, "web");
+    assert!(!web.panic && web.default.fallback);
+    assert_eq!(in_table(&web.default), ips(&["10.0.9.2"]));
+
+    // Drained, or of weight 0, is not serving: with every fallback backend
+    // out, the cap keeps the listed pools.
+    let p = plan_fallback(&all(&LISTED, DOWN, &[("10.0.9.1", DRAINED), ("10.0.9.2", DRAINED)]));
+    let web = vip(&p, "web");
+    assert!(web.panic && !web.default.fallback, "{web:?}");
+    assert_eq!(in_table(&web.default), ips(&LISTED));
+    assert!(p.dead.is_empty());
+}
+
+#[test]
+fn failover_moves_to_the_fallback_when_no_pool_has_min_healthy_up() {
+    // One down in each pool: neither has 2 up, the cap (2 of 4) is not
+    // tripped, and the fallback serves.
+    let p = plan_fallback(&with(&[("10.1.1.1", DOWN), ("10.1.2.2", DOWN)]));
+    let api = vip(&p, "api");
+    assert!(!api.panic && api.default.fallback, "{api:?}");
+    assert_eq!(in_table(&api.default), ips(&["10.0.9.1", "10.0.9.2"]));
+
+    // Both pools gone, the default cap tripped: still the fallback, which
+    // needs only one backend passing (min_healthy is for the listed pools).
+    let conditions = all(&["10.1.1.1", "10.1.1.2", "10.1.2.1", "10.1.2.2"], DOWN, &[("10.0.9.2", DOWN)]);
+    let p = plan_fallback(&conditions);
+    let api = vip(&p, "api");
+    assert!(!api.panic && api.default.fallback, "{api:?}");
+    assert_eq!(in_table(&api.default), ips(&["10.0.9.1"]));
+    assert_eq!(p.dead, ips(&["10.0.9.2", "10.1.1.1", "10.1.1.2", "10.1.2.1", "10.1.2.2"]).into_iter().collect());
+
+    // The fallback failing too: panic, the first pool in rotation, as the
+    // cap always did.
+    let conditions =
+        all(&["10.1.1.1", "10.1.1.2", "10.1.2.1", "10.1.2.2"], DOWN, &[("10.0.9.1", SUSPECT), ("10.0.9.2", DOWN)]);
+    let api = vip(&plan_fallback(&conditions), "api");
+    assert!(api.panic && !api.default.fallback, "{api:?}");
+    assert_eq!(api.default.pools, vec!["north".to_string()]);
+    assert_eq!(in_table(&api.default), ips(&["10.1.1.1", "10.1.1.2"]));
+}
+
+#[test]
+fn with_nothing_up_and_no_fallback_that_can_serve_every_listed_backend_stays() {
+    // One down in each pool (2 of 4: the cap is not tripped), neither pool
+    // with min_healthy up, the fallback down: as with no fallback pool,
+    // every listed backend, regardless of health.
+    let p = plan_fallback(&with(&[("10.1.1.1", DOWN), ("10.1.2.2", DOWN), ("10.0.9.1", DOWN), ("10.0.9.2", DOWN)]));
+    let api = vip(&p, "api");
+    assert!(api.panic && !api.default.fallback, "{api:?}");
+    assert_eq!(api.default.pools, vec!["north".to_string(), "south".to_string()]);
+    assert_eq!(in_table(&api.default), ips(&["10.1.1.1", "10.1.1.2", "10.1.2.1", "10.1.2.2"]));
+    assert!(p.dead.is_empty(), "{:?}", p.dead);
+
+    // Every listed backend drained: the fallback pool is the last resort,
+    // whatever its health.
+    let conditions =
+        all(&["10.1.1.1", "10.1.1.2", "10.1.2.1", "10.1.2.2"], DRAINED, &[("10.0.9.1", DOWN), ("10.0.9.2", DOWN)]);
+    let api = vip(&plan_fallback(&conditions), "api");
+    assert!(api.panic && api.default.fallback, "{api:?}");
+    assert_eq!(in_table(&api.default), ips(&["10.0.9.1", "10.0.9.2"]));
+}
+
+#[test]
+fn steer_rules_follow_the_same_rule_per_table() {
+    // Clients of the rule lose west; the others keep east and west's
+    // remains. 3 of 4 failing trips the cap: the default table is in panic
+    // (east is up), the rule's table on the fallback is not.
+    let p = plan_fallback(&all(&WEST, DOWN, &[("10.0.1.1", SUSPECT)]));
+    let web = vip(&p, "web");
+    assert!(web.panic, "the default table is in panic: {web:?}");
+    assert_eq!(in_table(&web.default), ips(&LISTED));
+    assert!(rule(&web).fallback, "{web:?}");
+    assert_eq!(in_table(rule(&web)), ips(&["10.0.9.1", "10.0.9.2"]));
+    // West stays in the panicking default table's rotation: not dead.
+    assert!(p.dead.is_empty(), "{:?}", p.dead);
+
+    // Without the steer rule's pools failing, nothing changes for it.
+    let p = plan_fallback(&all(&EAST, DOWN, &[]));
+    let web = vip(&p, "web");
+    assert!(!web.panic && !web.default.fallback && !rule(&web).fallback, "{web:?}");
+    assert_eq!(in_table(&web.default), ips(&WEST));
+    assert_eq!(in_table(rule(&web)), ips(&WEST));
+}
+
+#[test]
+fn failover_skips_a_pool_of_weight_zero() {
+    // A pool of weight 0 gives its backends an effective weight of 0: they
+    // do not count as up, so failover does not pick an empty table.
+    let text = format!("{EDGE}{FALLBACK}").replacen("name = \"north\"\n", "name = \"north\"\nweight = 0\n", 1);
+    let p = plan(&parse(&text), &BTreeMap::new(), 4096, 4099, &Conditions::new()).unwrap();
+    let api = vip(&p, "api");
+    assert_eq!(api.default.pools, vec!["south".to_string()]);
+    assert_eq!(in_table(&api.default), ips(&["10.1.2.1", "10.1.2.2"]));
 }
