@@ -59,6 +59,11 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Lines of each member's log in error messages.
 const LOG_TAIL_LINES: usize = 12;
 
+/// Member `m` runs as this uid plus `m` (and the same gid), so that
+/// nftables can tell its connections from its peers' (`partition`): on the
+/// router's `lo` a connection's source address is its destination's.
+const MEMBER_UID_BASE: u32 = 64_520;
+
 /// Distinguishes clusters of one process (tokens and directories).
 static NEXT_CLUSTER: AtomicU64 = AtomicU64::new(0);
 
@@ -325,7 +330,16 @@ impl EtcdCluster {
         let initial_cluster: Vec<String> =
             (0..MEMBERS).map(|m| format!("{}=http://{}:{PEER_PORT}", EtcdCluster::name(m), address(m))).collect();
         let (client_url, peer_url) = (EtcdCluster::endpoint(member), format!("http://{}:{PEER_PORT}", address(member)));
-        let mut cmd = self.router_command("etcd");
+        let data_dir = self.data_dir(member);
+        std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        std::fs::set_permissions(&data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        let uid = MEMBER_UID_BASE + member as u32;
+        std::os::unix::fs::chown(&data_dir, Some(uid), Some(uid))
+            .with_context(|| format!("handing {} to uid {uid}", data_dir.display()))?;
+        // setpriv (util-linux) drops to the member's uid after the namespace
+        // is entered (that needs root), then runs etcd.
+        let mut cmd = self.router_command("setpriv");
+        cmd.args(["--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups", "etcd"]);
         cmd.arg("--name")
             .arg(&name)
             .arg("--data-dir")
@@ -403,6 +417,28 @@ impl EtcdCluster {
                 })
                 .collect();
         format!("--- {} (last {} lines):\n{}", path.display(), tail.len(), tail.join("\n"))
+    }
+}
+
+impl EtcdCluster {
+    /// Cuts `member` off from its peers (nftables on the router: nothing to
+    /// its peer port, nothing from its process to theirs); its clients still
+    /// reach it. `heal` undoes it.
+    pub fn partition(&self, lab: &Lab, member: usize) -> Result<()> {
+        let uid = MEMBER_UID_BASE + checked(member)? as u32;
+        let script = format!(
+            "table inet etcd_partition_{member} {{\n chain out {{\n  type filter hook output priority 0;\n  \
+             ip daddr {} tcp dport {PEER_PORT} drop\n  meta skuid {uid} tcp dport {PEER_PORT} drop\n }}\n}}\n",
+            address(member)
+        );
+        let mut nft = lab.command(Node::Router, "nft");
+        nft.args(["-f", "-"]);
+        run_with_stdin(nft, &script).context("partitioning an etcd member with nftables")
+    }
+
+    pub fn heal(&self, lab: &Lab, member: usize) -> Result<()> {
+        lab.exec(Node::Router, &["nft", "delete", "table", "inet", &format!("etcd_partition_{member}")])?;
+        Ok(())
     }
 }
 

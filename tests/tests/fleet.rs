@@ -401,3 +401,50 @@ fn drains_are_fleet_wide_and_survive_restarts() {
         EdgeNode::ALL.iter().all(|&edge| in_tables(&d, edge, target))
     });
 }
+
+#[test]
+fn a_member_cut_off_from_its_majority_is_left_for_the_others() {
+    let _serial = serial();
+    let setup = fleet_setup("");
+    let d = Deployment::start(LAB_BINARY.as_ref(), &setup).expect("deploying gslb with a fleet");
+    d.push("rev1.toml", &fleet_document(&setup), &["--all-at-once", "--wait", "30s"]).unwrap();
+    let etcd = d.etcd.as_ref().unwrap();
+    let v4 = LongLived::start(&d.lab, ClientNode::Client1, web_v4(), 20, Duration::from_millis(20)).unwrap();
+
+    // Agents try the endpoints in order: both started on member 0. Cut it
+    // off from the other two; it still answers its clients.
+    let sessions_before: Vec<usize> =
+        EdgeNode::ALL.iter().map(|&e| d.agent_log(e).matches("fleet: connected to etcd").count()).collect();
+    etcd.partition(&d.lab, 0).unwrap();
+    for (i, &edge) in EdgeNode::ALL.iter().enumerate() {
+        let took =
+            wait_until(&format!("{edge} leaves the cut-off member for another"), Duration::from_secs(30), || {
+                d.agent_log(edge).matches("fleet: connected to etcd").count() > sessions_before[i]
+                    && member(&d, edge).connected
+            });
+        println!("{edge} left the cut-off member within {took:?} of the partition");
+    }
+    // The fleet works through the majority: a push, and a verdict.
+    let second = fleet_document(&Setup { weights: heavier_east(), ..setup.clone() });
+    d.push("rev2.toml", &second, &["--all-at-once", "--wait", "30s"]).expect("a push with a member cut off");
+    for edge in EdgeNode::ALL {
+        wait_for_revision(&d, edge, 2);
+    }
+    let target = BackendNode::ApSouth1;
+    for edge in EdgeNode::ALL {
+        block_checks(&d, edge, &[target]);
+    }
+    wait_until("every edge takes the backend out", APPLY_TIMEOUT, || {
+        EdgeNode::ALL.iter().all(|&edge| !in_tables(&d, edge, target))
+    });
+    etcd.heal(&d.lab, 0).unwrap();
+    etcd.wait_healthy().unwrap();
+    let before = v4.snapshot();
+    wait_for_progress(&v4, &before, 5, "after the partition healed");
+    // Connections on the backend taken out are cut (it is down to the
+    // fleet); no other may break.
+    let reports = v4.stop();
+    let broken: Vec<_> =
+        reports.iter().filter(|r| r.broken() && !r.backends().contains(&target.name().to_string())).collect();
+    assert!(broken.is_empty(), "connections broke during the partition: {broken:?}");
+}
