@@ -19,7 +19,7 @@ use gslb_userspace::view::admin::{self, Request};
 use gslb_userspace::view::status::Status;
 
 use crate::bgp::{Bgp, BgpSetup, EdgeBgp};
-use crate::etcd::EtcdCluster;
+use crate::etcd::{EtcdCluster, TlsFiles};
 use crate::lab::{BackendNode, EdgeNode, Lab, Region, TCP_PORT, UDP_PORT, VIP_V4, VIP_V6};
 use crate::server::{start_servers, Servers};
 
@@ -99,6 +99,14 @@ pub struct FleetSetup {
     pub groups: BTreeMap<EdgeNode, String>,
     /// Lines added to every edge's `[fleet]` section.
     pub extra: String,
+    /// etcd over TLS with client certificates (`tls_files`): the edges get
+    /// https endpoints, `ca_file`, `cert_file` and `key_file`.
+    pub tls: bool,
+}
+
+/// Where a lab's etcd TLS files are (`FleetSetup::tls`).
+pub fn tls_files(lab: &Lab) -> TlsFiles {
+    TlsFiles { dir: lab.run_dir().join("etcd-tls") }
 }
 
 impl From<&Weights> for Setup {
@@ -114,8 +122,10 @@ pub fn edge_config(lab: &Lab, edge: EdgeNode, setup: &Setup) -> String {
         None => toml.push_str(&fleet_document(setup)),
         Some(fleet) => {
             let group = fleet.groups.get(&edge).map_or("default", String::as_str);
-            let endpoints: Vec<String> =
-                (0..crate::etcd::MEMBERS).map(|m| format!("\"{}\"", EtcdCluster::endpoint(m))).collect();
+            let scheme = if fleet.tls { "https://" } else { "http://" };
+            let endpoints: Vec<String> = (0..crate::etcd::MEMBERS)
+                .map(|m| format!("\"{}\"", EtcdCluster::endpoint(m).replacen("http://", scheme, 1)))
+                .collect();
             let _ = write!(
                 toml,
                 "[fleet]\nendpoints = [{}]\ngroup = \"{group}\"\nstate_file = \"{}\"\n{}\n",
@@ -123,6 +133,16 @@ pub fn edge_config(lab: &Lab, edge: EdgeNode, setup: &Setup) -> String {
                 lab.run_dir().join(format!("{}-fleet.json", edge.name())).display(),
                 fleet.extra
             );
+            if fleet.tls {
+                let tls = tls_files(lab);
+                let _ = writeln!(
+                    toml,
+                    "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                    tls.ca().display(),
+                    tls.cert("client").display(),
+                    tls.key("client").display()
+                );
+            }
         }
     }
     if let Some(bgp) = setup.bgp.as_ref().filter(|b| b.agent_config) {
@@ -291,8 +311,13 @@ impl Deployment {
         if let Some(bgp) = &setup.bgp {
             deployment.bgp = Some(Bgp::start(&deployment.lab, bgp)?);
         }
-        if setup.fleet.is_some() {
-            deployment.etcd = Some(EtcdCluster::start(&deployment.lab)?);
+        match &setup.fleet {
+            Some(fleet) if fleet.tls => {
+                let tls = TlsFiles::generate(&tls_files(&deployment.lab).dir)?;
+                deployment.etcd = Some(EtcdCluster::start_tls(&deployment.lab, &tls)?);
+            }
+            Some(_) => deployment.etcd = Some(EtcdCluster::start(&deployment.lab)?),
+            None => {}
         }
         for edge in EdgeNode::ALL {
             deployment.write_config(edge, setup)?;

@@ -76,6 +76,56 @@ pub struct EtcdCluster {
     /// Each member's process while it runs (killed members: None).
     members: Mutex<[Option<Child>; MEMBERS]>,
     started_in: Duration,
+    /// Client URLs over TLS with client certificates (`start_tls`).
+    tls: Option<TlsFiles>,
+}
+
+/// A test CA, the members' server certificate (the three member addresses
+/// as IP SANs) and a client certificate, as PEM files in one directory.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub dir: PathBuf,
+}
+
+impl TlsFiles {
+    /// Generates a fresh CA and certificates into `dir`.
+    pub fn generate(dir: &Path) -> Result<TlsFiles> {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "gslb lab etcd CA");
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+        let sans: Vec<String> = (0..MEMBERS).map(|m| address(m).to_string()).collect();
+        let files = TlsFiles { dir: dir.to_path_buf() };
+        for (name, sans, common_name) in [("server", sans, "etcd"), ("client", Vec::new(), "gslb-edge")] {
+            let mut params = CertificateParams::new(sans)?;
+            params.distinguished_name.push(DnType::CommonName, common_name);
+            let key = KeyPair::generate()?;
+            let cert = params.signed_by(&key, &ca)?;
+            std::fs::write(files.cert(name), cert.pem())?;
+            std::fs::write(files.key(name), key.serialize_pem())?;
+        }
+        std::fs::write(files.ca(), ca.pem())?;
+        // The members run as their own uids.
+        for entry in std::fs::read_dir(dir)? {
+            std::fs::set_permissions(entry?.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        }
+        Ok(files)
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// "server" or "client".
+    pub fn cert(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.pem"))
+    }
+
+    pub fn key(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}-key.pem"))
+    }
 }
 
 impl EtcdCluster {
@@ -85,6 +135,16 @@ impl EtcdCluster {
     /// a second on each peer that listens but does not answer yet), and
     /// waits until every member is healthy.
     pub fn start(lab: &Lab) -> Result<EtcdCluster> {
+        EtcdCluster::start_with(lab, None)
+    }
+
+    /// As `start`, with client URLs over TLS that ask for client
+    /// certificates signed by the files' CA.
+    pub fn start_tls(lab: &Lab, tls: &TlsFiles) -> Result<EtcdCluster> {
+        EtcdCluster::start_with(lab, Some(tls.clone()))
+    }
+
+    fn start_with(lab: &Lab, tls: Option<TlsFiles>) -> Result<EtcdCluster> {
         let start = Instant::now();
         let seq = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
         let dir = lab.run_dir().join(format!("etcd-{seq}"));
@@ -103,6 +163,7 @@ impl EtcdCluster {
             token: format!("gslb-{}-{seq}", lab.id()),
             members: Mutex::new([None, None, None]),
             started_in: Duration::ZERO,
+            tls,
         };
         // From here on, an error drops `cluster`, which kills the members
         // and removes the addresses.
@@ -137,7 +198,15 @@ impl EtcdCluster {
 
     /// Every member's client URL, running or not, in member order.
     pub fn endpoints(&self) -> Vec<String> {
-        (0..MEMBERS).map(EtcdCluster::endpoint).collect()
+        (0..MEMBERS).map(|m| self.url(m)).collect()
+    }
+
+    /// Member `member`'s client URL: `endpoint`, or https with TLS.
+    pub fn url(&self, member: usize) -> String {
+        match self.tls {
+            Some(_) => EtcdCluster::endpoint(member).replacen("http://", "https://", 1),
+            None => EtcdCluster::endpoint(member),
+        }
     }
 
     /// The member's log (etcd's stderr, one JSON object a line).
@@ -279,8 +348,11 @@ impl EtcdCluster {
 
     /// Runs etcdctl against `members`; failing is no error here.
     fn etcdctl(&self, members: &[usize], timeouts: Timeouts, args: &[&str]) -> Result<CtlOutput> {
-        let endpoints: Vec<String> = members.iter().map(|&m| EtcdCluster::endpoint(m)).collect();
+        let endpoints: Vec<String> = members.iter().map(|&m| self.url(m)).collect();
         let mut cmd = self.router_command("etcdctl");
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cacert").arg(tls.ca()).arg("--cert").arg(tls.cert("client")).arg("--key").arg(tls.key("client"));
+        }
         cmd.env("ETCDCTL_API", "3")
             .arg("--endpoints")
             .arg(endpoints.join(","))
@@ -329,7 +401,7 @@ impl EtcdCluster {
         writeln!(log, "=== gslb: starting {name} (--initial-cluster-state {state})")?;
         let initial_cluster: Vec<String> =
             (0..MEMBERS).map(|m| format!("{}=http://{}:{PEER_PORT}", EtcdCluster::name(m), address(m))).collect();
-        let (client_url, peer_url) = (EtcdCluster::endpoint(member), format!("http://{}:{PEER_PORT}", address(member)));
+        let (client_url, peer_url) = (self.url(member), format!("http://{}:{PEER_PORT}", address(member)));
         let data_dir = self.data_dir(member);
         std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
         std::fs::set_permissions(&data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
@@ -348,6 +420,17 @@ impl EtcdCluster {
             .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &initial_cluster.join(",")])
             .args(["--initial-cluster-state", state, "--initial-cluster-token", &self.token])
+            .args(self.tls.iter().flat_map(|tls| {
+                [
+                    "--cert-file".into(),
+                    tls.cert("server").display().to_string(),
+                    "--key-file".into(),
+                    tls.key("server").display().to_string(),
+                    "--trusted-ca-file".into(),
+                    tls.ca().display().to_string(),
+                    "--client-cert-auth".into(),
+                ]
+            }))
             .args(["--heartbeat-interval", &HEARTBEAT_MS.to_string()])
             .args(["--election-timeout", &ELECTION_MS.to_string()])
             // A member that comes back cut off cannot depose a leader.
@@ -485,9 +568,12 @@ fn checked(member: usize) -> Result<usize> {
     Ok(member)
 }
 
-/// The member whose client URL `endpoint` is.
+/// The member whose client URL (http or https) `endpoint` is.
 fn member_of(endpoint: &str) -> Result<usize> {
-    (0..MEMBERS).find(|&m| EtcdCluster::endpoint(m) == endpoint).ok_or_else(|| anyhow!("unknown endpoint {endpoint}"))
+    let host_port = endpoint.split_once("://").map_or(endpoint, |(_, rest)| rest);
+    (0..MEMBERS)
+        .find(|&m| EtcdCluster::endpoint(m).ends_with(&format!("//{host_port}")))
+        .ok_or_else(|| anyhow!("unknown endpoint {endpoint}"))
 }
 
 /// Whether an HTTP GET of /members on `peer` gets a 200 within a short

@@ -41,7 +41,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 fn fleet_setup(extra: &str) -> Setup {
     let groups = BTreeMap::from([(EdgeNode::EdgeA, "canary".to_string())]);
-    Setup { monitor: true, fleet: Some(FleetSetup { groups, extra: extra.into() }), ..Setup::default() }
+    Setup { monitor: true, fleet: Some(FleetSetup { groups, extra: extra.into(), tls: false }), ..Setup::default() }
 }
 
 fn member(d: &Deployment, edge: EdgeNode) -> FleetMemberStatus {
@@ -447,4 +447,46 @@ fn a_member_cut_off_from_its_majority_is_left_for_the_others() {
     let broken: Vec<_> =
         reports.iter().filter(|r| r.broken() && !r.backends().contains(&target.name().to_string())).collect();
     assert!(broken.is_empty(), "connections broke during the partition: {broken:?}");
+}
+
+#[test]
+fn a_fleet_over_tls_with_client_certificates() {
+    let _serial = serial();
+    let mut setup = fleet_setup("");
+    setup.fleet.as_mut().unwrap().tls = true;
+    let d = Deployment::start(LAB_BINARY.as_ref(), &setup).expect("deploying gslb with a fleet over TLS");
+    d.push("rev1.toml", &fleet_document(&setup), &["--all-at-once", "--wait", "30s"]).expect("a push over TLS");
+    for edge in EdgeNode::ALL {
+        wait_for_revision(&d, edge, 1);
+        assert!(member(&d, edge).endpoints.iter().all(|e| e.starts_with("https://")));
+    }
+    let report = short_from_both(&d, web_v4(), 40);
+    assert_eq!(report.failures, 0, "{:?}", report.errors);
+    assert_eq!(fleet_status(&d)["edges"].as_array().map(Vec::len), Some(2));
+
+    // A client that trusts another CA, or has no certificate, is refused.
+    let other = gslb_tests::etcd::TlsFiles::generate(&d.lab.run_dir().join("other-ca")).unwrap();
+    let config = std::fs::read_to_string(gslb_tests::deploy::config_path(&d.lab, EdgeNode::EdgeA)).unwrap();
+    let tls = gslb_tests::deploy::tls_files(&d.lab);
+    let wrong_ca = config.replace(&tls.ca().display().to_string(), &other.ca().display().to_string());
+    let no_cert: String = config
+        .lines()
+        .filter(|l| !l.starts_with("cert_file") && !l.starts_with("key_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for (name, text) in [("wrong-ca", wrong_ca), ("no-cert", no_cert)] {
+        let path = d.lab.run_dir().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = d
+            .lab
+            .command(gslb_tests::lab::Node::Router, LAB_BINARY)
+            .args(["gslb", "fleet", "status", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: gslb fleet status worked");
+        assert!(stderr.contains("no etcd member answers"), "{name}: unclear refusal: {stderr}");
+        println!("{name}: {}", stderr.trim());
+    }
 }
