@@ -102,6 +102,17 @@ pub struct FleetSetup {
     /// etcd over TLS with client certificates (`tls_files`): the edges get
     /// https endpoints, `ca_file`, `cert_file` and `key_file`.
     pub tls: bool,
+    /// The edges log in as etcd user `FLEET_USER` with `FLEET_PASSWORD`
+    /// (from `password_file`); the test turns etcd's auth on.
+    pub user: bool,
+}
+
+/// The etcd user and password of `FleetSetup::user`.
+pub const FLEET_USER: &str = "gslb-edge";
+pub const FLEET_PASSWORD: &str = "lab-secret";
+
+fn password_file(lab: &Lab) -> PathBuf {
+    lab.run_dir().join("etcd-password")
 }
 
 /// Where a lab's etcd TLS files are (`FleetSetup::tls`).
@@ -133,6 +144,10 @@ pub fn edge_config(lab: &Lab, edge: EdgeNode, setup: &Setup) -> String {
                 lab.run_dir().join(format!("{}-fleet.json", edge.name())).display(),
                 fleet.extra
             );
+            if fleet.user {
+                let _ =
+                    writeln!(toml, "user = \"{FLEET_USER}\"\npassword_file = \"{}\"\n", password_file(lab).display());
+            }
             if fleet.tls {
                 let tls = tls_files(lab);
                 let _ = writeln!(
@@ -318,6 +333,9 @@ impl Deployment {
             }
             Some(_) => deployment.etcd = Some(EtcdCluster::start(&deployment.lab)?),
             None => {}
+        }
+        if setup.fleet.as_ref().is_some_and(|f| f.user) {
+            std::fs::write(password_file(&deployment.lab), format!("{FLEET_PASSWORD}\n"))?;
         }
         for edge in EdgeNode::ALL {
             deployment.write_config(edge, setup)?;

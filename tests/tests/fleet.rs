@@ -41,7 +41,11 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 fn fleet_setup(extra: &str) -> Setup {
     let groups = BTreeMap::from([(EdgeNode::EdgeA, "canary".to_string())]);
-    Setup { monitor: true, fleet: Some(FleetSetup { groups, extra: extra.into(), tls: false }), ..Setup::default() }
+    Setup {
+        monitor: true,
+        fleet: Some(FleetSetup { groups, extra: extra.into(), tls: false, user: false }),
+        ..Setup::default()
+    }
 }
 
 fn member(d: &Deployment, edge: EdgeNode) -> FleetMemberStatus {
@@ -489,4 +493,48 @@ fn a_fleet_over_tls_with_client_certificates() {
         assert!(stderr.contains("no etcd member answers"), "{name}: unclear refusal: {stderr}");
         println!("{name}: {}", stderr.trim());
     }
+}
+
+#[test]
+fn a_fleet_with_an_etcd_user_and_password() {
+    use gslb_tests::deploy::{FLEET_PASSWORD, FLEET_USER};
+    let _serial = serial();
+    let mut setup = fleet_setup("");
+    setup.fleet.as_mut().unwrap().user = true;
+    let d = Deployment::start(LAB_BINARY.as_ref(), &setup).expect("deploying gslb with a fleet");
+    // etcd's auth on: root, and a user that may use /gslb/ only.
+    let etcd = d.etcd.as_ref().unwrap();
+    for args in [
+        vec!["user", "add", "root:root-secret"],
+        vec!["role", "add", "gslb"],
+        vec!["role", "grant-permission", "gslb", "--prefix=true", "readwrite", "/gslb/"],
+        vec!["user", "add", &format!("{FLEET_USER}:{FLEET_PASSWORD}")],
+        vec!["user", "grant-role", FLEET_USER, "gslb"],
+        vec!["auth", "enable"],
+    ] {
+        etcd.ctl(&args).unwrap_or_else(|e| panic!("etcdctl {args:?}: {e:#}"));
+    }
+    d.push("rev1.toml", &fleet_document(&setup), &["--all-at-once", "--wait", "30s"]).expect("a push as the etcd user");
+    for edge in EdgeNode::ALL {
+        wait_for_revision(&d, edge, 1);
+    }
+
+    // A wrong password: refused, and said so.
+    let config = std::fs::read_to_string(gslb_tests::deploy::config_path(&d.lab, EdgeNode::EdgeA)).unwrap();
+    let wrong = d.lab.run_dir().join("wrong-password");
+    std::fs::write(&wrong, "not-it\n").unwrap();
+    let start = config.find("password_file = ").unwrap();
+    let end = start + config[start..].find('\n').unwrap();
+    let text = format!("{}password_file = \"{}\"{}", &config[..start], wrong.display(), &config[end..]);
+    let path = d.lab.run_dir().join("wrong-password.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = d
+        .lab
+        .command(gslb_tests::lab::Node::Router, LAB_BINARY)
+        .args(["gslb", "fleet", "status", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("authentication failed"), "unclear refusal: {stderr}");
 }
