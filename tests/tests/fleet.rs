@@ -261,7 +261,16 @@ fn health_by_quorum() {
         EdgeNode::ALL.iter().all(|&edge| !in_tables(&d, edge, target))
     });
     println!("both edges dropped {target} {took:?} after edge-b's checks were blocked");
-    assert_eq!(tables(&d, EdgeNode::EdgeA), tables(&d, EdgeNode::EdgeB), "the edges' tables differ");
+    // Its IPv6 address is checked on its own schedule: wait for that verdict
+    // too, then the tables must be the same everywhere.
+    wait_until("every edge takes the backend's IPv6 address out too", APPLY_TIMEOUT, || {
+        EdgeNode::ALL.iter().all(|&edge| {
+            member(&d, edge).verdicts.get(&IpAddr::from(target.v6())).is_some_and(|v| v.health.as_str() == "down")
+        })
+    });
+    wait_until("the edges' tables are identical", APPLY_TIMEOUT, || {
+        tables(&d, EdgeNode::EdgeA) == tables(&d, EdgeNode::EdgeB)
+    });
     let report = short_from_both(&d, web_v4(), 40);
     assert_eq!(report.failures, 0, "{:?}", report.errors);
     assert!(!report.per_backend.contains_key(target.name()), "new flows still reach {target}");
