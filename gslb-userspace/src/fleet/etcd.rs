@@ -38,7 +38,10 @@ pub async fn connect(fleet: &Fleet) -> Result<Client> {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("reading fleet.password_file {}", file.display()))?;
         let password = text.lines().next().unwrap_or_default().to_string();
-        options = options.with_user(user.clone(), password);
+        // etcd drops a token unused for --auth-token-ttl (300 s; the lease's
+        // keep-alives do not use it), on a restart, or at a JWT's expiry:
+        // log in again and retry the call, rather than lose the session.
+        options = options.with_user(user.clone(), password).with_auto_token_refresh(true);
     }
     // One member at a time, the first that answers and has a leader: a
     // client balanced over every endpoint keeps sending some calls to a
