@@ -19,7 +19,7 @@ use gslb_userspace::view::admin::{self, Request};
 use gslb_userspace::view::status::Status;
 
 use crate::bgp::{Bgp, BgpSetup, EdgeBgp};
-use crate::etcd::{EtcdCluster, TlsFiles};
+use crate::etcd::{EtcdCluster, EtcdOptions, TlsFiles};
 use crate::lab::{BackendNode, EdgeNode, Lab, Region, TCP_PORT, UDP_PORT, VIP_V4, VIP_V6};
 use crate::server::{start_servers, Servers};
 
@@ -105,6 +105,8 @@ pub struct FleetSetup {
     /// The edges log in as etcd user `FLEET_USER` with `FLEET_PASSWORD`
     /// (from `password_file`); the test turns etcd's auth on.
     pub user: bool,
+    /// More flags for every etcd member, e.g. `["--auth-token-ttl", "2"]`.
+    pub etcd_flags: Vec<String>,
 }
 
 /// The etcd user and password of `FleetSetup::user`.
@@ -326,13 +328,13 @@ impl Deployment {
         if let Some(bgp) = &setup.bgp {
             deployment.bgp = Some(Bgp::start(&deployment.lab, bgp)?);
         }
-        match &setup.fleet {
-            Some(fleet) if fleet.tls => {
-                let tls = TlsFiles::generate(&tls_files(&deployment.lab).dir)?;
-                deployment.etcd = Some(EtcdCluster::start_tls(&deployment.lab, &tls)?);
-            }
-            Some(_) => deployment.etcd = Some(EtcdCluster::start(&deployment.lab)?),
-            None => {}
+        if let Some(fleet) = &setup.fleet {
+            let tls = match fleet.tls {
+                true => Some(TlsFiles::generate(&tls_files(&deployment.lab).dir)?),
+                false => None,
+            };
+            let options = EtcdOptions { tls, flags: fleet.etcd_flags.clone() };
+            deployment.etcd = Some(EtcdCluster::start_with(&deployment.lab, options)?);
         }
         if setup.fleet.as_ref().is_some_and(|f| f.user) {
             std::fs::write(password_file(&deployment.lab), format!("{FLEET_PASSWORD}\n"))?;

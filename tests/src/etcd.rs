@@ -76,8 +76,18 @@ pub struct EtcdCluster {
     /// Each member's process while it runs (killed members: None).
     members: Mutex<[Option<Child>; MEMBERS]>,
     started_in: Duration,
-    /// Client URLs over TLS with client certificates (`start_tls`).
-    tls: Option<TlsFiles>,
+    options: EtcdOptions,
+}
+
+/// How the members run (`EtcdCluster::start_with`); the default is what
+/// `start` runs: plain http.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdOptions {
+    /// Client URLs over TLS that ask for client certificates signed by the
+    /// files' CA (peers stay on http).
+    pub tls: Option<TlsFiles>,
+    /// More flags for every member, e.g. `["--auth-token-ttl", "2"]`.
+    pub flags: Vec<String>,
 }
 
 /// A test CA, the members' server certificate (the three member addresses
@@ -135,16 +145,11 @@ impl EtcdCluster {
     /// a second on each peer that listens but does not answer yet), and
     /// waits until every member is healthy.
     pub fn start(lab: &Lab) -> Result<EtcdCluster> {
-        EtcdCluster::start_with(lab, None)
+        EtcdCluster::start_with(lab, EtcdOptions::default())
     }
 
-    /// As `start`, with client URLs over TLS that ask for client
-    /// certificates signed by the files' CA.
-    pub fn start_tls(lab: &Lab, tls: &TlsFiles) -> Result<EtcdCluster> {
-        EtcdCluster::start_with(lab, Some(tls.clone()))
-    }
-
-    fn start_with(lab: &Lab, tls: Option<TlsFiles>) -> Result<EtcdCluster> {
+    /// As `start`, with TLS or more flags.
+    pub fn start_with(lab: &Lab, options: EtcdOptions) -> Result<EtcdCluster> {
         let start = Instant::now();
         let seq = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
         let dir = lab.run_dir().join(format!("etcd-{seq}"));
@@ -163,7 +168,7 @@ impl EtcdCluster {
             token: format!("gslb-{}-{seq}", lab.id()),
             members: Mutex::new([None, None, None]),
             started_in: Duration::ZERO,
-            tls,
+            options,
         };
         // From here on, an error drops `cluster`, which kills the members
         // and removes the addresses.
@@ -203,7 +208,7 @@ impl EtcdCluster {
 
     /// Member `member`'s client URL: `endpoint`, or https with TLS.
     pub fn url(&self, member: usize) -> String {
-        match self.tls {
+        match self.options.tls {
             Some(_) => EtcdCluster::endpoint(member).replacen("http://", "https://", 1),
             None => EtcdCluster::endpoint(member),
         }
@@ -350,7 +355,7 @@ impl EtcdCluster {
     fn etcdctl(&self, members: &[usize], timeouts: Timeouts, args: &[&str]) -> Result<CtlOutput> {
         let endpoints: Vec<String> = members.iter().map(|&m| self.url(m)).collect();
         let mut cmd = self.router_command("etcdctl");
-        if let Some(tls) = &self.tls {
+        if let Some(tls) = &self.options.tls {
             cmd.arg("--cacert").arg(tls.ca()).arg("--cert").arg(tls.cert("client")).arg("--key").arg(tls.key("client"));
         }
         cmd.env("ETCDCTL_API", "3")
@@ -420,7 +425,7 @@ impl EtcdCluster {
             .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &initial_cluster.join(",")])
             .args(["--initial-cluster-state", state, "--initial-cluster-token", &self.token])
-            .args(self.tls.iter().flat_map(|tls| {
+            .args(self.options.tls.iter().flat_map(|tls| {
                 [
                     "--cert-file".into(),
                     tls.cert("server").display().to_string(),
@@ -437,6 +442,7 @@ impl EtcdCluster {
             .arg("--pre-vote")
             // 3.4's default logger (capnslog) is deprecated and says so.
             .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .args(&self.options.flags)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

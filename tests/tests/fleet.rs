@@ -43,7 +43,7 @@ fn fleet_setup(extra: &str) -> Setup {
     let groups = BTreeMap::from([(EdgeNode::EdgeA, "canary".to_string())]);
     Setup {
         monitor: true,
-        fleet: Some(FleetSetup { groups, extra: extra.into(), tls: false, user: false }),
+        fleet: Some(FleetSetup { groups, extra: extra.into(), ..FleetSetup::default() }),
         ..Setup::default()
     }
 }
