@@ -504,12 +504,18 @@ fn a_fleet_over_tls_with_client_certificates() {
     }
 }
 
+/// etcd's `--auth-token-ttl` in `a_fleet_with_an_etcd_user_and_password`.
+const TOKEN_TTL: Duration = Duration::from_secs(2);
+
 #[test]
 fn a_fleet_with_an_etcd_user_and_password() {
     use gslb_tests::deploy::{FLEET_PASSWORD, FLEET_USER};
     let _serial = serial();
     let mut setup = fleet_setup("");
-    setup.fleet.as_mut().unwrap().user = true;
+    let fleet = setup.fleet.as_mut().unwrap();
+    fleet.user = true;
+    // etcd forgets a token unused for this long (300 s by default).
+    fleet.etcd_flags = vec!["--auth-token-ttl".into(), TOKEN_TTL.as_secs().to_string()];
     let d = Deployment::start(LAB_BINARY.as_ref(), &setup).expect("deploying gslb with a fleet");
     // etcd's auth on: root, and a user that may use /gslb/ only.
     let etcd = d.etcd.as_ref().unwrap();
@@ -526,6 +532,24 @@ fn a_fleet_with_an_etcd_user_and_password() {
     d.push("rev1.toml", &fleet_document(&setup), &["--all-at-once", "--wait", "30s"]).expect("a push as the etcd user");
     for edge in EdgeNode::ALL {
         wait_for_revision(&d, edge, 1);
+    }
+
+    // The agents' tokens expire while the fleet is quiet (the lease's
+    // keep-alives do not use them); the next revision still comes through
+    // without a session lost on the way.
+    let logs: Vec<usize> = EdgeNode::ALL.iter().map(|&edge| d.agent_log(edge).len()).collect();
+    std::thread::sleep(TOKEN_TTL * 3);
+    let second = fleet_document(&Setup { weights: heavier_east(), ..setup.clone() });
+    d.push("rev2.toml", &second, &["--all-at-once", "--wait", "30s"]).expect("a push after the tokens expired");
+    for (&edge, &from) in EdgeNode::ALL.iter().zip(&logs) {
+        wait_for_revision(&d, edge, 2);
+        let log = d.agent_log(edge);
+        assert!(
+            !log[from..].contains("etcd is away"),
+            "{edge} lost its session to an expired token:\n{}",
+            &log[from..]
+        );
+        assert!(member(&d, edge).connected);
     }
 
     // A wrong password: refused, and said so.
