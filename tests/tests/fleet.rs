@@ -487,7 +487,12 @@ fn a_fleet_over_tls_with_client_certificates() {
         .filter(|l| !l.starts_with("cert_file") && !l.starts_with("key_file"))
         .map(|l| format!("{l}\n"))
         .collect();
-    for (name, text) in [("wrong-ca", wrong_ca), ("no-cert", no_cert)] {
+    // Over TLS 1.3 etcd refuses a missing certificate after the client's
+    // handshake is done: the client sees etcd's alert ("received fatal
+    // alert: BadCertificate"), a broken pipe or a closed connection,
+    // whichever comes first, so only the refusal is checked.
+    let refusals = [("wrong-ca", wrong_ca, Some("invalid peer certificate: BadSignature")), ("no-cert", no_cert, None)];
+    for (name, text, reason) in refusals {
         let path = d.lab.run_dir().join(format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();
         let out = d
@@ -499,9 +504,65 @@ fn a_fleet_over_tls_with_client_certificates() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{name}: gslb fleet status worked");
-        assert!(stderr.contains("no etcd member answers"), "{name}: unclear refusal: {stderr}");
+        assert!(
+            stderr.contains("no etcd member answers") && reason.is_none_or(|r| stderr.contains(r)),
+            "{name}: unclear refusal: {stderr}"
+        );
         println!("{name}: {}", stderr.trim());
     }
+
+    // An edge that trusts another CA steers on with its saved revision and
+    // says why etcd is away.
+    let edge = EdgeNode::EdgeB;
+    let path = gslb_tests::deploy::config_path(&d.lab, edge);
+    let good = std::fs::read_to_string(&path).unwrap();
+    d.stop_agent(edge).unwrap();
+    std::fs::write(&path, good.replace(&tls.ca().display().to_string(), &other.ca().display().to_string())).unwrap();
+    d.start_agent(edge).unwrap();
+    wait_until("edge-b says why etcd refuses it", APPLY_TIMEOUT, || {
+        member(&d, edge).error.is_some_and(|e| e.contains("invalid peer certificate"))
+    });
+    let refused = member(&d, edge);
+    assert!(!refused.connected && refused.applied_revision == Some(1), "{refused:?}");
+    println!("edge-b with another CA: {}", refused.error.unwrap());
+    let report = short_from_both(&d, web_v4(), 40);
+    assert_eq!(report.failures, 0, "{:?}", report.errors);
+    // The right CA again: back in the fleet.
+    d.stop_agent(edge).unwrap();
+    std::fs::write(&path, &good).unwrap();
+    d.start_agent(edge).unwrap();
+    wait_until("edge-b reconnects over TLS", APPLY_TIMEOUT, || member(&d, edge).connected);
+
+    // etcd's auth on: with no password, etcd takes the user from the
+    // client certificate's common name ("gslb-edge"), here limited to /gslb/.
+    let etcd = d.etcd.as_ref().unwrap();
+    for args in [
+        vec!["user", "add", "root:root-secret"],
+        vec!["role", "add", "gslb"],
+        vec!["role", "grant-permission", "gslb", "--prefix=true", "readwrite", "/gslb/"],
+        vec!["user", "add", "gslb-edge", "--no-password"],
+        vec!["user", "grant-role", "gslb-edge", "gslb"],
+        vec!["auth", "enable"],
+    ] {
+        etcd.ctl(&args).unwrap_or_else(|e| panic!("etcdctl {args:?}: {e:#}"));
+    }
+    let second = fleet_document(&Setup { weights: heavier_east(), ..setup.clone() });
+    d.push("rev2.toml", &second, &["--all-at-once", "--wait", "30s"]).expect("a push as the certificate's user");
+    for edge in EdgeNode::ALL {
+        wait_for_revision(&d, edge, 2);
+    }
+    let outside = d.lab.run_dir().join("outside-prefix.toml");
+    std::fs::write(&outside, good.replace("[fleet]\n", "[fleet]\nprefix = \"/elsewhere\"\n")).unwrap();
+    let out = d
+        .lab
+        .command(gslb_tests::lab::Node::Router, LAB_BINARY)
+        .args(["gslb", "fleet", "status", "--config"])
+        .arg(&outside)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("permission denied"), "outside its role's prefix: {stderr}");
+    println!("outside the role's prefix: {}", stderr.trim());
 }
 
 /// etcd's `--auth-token-ttl` in `a_fleet_with_an_etcd_user_and_password`.
