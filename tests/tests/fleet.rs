@@ -578,7 +578,13 @@ fn a_fleet_with_an_etcd_user_and_password() {
     // etcd forgets a token unused for this long (300 s by default).
     fleet.etcd_flags = vec!["--auth-token-ttl".into(), TOKEN_TTL.as_secs().to_string()];
     let d = Deployment::start(LAB_BINARY.as_ref(), &setup).expect("deploying gslb with a fleet");
-    // etcd's auth on: root, and a user that may use /gslb/ only.
+    // The edges have credentials before etcd's auth is on: they go
+    // without them meanwhile.
+    for edge in EdgeNode::ALL {
+        wait_until(&format!("{edge} connects while etcd's auth is off"), APPLY_TIMEOUT, || member(&d, edge).connected);
+    }
+    // etcd's auth on: root, and a user that may use /gslb/ only. The
+    // sessions without a user end at their next call; the next ones log in.
     let etcd = d.etcd.as_ref().unwrap();
     for args in [
         vec!["user", "add", "root:root-secret"],

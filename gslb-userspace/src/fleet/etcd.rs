@@ -34,15 +34,19 @@ pub async fn connect(fleet: &Fleet) -> Result<Client> {
         }
         options = options.with_tls(tls);
     }
-    if let (Some(user), Some(file)) = (&fleet.user, &fleet.password_file) {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading fleet.password_file {}", file.display()))?;
-        let password = text.lines().next().unwrap_or_default().to_string();
-        // etcd drops a token unused for --auth-token-ttl (300 s; the lease's
-        // keep-alives do not use it), on a restart, or at a JWT's expiry:
-        // log in again and retry the call, rather than lose the session.
-        options = options.with_user(user.clone(), password).with_auto_token_refresh(true);
-    }
+    let user = match (&fleet.user, &fleet.password_file) {
+        (Some(user), Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading fleet.password_file {}", file.display()))?;
+            let password = text.lines().next().unwrap_or_default().to_string();
+            // etcd drops a token unused for --auth-token-ttl (300 s; the
+            // lease's keep-alives do not use it), on a restart, or at a
+            // JWT's expiry: log in again and retry the call, rather than
+            // lose the session.
+            Some(options.clone().with_user(user.clone(), password).with_auto_token_refresh(true))
+        }
+        _ => None,
+    };
     // One member at a time, the first that answers and has a leader: a
     // client balanced over every endpoint keeps sending some calls to a
     // dead member.
@@ -50,7 +54,15 @@ pub async fn connect(fleet: &Fleet) -> Result<Client> {
     let start = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     for i in 0..fleet.endpoints.len() {
         let endpoint = &fleet.endpoints[(start + i) % fleet.endpoints.len()];
-        match member(endpoint, options.clone()).await {
+        let mut answer = member(endpoint, user.clone().unwrap_or_else(|| options.clone())).await;
+        // As etcd's own client does: while etcd's auth is off, go without
+        // the user, so that edges can get credentials before `etcdctl auth
+        // enable` (which ends this session at its next call; the next
+        // session logs in).
+        if user.is_some() && answer.as_ref().is_err_and(auth_not_enabled) {
+            answer = member(endpoint, options.clone()).await;
+        }
+        match answer {
             Ok(client) => return Ok(client),
             Err(e) => errors.push(format!("{endpoint}: {e:#}")),
         }
@@ -72,6 +84,14 @@ async fn member(endpoint: &str, options: ConnectOptions) -> Result<Client> {
         anyhow::bail!("it has no leader (cut off from the cluster's majority?)");
     }
     Ok(client)
+}
+
+/// etcd refused to log in because its auth is off.
+fn auth_not_enabled(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        matches!(e.downcast_ref(), Some(etcd_client::Error::GRpcStatus(status))
+            if status.message() == "etcdserver: authentication is not enabled")
+    })
 }
 
 /// Runs one etcd call with the deadline.
