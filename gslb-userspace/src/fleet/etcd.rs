@@ -40,9 +40,8 @@ pub async fn connect(fleet: &Fleet) -> Result<Client> {
                 .with_context(|| format!("reading fleet.password_file {}", file.display()))?;
             let password = text.lines().next().unwrap_or_default().to_string();
             // etcd drops a token unused for --auth-token-ttl (300 s; the
-            // lease's keep-alives do not use it), on a restart, or at a
-            // JWT's expiry: log in again and retry the call, rather than
-            // lose the session.
+            // lease's keep-alives do not use it) or at a JWT's expiry: log
+            // in again and retry the call, rather than lose the session.
             Some(options.clone().with_user(user.clone(), password).with_auto_token_refresh(true))
         }
         _ => None,
