@@ -584,13 +584,18 @@ impl Deployment {
     /// Runs `gslb fleet ARGS --config {edge-a's file}` to completion on the
     /// router (where etcd is): exit status, stdout and stderr.
     pub fn fleet(&self, args: &[&str]) -> Result<(bool, String, String)> {
+        self.fleet_with(&config_path(&self.lab, EdgeNode::EdgeA), args)
+    }
+
+    /// As `fleet`, with the `[fleet]` of the edge file at `config`.
+    pub fn fleet_with(&self, config: &Path, args: &[&str]) -> Result<(bool, String, String)> {
         let out = self
             .lab
             .command(crate::lab::Node::Router, &self.lab_binary)
             .args(["gslb", "fleet"])
             .args(args)
             .arg("--config")
-            .arg(config_path(&self.lab, EdgeNode::EdgeA))
+            .arg(config)
             .env_remove("RUST_BACKTRACE")
             .output()?;
         Ok((

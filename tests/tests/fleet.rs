@@ -495,15 +495,8 @@ fn a_fleet_over_tls_with_client_certificates() {
     for (name, text, reason) in refusals {
         let path = d.lab.run_dir().join(format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();
-        let out = d
-            .lab
-            .command(gslb_tests::lab::Node::Router, LAB_BINARY)
-            .args(["gslb", "fleet", "status", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{name}: gslb fleet status worked");
+        let (ok, _, stderr) = d.fleet_with(&path, &["status"]).unwrap();
+        assert!(!ok, "{name}: gslb fleet status worked");
         assert!(
             stderr.contains("no etcd member answers") && reason.is_none_or(|r| stderr.contains(r)),
             "{name}: unclear refusal: {stderr}"
@@ -553,15 +546,8 @@ fn a_fleet_over_tls_with_client_certificates() {
     }
     let outside = d.lab.run_dir().join("outside-prefix.toml");
     std::fs::write(&outside, good.replace("[fleet]\n", "[fleet]\nprefix = \"/elsewhere\"\n")).unwrap();
-    let out = d
-        .lab
-        .command(gslb_tests::lab::Node::Router, LAB_BINARY)
-        .args(["gslb", "fleet", "status", "--config"])
-        .arg(&outside)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("permission denied"), "outside its role's prefix: {stderr}");
+    let (ok, _, stderr) = d.fleet_with(&outside, &["status"]).unwrap();
+    assert!(!ok && stderr.contains("permission denied"), "outside its role's prefix: {stderr}");
     println!("outside the role's prefix: {}", stderr.trim());
 }
 
@@ -628,13 +614,6 @@ fn a_fleet_with_an_etcd_user_and_password() {
     let text = format!("{}password_file = \"{}\"{}", &config[..start], wrong.display(), &config[end..]);
     let path = d.lab.run_dir().join("wrong-password.toml");
     std::fs::write(&path, text).unwrap();
-    let out = d
-        .lab
-        .command(gslb_tests::lab::Node::Router, LAB_BINARY)
-        .args(["gslb", "fleet", "status", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("authentication failed"), "unclear refusal: {stderr}");
+    let (ok, _, stderr) = d.fleet_with(&path, &["status"]).unwrap();
+    assert!(!ok && stderr.contains("authentication failed"), "unclear refusal: {stderr}");
 }
