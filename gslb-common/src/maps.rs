@@ -24,6 +24,10 @@ pub mod names {
     pub const OWNER_HISTORY: &str = "OWNER_HISTORY";
     pub const DECAP_EDGES: &str = "DECAP_EDGES";
     pub const DECAP_PEERS: &str = "DECAP_PEERS";
+    /// What the pinned state is: the program's version and each map's
+    /// layout version ([`MetaKey`], [`MetaValue`]). Its own layout never
+    /// changes, so any later gslb can read it.
+    pub const GSLB_META: &str = "GSLB_META";
     /// Global (`.rodata`): the UDP port `decap` takes hop-list packets on.
     pub const DECAP_GUE_PORT: &str = "DECAP_GUE_PORT";
     /// Global (`.rodata`) holding the Maglev table size, set at load time.
@@ -34,6 +38,45 @@ pub mod names {
     /// only, see `stage`).
     pub const STOP_AFTER: &str = "STOP_AFTER";
 }
+
+/// Layout versions of `steer`'s pinned maps. A map's version goes up when
+/// its key or value layout, or the meaning of its bytes, changes; an agent
+/// meeting another version migrates the map entry by entry (if the agent
+/// knows how, `gslb-userspace`'s `sys::upgrade`) or refuses to upgrade.
+/// Pinned state from before versions were recorded is version 1.
+pub const LAYOUTS: [(&str, u32); 13] = [
+    (names::VIPS, 1),
+    (names::VIP_FILTER, 1),
+    (names::FRAGMENT_VIPS, 1),
+    (names::STEER_PREFIXES, 1),
+    (names::BACKENDS, 1),
+    (names::NEXT_HOPS, 1),
+    (names::MAGLEV, 1),
+    (names::OWNER_HISTORY, 1),
+    (names::FLOWS, 1),
+    (names::EDGE_CONFIG, 1),
+    (names::GLOBAL_STATS, 1),
+    (names::VIP_STATS, 1),
+    (names::BACKEND_STATS, 1),
+];
+
+/// A `GSLB_META` key: `program` or `layout:<MAP>`, zero-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetaKey {
+    pub name: [u8; 32],
+}
+
+/// A `GSLB_META` value: text (a version), zero-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetaValue {
+    pub text: [u8; 64],
+}
+
+/// Entries `GSLB_META` has room for: the program and every map, with room
+/// to grow.
+pub const META_ENTRIES: u32 = 64;
 
 /// `steer`'s stages, for the benchmark's cost breakdown: loaded with
 /// `STOP_AFTER` set to one of these, `steer` drops every packet that gets
@@ -370,4 +413,6 @@ mod pod {
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for DecapStats {}
     unsafe impl aya::Pod for crate::SlotHistory {}
+    unsafe impl aya::Pod for MetaKey {}
+    unsafe impl aya::Pod for MetaValue {}
 }

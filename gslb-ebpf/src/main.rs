@@ -19,8 +19,18 @@ gslb_ebpf::xdp_object!();
 
 #[xdp]
 pub fn steer(ctx: XdpContext) -> u32 {
+    // The `variant` build (upgrade tests only) is another program that
+    // steers the same: it also reads one word it does not use.
+    #[cfg(feature = "variant")]
+    // SAFETY: a read of a static.
+    unsafe {
+        core::ptr::read_volatile(&VARIANT)
+    };
     steer::run(&ctx)
 }
+
+#[cfg(feature = "variant")]
+static VARIANT: u32 = 1;
 
 #[xdp]
 pub fn decap(ctx: XdpContext) -> u32 {

@@ -12,8 +12,8 @@ use aya_ebpf::{
 };
 use gslb_common::{
     Addr16, Backend, BackendStats, ClientPrefixKey, ClientTable, DecapStats, EdgeConfig, FlowBucket, FragmentVipKey,
-    GlobalStats, NextHop, SlotHistory, VipKey, VipStats, VipValue, DEFAULT_GUE_PORT, DEFAULT_TABLE_SIZE,
-    VIP_FILTER_WORDS,
+    GlobalStats, MetaKey, MetaValue, NextHop, SlotHistory, VipKey, VipStats, VipValue, DEFAULT_GUE_PORT,
+    DEFAULT_TABLE_SIZE, META_ENTRIES, VIP_FILTER_WORDS,
 };
 
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -77,6 +77,10 @@ pub static DECAP_EDGES: HashMap<Addr16, u32> = HashMap::with_max_entries(64, 0);
 /// `NEXT_HOPS` (which `gslb decap` keeps resolved for them).
 #[map]
 pub static DECAP_PEERS: HashMap<Addr16, u32> = HashMap::with_max_entries(1024, 0);
+/// What the pinned state is (`gslb_common::names::GSLB_META`): written and
+/// read by the agent only.
+#[map]
+pub static GSLB_META: HashMap<MetaKey, MetaValue> = HashMap::with_max_entries(META_ENTRIES, 0);
 #[map]
 pub static DECAP_STATS: PerCpuArray<DecapStats> = PerCpuArray::with_max_entries(1, 0);
 

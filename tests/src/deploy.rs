@@ -433,7 +433,17 @@ impl Deployment {
 
     /// As `start_agent`, with more `gslb run` arguments.
     pub fn start_agent_with(&self, edge: EdgeNode, args: &[&str]) -> Result<()> {
-        let mut cmd = self.gslb();
+        self.spawn_agent(edge, self.gslb(), args)
+    }
+
+    /// As `start_agent`, with another `gslb` binary (another build).
+    pub fn start_agent_from(&self, edge: EdgeNode, gslb: &Path) -> Result<()> {
+        let mut cmd = std::process::Command::new(gslb);
+        cmd.env("RUST_LOG", "info").env_remove("RUST_BACKTRACE");
+        self.spawn_agent(edge, cmd, &[])
+    }
+
+    fn spawn_agent(&self, edge: EdgeNode, mut cmd: std::process::Command, args: &[&str]) -> Result<()> {
         cmd.arg("run")
             .args(args)
             .arg("--config")

@@ -105,6 +105,7 @@ fn cargo(args: &[&str], extra: &[String]) -> Result<()> {
 /// Runs `cargo test` for the default members, echoing its output, and ends
 /// with one line that adds up every test binary's result.
 fn test(full: bool, extra: &[String]) -> Result<()> {
+    build_variant()?;
     let mut cmd = cargo_command();
     cmd.arg("test");
     if full {
@@ -128,6 +129,35 @@ fn test(full: bool, extra: &[String]) -> Result<()> {
     if !status.success() {
         bail!("cargo test failed: {status}");
     }
+    Ok(())
+}
+
+/// Where the upgrade tests find a gslb whose XDP program differs from the
+/// default build's (gslb-userspace's `program-variant` feature).
+const VARIANT_BINARY: &str = "target/variant/gslb";
+
+/// Builds the variant gslb for the upgrade tests, in the test profile (only
+/// gslb-userspace and its XDP object build again), and keeps it aside:
+/// the default build's binary takes its place again with the tests.
+fn build_variant() -> Result<()> {
+    println!("building {VARIANT_BINARY}, a gslb with another XDP program, for the upgrade tests");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut cmd = cargo_command();
+    cmd.current_dir(&root).args([
+        "build",
+        "--package",
+        "gslb-userspace",
+        "--bin",
+        "gslb",
+        "--features",
+        "program-variant",
+    ]);
+    if !cmd.status()?.success() {
+        bail!("{cmd:?} failed");
+    }
+    let variant = root.join(VARIANT_BINARY);
+    std::fs::create_dir_all(variant.parent().expect("a directory"))?;
+    std::fs::copy(root.join("target/debug/gslb"), &variant)?;
     Ok(())
 }
 

@@ -24,6 +24,8 @@ use crate::sys::next_hops;
 use crate::sys::steer::Steer;
 use crate::sys::tunnel_errors::{self, TunnelErrors};
 use crate::sys::{attach, bpffs};
+use crate::view::status::ProgramStatus;
+use crate::view::time::unix_secs;
 
 mod announce;
 mod fleet;
@@ -32,6 +34,8 @@ mod requests;
 mod snapshot;
 
 pub struct Agent {
+    /// The `steer` program steering, as this agent found or made it.
+    program: ProgramStatus,
     config_path: PathBuf,
     config: Config,
     steer: Steer,
@@ -95,7 +99,13 @@ impl Agent {
 
         let adopted = Steer::is_pinned(&pin_dir);
         let (mut steer, mut installed) = if adopted {
-            let steer = Steer::open_pinned(&pin_dir)?;
+            // A pinned program of another build (an upgrade, or a downgrade)
+            // is replaced in place, keeping every map.
+            let steer = if Steer::pinned_is_this_build(&pin_dir)? {
+                Steer::open_pinned(&pin_dir)?
+            } else {
+                Steer::upgrade(&pin_dir)?
+            };
             let installed = Installed::read(&steer)?;
             info!(
                 pin_dir = %pin_dir.display(),
@@ -147,7 +157,13 @@ impl Agent {
         let (plan, changes) = reconcile(&config, &conditions, &mut installed, &mut steer)?;
         info!(?changes, "programmed the data plane");
 
+        let program = ProgramStatus {
+            version: steer.program_version().unwrap_or_default(),
+            loaded_unix: steer.program_loaded_at().map_or(0, unix_secs),
+            upgraded_from: steer.upgraded_from().map(str::to_string),
+        };
         let mut agent = Agent {
+            program,
             config_path: config_path.to_path_buf(),
             config,
             steer,

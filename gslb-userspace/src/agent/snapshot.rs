@@ -147,6 +147,7 @@ impl Agent {
             config: agent.config_path.display().to_string(),
             adopted: agent.adopted,
             started_unix: unix_secs(agent.started),
+            program: agent.program.clone(),
             interfaces: agent
                 .interfaces
                 .iter()

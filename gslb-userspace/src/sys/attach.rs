@@ -124,9 +124,20 @@ pub fn find_ifindex(interface: &str) -> Option<u32> {
 }
 
 /// The interface a pinned XDP link is attached to (0 once its interface is
-/// gone), read with raw bpf(2) calls: aya exposes neither a link's fd nor
-/// this field. None when there is no pinned XDP link.
+/// gone). None when there is no pinned XDP link.
 pub(crate) fn pinned_link_ifindex(pin: &Path) -> Option<u32> {
+    pinned_link_info(pin).map(|(_, ifindex)| ifindex)
+}
+
+/// The id of the program a pinned XDP link runs: it changes when an
+/// upgrade replaces the program.
+pub fn pinned_link_program(pin: &Path) -> Option<u32> {
+    pinned_link_info(pin).map(|(program, _)| program)
+}
+
+/// A pinned XDP link's program id and interface, read with raw bpf(2)
+/// calls: aya exposes neither a link's fd nor these fields.
+fn pinned_link_info(pin: &Path) -> Option<(u32, u32)> {
     use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
     const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -164,5 +175,5 @@ pub(crate) fn pinned_link_ifindex(pin: &Path) -> Option<u32> {
     let rc = unsafe {
         libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &attr as *const InfoAttr, size_of::<InfoAttr>())
     };
-    (rc == 0 && info[0] == BPF_LINK_TYPE_XDP).then_some(info[4])
+    (rc == 0 && info[0] == BPF_LINK_TYPE_XDP).then_some((info[2], info[4]))
 }

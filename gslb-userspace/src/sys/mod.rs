@@ -15,6 +15,7 @@ pub mod next_hops;
 pub mod steer;
 mod tables;
 pub mod tunnel_errors;
+pub mod upgrade;
 
 /// The compiled XDP object (`steer` and `decap`), built by `build.rs`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gslb-ebpf"));

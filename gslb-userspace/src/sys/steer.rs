@@ -16,8 +16,8 @@ use aya::{
 };
 use gslb_common::{
     addr_from_ip, addr_to_ip, names, Backend, BackendStats, ClientPrefixKey, ClientTable, EdgeConfig, FlowBucket,
-    FlowKey, FragmentVipKey, GlobalStats, NextHop, SlotHistory, VipKey, VipStats, VipValue, BACKEND_DEAD,
-    CLIENT_PREFIX_VIP_BITS, TABLE_GENERATIONS, VIP_SOURCE_IP_AFFINITY,
+    FlowKey, FragmentVipKey, GlobalStats, MetaKey, MetaValue, NextHop, SlotHistory, VipKey, VipStats, VipValue,
+    BACKEND_DEAD, CLIENT_PREFIX_VIP_BITS, LAYOUTS, TABLE_GENERATIONS, VIP_SOURCE_IP_AFFINITY,
 };
 use gslb_common::{flow_bucket, flow_buckets, flow_capacity, flow_hash64, vip_filter_bit, FLOW_MID_FLOW, FLOW_WAYS};
 
@@ -25,9 +25,11 @@ use super::history::OwnerHistory;
 use super::maps::{sum, MapSource, MapWrites};
 use super::next_hops::NextHopMap;
 use super::tables::Tables;
+use super::upgrade::{self, PinnedMeta};
 use super::OBJECT;
 use crate::config::Limits;
 use crate::decide::plan::{EdgeSettings, VipMatch};
+use tracing::info;
 
 /// The pinned program, under a pin directory.
 const PROGRAM_PIN: &str = "steer";
@@ -38,6 +40,18 @@ const MAPS_DIR: &str = "maps";
 enum SteerProgram {
     Loaded(Box<Ebpf>),
     Pinned(Box<Xdp>),
+}
+
+/// The `.rodata` values `steer` is loaded with.
+struct Globals {
+    table_size: u32,
+    flow_buckets: u32,
+}
+
+impl Globals {
+    fn of(limits: Limits) -> Globals {
+        Globals { table_size: limits.table_size, flow_buckets: flow_buckets(limits.max_flows) }
+    }
 }
 
 /// The `steer` program and its maps.
@@ -57,6 +71,10 @@ pub struct Steer {
     global_stats: PerCpuArray<MapData, GlobalStats>,
     vip_stats: PerCpuArray<MapData, VipStats>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
+    /// What the pinned state is (`sys::upgrade`).
+    meta: HashMap<MapData, MetaKey, MetaValue>,
+    /// The version this agent replaced in place, if it did.
+    upgraded_from: Option<String>,
 }
 
 /// A client prefix as installed: VIP id, (network, length), its table.
@@ -78,10 +96,18 @@ impl Steer {
     pub fn load(limits: Limits) -> Result<Steer> {
         limits.validate()?;
         let limits = Limits { max_flows: flow_capacity(limits.max_flows), ..limits };
+        let globals = Globals::of(limits);
+        let ebpf = Self::loader(limits, &globals).load(OBJECT).context("loading the gslb eBPF object")?;
+        Self::verified(ebpf, limits)
+    }
+
+    /// A loader for the object with the given map sizes and globals.
+    fn loader(limits: Limits, globals: &Globals) -> EbpfLoader<'_> {
         let maglev_slots = limits.max_vips * TABLE_GENERATIONS * limits.table_size;
-        let mut ebpf = EbpfLoader::new()
-            .override_global(names::TABLE_SIZE, &limits.table_size, true)
-            .override_global(names::FLOW_BUCKETS, &flow_buckets(limits.max_flows), true)
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(names::TABLE_SIZE, &globals.table_size, true)
+            .override_global(names::FLOW_BUCKETS, &globals.flow_buckets, true)
             .map_max_entries(names::VIPS, limits.max_vips)
             .map_max_entries(names::FRAGMENT_VIPS, limits.max_vips)
             .map_max_entries(names::STEER_PREFIXES, limits.max_vips)
@@ -91,9 +117,12 @@ impl Steer {
             .map_max_entries(names::VIP_STATS, limits.max_vips)
             .map_max_entries(names::MAGLEV, maglev_slots)
             .map_max_entries(names::OWNER_HISTORY, limits.max_vips * limits.table_size)
-            .map_max_entries(names::FLOWS, flow_buckets(limits.max_flows))
-            .load(OBJECT)
-            .context("loading the gslb eBPF object")?;
+            .map_max_entries(names::FLOWS, flow_buckets(limits.max_flows));
+        loader
+    }
+
+    /// Runs the verifier over `steer` of a loaded object and takes its maps.
+    fn verified(mut ebpf: Ebpf, limits: Limits) -> Result<Steer> {
         let program: &mut Xdp = ebpf.program_mut("steer").context("no steer program")?.try_into()?;
         program.load().context("the verifier refused steer")?;
         let mut source = MapSource::Loaded(&mut ebpf);
@@ -108,12 +137,13 @@ impl Steer {
         );
         let maglev = Tables::new(maglev, limits.table_size)?;
         let history = OwnerHistory::new(source.take(names::OWNER_HISTORY)?, limits.table_size, limits.max_vips)?;
-        let (next_hops, edge_config, global_stats, vip_stats, backend_stats) = (
-            NextHopMap::new(source.take(names::NEXT_HOPS)?, std::collections::BTreeMap::new()),
+        let (next_hops, edge_config, global_stats, vip_stats, backend_stats, meta) = (
+            NextHopMap::new(source.take(names::NEXT_HOPS)?, written_backends(&backends)),
             source.take(names::EDGE_CONFIG)?,
             source.take(names::GLOBAL_STATS)?,
             source.take(names::VIP_STATS)?,
             source.take(names::BACKEND_STATS)?,
+            source.take(names::GSLB_META)?,
         );
         Ok(Steer {
             program: SteerProgram::Loaded(Box::new(ebpf)),
@@ -131,7 +161,59 @@ impl Steer {
             global_stats,
             vip_stats,
             backend_stats,
+            meta,
+            upgraded_from: None,
         })
+    }
+
+    /// Whether the pinned state under `dir` was left by this very build.
+    pub fn pinned_is_this_build(dir: &Path) -> Result<bool> {
+        Ok(PinnedMeta::read(&dir.join(MAPS_DIR))?.version.as_deref() == Some(upgrade::this_version().as_str()))
+    }
+
+    /// Replaces the `steer` pinned under `dir` by this build's, keeping its
+    /// maps: loads this program over the pinned maps, swaps it into every
+    /// pinned XDP link atomically, then pins it. Refused, with nothing
+    /// changed, when a map's layout differs (`sys::upgrade`).
+    pub fn upgrade(dir: &Path) -> Result<Steer> {
+        let maps_dir = dir.join(MAPS_DIR);
+        let pinned = PinnedMeta::read(&maps_dir)?;
+        let from = pinned.version.clone().unwrap_or_else(|| "a gslb from before versions were recorded".into());
+        let to = upgrade::this_version();
+        let shapes = LAYOUTS
+            .iter()
+            .map(|(name, _)| Ok((name.to_string(), upgrade::pinned_shape(&maps_dir.join(name))?)))
+            .collect::<Result<_>>()?;
+        let reasons = upgrade::refusals(&pinned, &shapes, &upgrade::our_shapes()?);
+        if !reasons.is_empty() {
+            bail!(
+                "cannot replace the pinned steer ({from}) by this one ({to}) in place: {}; {}",
+                reasons.join("; "),
+                upgrade::refusal_advice(dir)
+            );
+        }
+        let limits = pinned_limits(&maps_dir)?;
+        let globals = Globals::of(limits);
+        let mut loader = Self::loader(limits, &globals);
+        let paths: Vec<(&str, std::path::PathBuf)> =
+            LAYOUTS.iter().map(|(name, _)| (*name, maps_dir.join(name))).collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(*name, path.as_path());
+        }
+        // State pinned before versions were recorded has no GSLB_META: the
+        // loader creates and pins one.
+        let meta_path = maps_dir.join(names::GSLB_META);
+        loader.map_pin_path(names::GSLB_META, meta_path.as_path());
+        let ebpf = loader.load(OBJECT).context("loading this gslb's eBPF object over the pinned maps")?;
+        let mut steer = Self::verified(ebpf, limits).with_context(|| upgrade::refusal_advice(dir))?;
+        let interfaces = upgrade::replace_links(steer.program(), dir)?;
+        let path = dir.join(PROGRAM_PIN);
+        std::fs::remove_file(&path).with_context(|| format!("removing the old program's pin {}", path.display()))?;
+        steer.program().pin(&path).with_context(|| format!("pinning the program at {}", path.display()))?;
+        upgrade::write_meta(&mut steer.meta)?;
+        info!(from, to, interfaces = interfaces.join(","), "replaced the pinned steer in place; every map kept");
+        steer.upgraded_from = Some(from);
+        Ok(steer)
     }
 
     /// Adopts the program and maps a previous agent pinned under `dir`:
@@ -152,28 +234,19 @@ impl Steer {
         let program = Xdp::from_pin(&path, aya_obj::programs::XdpAttachType::Interface)
             .with_context(|| format!("opening the pinned program {}", path.display()))?;
         let maps_dir = dir.join(MAPS_DIR);
+        let limits = pinned_limits(&maps_dir)?;
         let mut source = MapSource::Pinned(&maps_dir);
-        let vips: HashMap<MapData, VipKey, VipValue> = source.take(names::VIPS)?;
-        let max_vips = vips.map().info()?.max_entries();
-        let maglev: Array<MapData, u32> = source.take(names::MAGLEV)?;
-        let flows: Array<MapData, FlowBucket> = source.take(names::FLOWS)?;
-        let backends: Array<MapData, Backend> = source.take(names::BACKENDS)?;
-        let limits = Limits {
-            max_vips,
-            max_backends: backends.len(),
-            max_flows: flow_capacity(flows.len() * FLOW_WAYS as u32),
-            table_size: maglev.len() / (max_vips * TABLE_GENERATIONS),
-        };
-        limits.validate().context("the pinned maps have inconsistent sizes")?;
+        let (vips, maglev, flows, backends) = (
+            source.take(names::VIPS)?,
+            source.take(names::MAGLEV)?,
+            source.take(names::FLOWS)?,
+            source.take::<Array<MapData, Backend>>(names::BACKENDS)?,
+        );
         // A MAGLEV pinned by an agent from before it was memory-mappable
         // still works, one system call per slot as then (see `Tables`).
         let maglev = Tables::new(maglev, limits.table_size)?;
         let history = OwnerHistory::new(source.take(names::OWNER_HISTORY)?, limits.table_size, limits.max_vips)?;
-        // The backends already written keep their next hops until the
-        // watcher has checked them.
-        let written = (1..backends.len())
-            .filter_map(|id| backends.get(&id, 0).ok().filter(|b| b.addr != [0; 16]).map(|b| (id, addr_to_ip(&b.addr))))
-            .collect();
+        let written = written_backends(&backends);
         Ok(Steer {
             program: SteerProgram::Pinned(Box::new(program)),
             limits,
@@ -190,6 +263,8 @@ impl Steer {
             global_stats: source.take(names::GLOBAL_STATS)?,
             vip_stats: source.take(names::VIP_STATS)?,
             backend_stats: source.take(names::BACKEND_STATS)?,
+            meta: source.take(names::GSLB_META)?,
+            upgraded_from: None,
         })
     }
 
@@ -204,7 +279,8 @@ impl Steer {
     pub fn pin(&mut self, dir: &Path) -> Result<()> {
         let maps_dir = dir.join(MAPS_DIR);
         std::fs::create_dir_all(&maps_dir).with_context(|| format!("creating {}", maps_dir.display()))?;
-        let maps: [(&str, &MapData); 12] = [
+        upgrade::write_meta(&mut self.meta)?;
+        let maps: [(&str, &MapData); 13] = [
             (names::VIPS, self.vips.map()),
             (names::VIP_FILTER, self.vip_filter.map()),
             (names::FRAGMENT_VIPS, self.fragment_vips.map()),
@@ -217,6 +293,7 @@ impl Steer {
             (names::GLOBAL_STATS, self.global_stats.map()),
             (names::VIP_STATS, self.vip_stats.map()),
             (names::BACKEND_STATS, self.backend_stats.map()),
+            (names::GSLB_META, self.meta.map()),
         ];
         for (name, map) in maps {
             let path = maps_dir.join(name);
@@ -272,6 +349,22 @@ impl Steer {
     /// What `OWNER_HISTORY` remembers of one table slot's previous owners.
     pub fn slot_history(&self, table_id: u32, slot: u32) -> Result<SlotHistory> {
         self.history.get(table_id, slot)
+    }
+
+    /// The version of the program steering (`sys::upgrade`), as recorded
+    /// in `GSLB_META`.
+    pub fn program_version(&self) -> Option<String> {
+        upgrade::recorded_version(&self.meta)
+    }
+
+    /// When the kernel loaded the program steering.
+    pub fn program_loaded_at(&mut self) -> Option<std::time::SystemTime> {
+        self.program().info().ok()?.loaded_at()
+    }
+
+    /// The version this agent replaced in place at its start, if it did.
+    pub fn upgraded_from(&self) -> Option<&str> {
+        self.upgraded_from.as_deref()
     }
 
     /// Whether `MAGLEV` is written through a memory mapping; false for a
@@ -386,6 +479,32 @@ impl Steer {
     pub fn backend_stats(&self, id: u32) -> Result<BackendStats> {
         sum(&self.backend_stats, id)
     }
+}
+
+/// The backends already written (none in a fresh object): they keep their
+/// next hops until the watcher has checked them.
+fn written_backends(backends: &Array<MapData, Backend>) -> std::collections::BTreeMap<u32, IpAddr> {
+    (1..backends.len())
+        .filter_map(|id| backends.get(&id, 0).ok().filter(|b| b.addr != [0; 16]).map(|b| (id, addr_to_ip(&b.addr))))
+        .collect()
+}
+
+/// The map sizes of the state pinned under `maps_dir`.
+fn pinned_limits(maps_dir: &Path) -> Result<Limits> {
+    let mut source = MapSource::Pinned(maps_dir);
+    let vips: HashMap<MapData, VipKey, VipValue> = source.take(names::VIPS)?;
+    let max_vips = vips.map().info()?.max_entries();
+    let maglev: Array<MapData, u32> = source.take(names::MAGLEV)?;
+    let flows: Array<MapData, FlowBucket> = source.take(names::FLOWS)?;
+    let backends: Array<MapData, Backend> = source.take(names::BACKENDS)?;
+    let limits = Limits {
+        max_vips,
+        max_backends: backends.len(),
+        max_flows: flow_capacity(flows.len() * FLOW_WAYS as u32),
+        table_size: maglev.len() / (max_vips * TABLE_GENERATIONS),
+    };
+    limits.validate().context("the pinned maps have inconsistent sizes")?;
+    Ok(limits)
 }
 
 impl MapWrites for Steer {

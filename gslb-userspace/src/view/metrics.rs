@@ -341,6 +341,16 @@ pub fn render(status: &Status) -> String {
         }
     }
 
+    // The program steering.
+    let program = int_gauge_family(r, "gslb_program_info", "Always 1: the version of the steer program steering");
+    set_int(&program, vec![("version", status.program.version.clone())], 1);
+    let loaded = int_gauge_family(
+        r,
+        "gslb_program_loaded_timestamp_seconds",
+        "When the kernel loaded the steer program steering (Unix time)",
+    );
+    set_int(&loaded, vec![], status.program.loaded_unix as i64);
+
     // Config reloads.
     let reloads =
         counter_family(r, "gslb_config_reloads", "Config reloads since the agent started: applied (ok) or refused");

@@ -21,6 +21,9 @@ impl Status {
             interfaces.join(", "),
             if self.adopted { "  [adopted pinned state]" } else { "" }
         );
+        let p = &self.program;
+        let upgraded = p.upgraded_from.as_ref().map(|from| format!("  (replaced {from} in place)")).unwrap_or_default();
+        let _ = writeln!(out, "program: steer {}  loaded {}{upgraded}", p.version, loaded_ago(p.loaded_unix));
         for link in &self.links {
             let _ = writeln!(out, "{}", link.render());
         }
@@ -274,6 +277,15 @@ fn render_table(out: &mut String, indent: &str, backends: &[VipBackend]) {
             b.share * 100.0
         );
     }
+}
+
+/// "42s ago" since a Unix time; "at an unknown time" for 0.
+fn loaded_ago(unix: u64) -> String {
+    if unix == 0 {
+        return "at an unknown time".into();
+    }
+    let secs = unix_ms(SystemTime::now()) / 1000;
+    format!("{}s ago", secs.saturating_sub(unix))
 }
 
 #[cfg(test)]

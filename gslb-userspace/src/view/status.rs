@@ -14,6 +14,9 @@ pub struct Status {
     /// Whether this agent adopted a data plane pinned by an earlier one.
     pub adopted: bool,
     pub started_unix: u64,
+    /// The `steer` program steering: its version and when it was loaded.
+    #[serde(default)]
+    pub program: ProgramStatus,
     /// Interface -> how `steer` is attached: "native", "generic",
     /// "adopted", or "detached" (the interface is gone or attaching failed).
     pub interfaces: BTreeMap<String, String>,
@@ -228,6 +231,18 @@ pub struct TransitionStatus {
     pub from: String,
     pub to: String,
     pub reason: String,
+}
+
+/// The `steer` program steering (`sys::upgrade`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramStatus {
+    /// `<package version>+<object hash>`, as `GSLB_META` records it.
+    pub version: String,
+    /// When the kernel loaded it (an adopting agent did not).
+    pub loaded_unix: u64,
+    /// The version this agent replaced in place at its start, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgraded_from: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
