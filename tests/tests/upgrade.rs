@@ -126,13 +126,73 @@ fn upgrade_and_downgrade_in_place_keep_every_connection() {
     d.start_agent_from(EDGE, &variant).unwrap();
     let from_unversioned = d.status(EDGE).unwrap();
     assert_eq!(from_unversioned.program.version, upgraded.program.version);
-    assert_eq!(
-        from_unversioned.program.upgraded_from.as_deref(),
-        Some("a gslb from before versions were recorded")
-    );
+    assert_eq!(from_unversioned.program.upgraded_from.as_deref(), Some("a gslb from before versions were recorded"));
     assert_ne!(linked_program(&d), program, "the XDP link still runs the old program");
     progress("after upgrading pins without versions");
 
     assert_untouched(&v4.stop(), "IPv4 across upgrade and downgrade");
     assert_untouched(&v6.stop(), "IPv6 across upgrade and downgrade");
+}
+
+/// A map of the kernel made for the migration test.
+fn kernel_map(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> MapData {
+    use aya_obj::maps::{bpf_map_def, LegacyMap};
+    let def = bpf_map_def { map_type, key_size, value_size, max_entries, ..Default::default() };
+    let object = aya_obj::Map::Legacy(LegacyMap {
+        def,
+        inner_def: None,
+        section_index: 0,
+        section_kind: aya_obj::EbpfSectionKind::Maps,
+        symbol_index: None,
+        data: Vec::new(),
+    });
+    MapData::create(object, "migration_test", None).expect("creating a map")
+}
+
+/// The old layout's `u32` value becomes the new layout's `u64`; the entry
+/// of key 3 is dropped.
+fn widen(key: &[u8], value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let value = u32::from_ne_bytes(value.try_into().unwrap());
+    (key != 3u32.to_ne_bytes()).then(|| (key.to_vec(), (value as u64 * 10).to_ne_bytes().to_vec()))
+}
+
+/// The copier a layout migration runs, on real kernel maps of every kind
+/// the agent pins: hash, array and per-CPU array.
+#[test]
+fn a_migration_converts_every_entry_of_real_maps() {
+    use aya::maps::{Array, IterableMap, PerCpuArray, PerCpuValues};
+    use gslb_userspace::sys::upgrade::migrate::copy_entries;
+    const HASH: u32 = 1;
+    const ARRAY: u32 = 2;
+    const PER_CPU_ARRAY: u32 = 6;
+
+    let (old, new) = (kernel_map(HASH, 4, 4, 16), kernel_map(HASH, 4, 8, 16));
+    let mut old_hash: HashMap<MapData, u32, u32> = HashMap::try_from(Map::HashMap(old)).unwrap();
+    for key in 1..=5u32 {
+        old_hash.insert(key, key + 100, 0).unwrap();
+    }
+    let written = copy_entries(old_hash.map(), &new, widen).unwrap();
+    let new_hash: HashMap<MapData, u32, u64> = HashMap::try_from(Map::HashMap(new)).unwrap();
+    assert_eq!(written, 4);
+    let mut entries: Vec<(u32, u64)> = new_hash.iter().map(Result::unwrap).collect();
+    entries.sort();
+    assert_eq!(entries, [(1, 1010), (2, 1020), (4, 1040), (5, 1050)]);
+
+    let (old, new) = (kernel_map(ARRAY, 4, 4, 8), kernel_map(ARRAY, 4, 8, 8));
+    let mut old_array: Array<MapData, u32> = Array::try_from(Map::Array(old)).unwrap();
+    old_array.set(6, 7, 0).unwrap();
+    assert_eq!(copy_entries(old_array.map(), &new, widen).unwrap(), 7, "every slot but the dropped one");
+    let new_array: Array<MapData, u64> = Array::try_from(Map::Array(new)).unwrap();
+    assert_eq!(new_array.get(&6, 0).unwrap(), 70);
+    assert_eq!(new_array.get(&0, 0).unwrap(), 0);
+
+    let cpus = aya::util::nr_cpus().unwrap();
+    let (old, new) = (kernel_map(PER_CPU_ARRAY, 4, 4, 2), kernel_map(PER_CPU_ARRAY, 4, 8, 2));
+    let mut old_counters: PerCpuArray<MapData, u32> = PerCpuArray::try_from(Map::PerCpuArray(old)).unwrap();
+    let values = PerCpuValues::try_from((0..cpus as u32).map(|cpu| cpu + 1).collect::<Vec<_>>()).unwrap();
+    old_counters.set(1, values, 0).unwrap();
+    copy_entries(old_counters.map(), &new, widen).unwrap();
+    let new_counters: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(new)).unwrap();
+    let got: Vec<u64> = new_counters.get(&1, 0).unwrap().iter().copied().collect();
+    assert_eq!(got, (0..cpus as u64).map(|cpu| (cpu + 1) * 10).collect::<Vec<_>>(), "per CPU, each converted");
 }

@@ -2,7 +2,7 @@
 //! them, and every read and write the agent makes to them.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use aya::{
@@ -25,7 +25,7 @@ use super::history::OwnerHistory;
 use super::maps::{sum, MapSource, MapWrites};
 use super::next_hops::NextHopMap;
 use super::tables::Tables;
-use super::upgrade::{self, PinnedMeta};
+use super::upgrade::{self, migrate, PinnedMeta, Staging};
 use super::OBJECT;
 use crate::config::Limits;
 use crate::decide::plan::{EdgeSettings, VipMatch};
@@ -172,47 +172,78 @@ impl Steer {
     }
 
     /// Replaces the `steer` pinned under `dir` by this build's, keeping its
-    /// maps: loads this program over the pinned maps, swaps it into every
-    /// pinned XDP link atomically, then pins it. Refused, with nothing
-    /// changed, when a map's layout differs (`sys::upgrade`).
+    /// maps: loads this program over the pinned maps (migrating those of an
+    /// older layout into new ones), swaps it into every pinned XDP link
+    /// atomically, then pins it. Refused, with nothing changed, when a map
+    /// cannot be taken over (`sys::upgrade`).
     pub fn upgrade(dir: &Path) -> Result<Steer> {
         let maps_dir = dir.join(MAPS_DIR);
         let pinned = PinnedMeta::read(&maps_dir)?;
         let from = pinned.version.clone().unwrap_or_else(|| "a gslb from before versions were recorded".into());
         let to = upgrade::this_version();
-        let shapes = LAYOUTS
-            .iter()
-            .map(|(name, _)| Ok((name.to_string(), upgrade::pinned_shape(&maps_dir.join(name))?)))
-            .collect::<Result<_>>()?;
-        let reasons = upgrade::refusals(&pinned, &shapes, &upgrade::our_shapes()?);
-        if !reasons.is_empty() {
+        let plan = upgrade::plan_for(&maps_dir, &pinned)?;
+        if !plan.refusals.is_empty() {
             bail!(
                 "cannot replace the pinned steer ({from}) by this one ({to}) in place: {}; {}",
-                reasons.join("; "),
+                plan.refusals.join("; "),
                 upgrade::refusal_advice(dir)
             );
         }
-        let limits = pinned_limits(&maps_dir)?;
-        let globals = Globals::of(limits);
-        let mut loader = Self::loader(limits, &globals);
-        let paths: Vec<(&str, std::path::PathBuf)> =
-            LAYOUTS.iter().map(|(name, _)| (*name, maps_dir.join(name))).collect();
-        for (name, path) in &paths {
-            loader.map_pin_path(*name, path.as_path());
-        }
-        // State pinned before versions were recorded has no GSLB_META: the
-        // loader creates and pins one.
-        let meta_path = maps_dir.join(names::GSLB_META);
-        loader.map_pin_path(names::GSLB_META, meta_path.as_path());
-        let ebpf = loader.load(OBJECT).context("loading this gslb's eBPF object over the pinned maps")?;
-        let mut steer = Self::verified(ebpf, limits).with_context(|| upgrade::refusal_advice(dir))?;
+        let staging = Staging::new(dir)?;
+        let mut steer = match Self::load_over(&maps_dir, &plan, &staging) {
+            Ok(steer) => steer,
+            Err(error) => {
+                staging.remove();
+                return Err(error.context(upgrade::refusal_advice(dir)));
+            }
+        };
         let interfaces = upgrade::replace_links(steer.program(), dir)?;
+        staging.install(&maps_dir)?;
         let path = dir.join(PROGRAM_PIN);
         std::fs::remove_file(&path).with_context(|| format!("removing the old program's pin {}", path.display()))?;
         steer.program().pin(&path).with_context(|| format!("pinning the program at {}", path.display()))?;
         upgrade::write_meta(&mut steer.meta)?;
-        info!(from, to, interfaces = interfaces.join(","), "replaced the pinned steer in place; every map kept");
+        let migrated: Vec<&str> = plan.migrate.iter().map(|m| m.map).collect();
+        info!(
+            from,
+            to,
+            interfaces = interfaces.join(","),
+            migrated = migrated.join(","),
+            "replaced the pinned steer in place; every other map kept as it was"
+        );
         steer.upgraded_from = Some(from);
+        Ok(steer)
+    }
+
+    /// Loads this build's `steer` over the maps pinned in `maps_dir`, with
+    /// new maps (pinned in `staging`) for those `plan` migrates, filled
+    /// from the old ones. Nothing steers with it yet.
+    fn load_over(maps_dir: &Path, plan: &upgrade::Plan, staging: &Staging) -> Result<Steer> {
+        let limits = pinned_limits(maps_dir)?;
+        let globals = Globals::of(limits);
+        let mut loader = Self::loader(limits, &globals);
+        let migrated = |name: &str| plan.migrate.iter().any(|m| m.map == name);
+        // State pinned before versions were recorded has no GSLB_META: the
+        // loader creates and pins one.
+        let paths: Vec<(&str, PathBuf)> = LAYOUTS
+            .iter()
+            .map(|(name, _)| *name)
+            .chain([names::GSLB_META])
+            .map(|name| (name, if migrated(name) { staging.path(name) } else { maps_dir.join(name) }))
+            .collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(*name, path.as_path());
+        }
+        let ebpf = loader.load(OBJECT).context("loading this gslb's eBPF object over the pinned maps")?;
+        let steer = Self::verified(ebpf, limits)?;
+        for migration in &plan.migrate {
+            let (old, new) = (maps_dir.join(migration.map), staging.path(migration.map));
+            let open = |path: &Path| MapData::from_pin(path).with_context(|| format!("opening {}", path.display()));
+            let entries = migrate::copy_entries(&open(&old)?, &open(&new)?, migration.convert).with_context(|| {
+                format!("migrating {} from layout {} to {}", migration.map, migration.from, migration.to)
+            })?;
+            info!(map = migration.map, entries, from = migration.from, to = migration.to, "migrated a map");
+        }
         Ok(steer)
     }
 

@@ -5,11 +5,15 @@
 //!
 //! A map whose layout version and shape (type, key and value size) match
 //! this build's is kept as it is: recorded flows, tables, previous owners
-//! and counters carry on. Any other difference refuses the upgrade before
-//! anything is changed, saying what to do instead.
+//! and counters carry on. A map at a layout version this build has a
+//! migration from is copied into a new map entry by entry (`migrate`). Any
+//! other difference refuses the upgrade before anything is changed, saying
+//! what to do instead.
+
+pub mod migrate;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData};
@@ -17,6 +21,7 @@ use aya::programs::{links::FdLink, links::PinnedLink, xdp::XdpLink, Xdp};
 use gslb_common::{names, MetaKey, MetaValue, LAYOUTS};
 use tracing::info;
 
+use self::migrate::Migration;
 use super::attach;
 use super::OBJECT;
 
@@ -137,32 +142,99 @@ pub fn pinned_shape(path: &Path) -> Result<Option<Shape>> {
     Ok(Some(Shape { map_type, key_size: info.key_size(), value_size: info.value_size() }))
 }
 
-/// Why this build cannot take over the pinned maps, one reason per map;
-/// empty when it can keep every one of them.
-pub fn refusals(
+/// How this build takes over the pinned maps: the ones it migrates (the
+/// rest it keeps as they are), or why it cannot, one reason per map.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub migrate: Vec<&'static Migration>,
+    pub refusals: Vec<String>,
+}
+
+/// Decides, map by map, whether this build keeps the pinned map, migrates
+/// it with one of `migrations`, or cannot take it over.
+pub fn plan(
     pinned: &PinnedMeta,
     pinned_shapes: &BTreeMap<String, Option<Shape>>,
     ours: &BTreeMap<String, Shape>,
-) -> Vec<String> {
-    let mut reasons = Vec::new();
+    migrations: &'static [Migration],
+) -> Plan {
+    let mut plan = Plan::default();
     for (name, version) in LAYOUTS {
         let Some(Some(theirs)) = pinned_shapes.get(name) else {
-            reasons.push(format!("{name} is not pinned"));
+            plan.refusals.push(format!("{name} is not pinned"));
             continue;
         };
         let recorded = pinned.layout(name);
-        if recorded != version {
-            reasons.push(format!(
+        if recorded == version {
+            if ours.get(name) != Some(theirs) {
+                plan.refusals.push(format!(
+                    "{name} has another shape than this gslb's at the same layout version ({theirs:?} pinned, {:?} here)",
+                    ours.get(name)
+                ));
+            }
+            continue;
+        }
+        match migrations.iter().find(|m| m.map == name && m.from == recorded && m.to == version) {
+            Some(m) if (m.from_key_size, m.from_value_size) == (theirs.key_size, theirs.value_size) => {
+                plan.migrate.push(m)
+            }
+            Some(m) => plan.refusals.push(format!(
+                "{name} has layout version {recorded} but not its sizes (key {} and value {} bytes pinned, {} and {} expected)",
+                theirs.key_size, theirs.value_size, m.from_key_size, m.from_value_size
+            )),
+            None => plan.refusals.push(format!(
                 "{name} has layout version {recorded}, this gslb uses {version} and cannot migrate between them"
-            ));
-        } else if ours.get(name) != Some(theirs) {
-            reasons.push(format!(
-                "{name} has another shape than this gslb's at the same layout version ({theirs:?} pinned, {:?} here)",
-                ours.get(name)
-            ));
+            )),
         }
     }
-    reasons
+    plan
+}
+
+/// The plan for the maps pinned under `maps_dir`, with this build's
+/// migrations.
+pub fn plan_for(maps_dir: &Path, pinned: &PinnedMeta) -> Result<Plan> {
+    let shapes = LAYOUTS
+        .iter()
+        .map(|(name, _)| Ok((name.to_string(), pinned_shape(&maps_dir.join(name))?)))
+        .collect::<Result<_>>()?;
+    Ok(plan(pinned, &shapes, &our_shapes()?, migrate::MIGRATIONS))
+}
+
+/// Where an upgrade pins the maps it creates for migrated ones, until the
+/// new program steers with them: `<pin dir>/upgrade/`.
+pub struct Staging {
+    dir: PathBuf,
+}
+
+impl Staging {
+    /// An empty staging directory; pins a crashed upgrade left are dropped.
+    pub fn new(pin_dir: &Path) -> Result<Staging> {
+        let staging = Staging { dir: pin_dir.join("upgrade") };
+        staging.remove();
+        std::fs::create_dir_all(&staging.dir).with_context(|| format!("creating {}", staging.dir.display()))?;
+        Ok(staging)
+    }
+
+    pub fn path(&self, map: &str) -> PathBuf {
+        self.dir.join(map)
+    }
+
+    /// Moves every staged map over the pin of the map it replaces (the old
+    /// map goes once nothing uses it), then removes the directory.
+    pub fn install(&self, maps_dir: &Path) -> Result<()> {
+        for entry in std::fs::read_dir(&self.dir).with_context(|| format!("reading {}", self.dir.display()))? {
+            let entry = entry?;
+            let target = maps_dir.join(entry.file_name());
+            std::fs::rename(entry.path(), &target)
+                .with_context(|| format!("moving the new map to {}", target.display()))?;
+        }
+        std::fs::remove_dir(&self.dir).with_context(|| format!("removing {}", self.dir.display()))
+    }
+
+    /// Drops the staged maps (an upgrade that did not happen).
+    pub fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// What an operator does when the upgrade is refused.
@@ -213,7 +285,8 @@ mod tests {
     #[test]
     fn the_same_layouts_are_kept_and_unrecorded_ones_are_version_1() {
         let (pinned, ours) = shapes();
-        assert!(refusals(&PinnedMeta::default(), &pinned, &ours).is_empty());
+        let plan = plan(&PinnedMeta::default(), &pinned, &ours, &[]);
+        assert!(plan.refusals.is_empty() && plan.migrate.is_empty(), "{plan:?}");
     }
 
     #[test]
@@ -223,11 +296,41 @@ mod tests {
         meta.layouts.insert(names::FLOWS.into(), 7);
         pinned.get_mut(names::BACKENDS).unwrap().as_mut().unwrap().value_size += 4;
         pinned.insert(names::VIPS.into(), None);
-        let reasons = refusals(&meta, &pinned, &ours);
+        let reasons = plan(&meta, &pinned, &ours, &[]).refusals;
         assert_eq!(reasons.len(), 3, "{reasons:?}");
         assert!(reasons.iter().any(|r| r.starts_with("FLOWS has layout version 7, this gslb uses 1")), "{reasons:?}");
         assert!(reasons.iter().any(|r| r.starts_with("BACKENDS has another shape")), "{reasons:?}");
         assert!(reasons.iter().any(|r| r == "VIPS is not pinned"), "{reasons:?}");
+    }
+
+    fn widen(key: &[u8], value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+        Some((key.to_vec(), [value, &[0; 4]].concat()))
+    }
+
+    static WIDEN_FLOWS: [Migration; 1] =
+        [Migration { map: names::FLOWS, from: 0, to: 1, from_key_size: 4, from_value_size: 4, convert: widen }];
+
+    #[test]
+    fn a_known_migration_is_planned_only_from_its_version_and_sizes() {
+        let (mut pinned, ours) = shapes();
+        let flows = pinned.get_mut(names::FLOWS).unwrap().as_mut().unwrap();
+        flows.value_size = 4;
+        let mut meta = PinnedMeta::default();
+        meta.layouts.insert(names::FLOWS.into(), 0);
+        let planned = plan(&meta, &pinned, &ours, &WIDEN_FLOWS);
+        assert!(planned.refusals.is_empty(), "{planned:?}");
+        assert_eq!(planned.migrate.iter().map(|m| m.map).collect::<Vec<_>>(), [names::FLOWS]);
+
+        // The same version with other sizes than the migration expects.
+        pinned.get_mut(names::FLOWS).unwrap().as_mut().unwrap().value_size = 12;
+        let planned = plan(&meta, &pinned, &ours, &WIDEN_FLOWS);
+        assert!(planned.migrate.is_empty());
+        assert!(planned.refusals[0].starts_with("FLOWS has layout version 0 but not its sizes"), "{planned:?}");
+
+        // Another version than the migration's.
+        meta.layouts.insert(names::FLOWS.into(), 5);
+        let planned = plan(&meta, &pinned, &ours, &WIDEN_FLOWS);
+        assert!(planned.refusals[0].contains("cannot migrate"), "{planned:?}");
     }
 
     #[test]
