@@ -439,7 +439,13 @@ mod tests {
              "reattaches": 3, "last_event": {"at_unix_ms": 0, "kind": "vanished", "detail": ""}}
         ]))
         .expect("the fixture matches InterfaceStatus");
+        status.program.version = "0.1.0+abc".into();
+        status.program.loaded_unix = 1_700_000_123;
         let text = render(&status);
+        assert_lines(
+            &text,
+            &[r#"gslb_program_info{version="0.1.0+abc"} 1"#, "gslb_program_loaded_timestamp_seconds 1700000123"],
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert_lines(
             &text,

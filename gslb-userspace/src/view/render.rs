@@ -23,7 +23,8 @@ impl Status {
         );
         let p = &self.program;
         let upgraded = p.upgraded_from.as_ref().map(|from| format!("  (replaced {from} in place)")).unwrap_or_default();
-        let _ = writeln!(out, "program: steer {}  loaded {}{upgraded}", p.version, loaded_ago(p.loaded_unix));
+        let version = if p.version.is_empty() { "(version unknown)" } else { &p.version };
+        let _ = writeln!(out, "program: steer {version}  loaded {}{upgraded}", loaded_ago(p.loaded_unix));
         for link in &self.links {
             let _ = writeln!(out, "{}", link.render());
         }
@@ -300,6 +301,22 @@ mod tests {
         let line = |address: &str| pool.lines().find(|l| l.trim_start().starts_with(address)).unwrap().to_string();
         assert!(line("10.0.0.1 ").contains("eth0 02:00:5e:00:01:01"), "{pool}");
         assert!(line("2001:db8::2 ").contains("route lookup"), "{pool}");
+    }
+
+    #[test]
+    fn status_shows_the_program_and_what_it_replaced() {
+        let mut status = sample_status();
+        assert!(
+            status.render().contains("program: steer (version unknown)  loaded at an unknown time\n"),
+            "{}",
+            status.render()
+        );
+        status.program.version = "0.2.0+def".into();
+        status.program.loaded_unix = 1;
+        status.program.upgraded_from = Some("0.1.0+abc".into());
+        let text = status.render();
+        assert!(text.contains("program: steer 0.2.0+def  loaded "), "{text}");
+        assert!(text.contains("s ago  (replaced 0.1.0+abc in place)"), "{text}");
     }
 
     #[test]
