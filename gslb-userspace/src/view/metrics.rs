@@ -344,12 +344,13 @@ pub fn render(status: &Status) -> String {
     // The program steering.
     let program = int_gauge_family(r, "gslb_program_info", "Always 1: the version of the steer program steering");
     set_int(&program, vec![("version", status.program.version.clone())], 1);
-    let loaded = int_gauge_family(
-        r,
+    let loaded = prometheus_client::metrics::gauge::Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    loaded.set(status.program.loaded_unix as i64);
+    r.register(
         "gslb_program_loaded_timestamp_seconds",
         "When the kernel loaded the steer program steering (Unix time)",
+        loaded,
     );
-    set_int(&loaded, vec![], status.program.loaded_unix as i64);
 
     // Config reloads.
     let reloads =
