@@ -51,6 +51,7 @@ mod tests {
             names::OWNER_HISTORY,
             names::DECAP_EDGES,
             names::DECAP_PEERS,
+            names::GSLB_META,
             "FIB_SCRATCH",
             ".rodata",
         ];
