@@ -197,8 +197,18 @@ max_flows = {max_flows}
     if let Some(table_size) = setup.table_size {
         let _ = writeln!(toml, "table_size = {table_size}");
     }
+    // In the lab's run directory, not the host's /var/lib/gslb (with a
+    // fleet, fleet.state_file names it).
+    if setup.fleet.is_none() {
+        let _ = writeln!(toml, "state_file = \"{}\"", state_file(lab, edge).display());
+    }
     toml.push('\n');
     toml
+}
+
+/// The state file of `edge` without a fleet (`edge.state_file`).
+pub fn state_file(lab: &Lab, edge: EdgeNode) -> PathBuf {
+    lab.run_dir().join(format!("{}-state.json", edge.name()))
 }
 
 /// The VIPs and pools every edge has: the rest of an edge's file, or, with

@@ -2,12 +2,14 @@
 //! of the agent, and the operator's edge drain.
 
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Result};
 
 use super::Agent;
 use crate::announce::{has_serving_pool, Inputs, VipView};
+use crate::fleet::keys::DrainRecord;
+use crate::fleet::unix_ms;
 use crate::health::Health;
 
 impl Agent {
@@ -41,9 +43,26 @@ impl Agent {
     /// Steps the decision and hands changed routes to the daemon worker.
     pub fn step_announcements(&mut self) {
         let inputs = self.announce_inputs();
-        if let Some(announcer) = &mut self.announcer {
-            announcer.step(&inputs);
+        let Some(announcer) = &mut self.announcer else { return };
+        announcer.step(&inputs);
+        // An edge drain given `--for` ends in the step: off the file.
+        if !announcer.edge_drained() && self.state.live.edge_drain.take().is_some() {
+            self.persist();
         }
+    }
+
+    /// Takes back the edge drain the state file holds (`start_announcing`),
+    /// or drops it when this edge announces nothing.
+    pub(super) fn restore_edge_drain(&mut self) {
+        match &mut self.announcer {
+            Some(announcer) => {
+                if let Some((elapsed, remaining)) = self.state.restore_edge_drain(SystemTime::now()) {
+                    announcer.restore_edge_drain(elapsed, remaining);
+                }
+            }
+            None => self.state.drop_edge_drain("this edge announces nothing over BGP ([bgp] daemon is \"none\")"),
+        }
+        self.persist();
     }
 
     /// `gslb drain --edge`: announce less preferred, then withdraw.
@@ -52,6 +71,10 @@ impl Agent {
             bail!("this edge announces nothing over BGP ([bgp] daemon is \"none\"); an edge drain needs a daemon");
         };
         announcer.drain_edge(duration);
+        let now = SystemTime::now();
+        self.state.live.edge_drain =
+            Some(DrainRecord { since_ms: unix_ms(now), until_ms: duration.map(|d| unix_ms(now + d)) });
+        self.persist();
         self.step_announcements();
         Ok(())
     }
@@ -61,6 +84,8 @@ impl Agent {
             bail!("this edge announces nothing over BGP ([bgp] daemon is \"none\")");
         };
         announcer.undrain_edge();
+        self.state.live.edge_drain = None;
+        self.persist();
         self.step_announcements();
         Ok(())
     }

@@ -8,19 +8,18 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
+use anyhow::Result;
 use tracing::{error, info, warn};
 
+use super::state::{drains_of, SavedState};
 use super::Agent;
 use crate::announce::Reason;
 use crate::config::{self, Config, Fleet};
-use crate::decide::conditions::{Drain, Drains};
 use crate::decide::plan::{Conditions, Plan};
-use crate::fleet::keys::{Announcements, ApplyError, Disagreement, DrainRecord, EdgeReport, Verdicts};
+use crate::fleet::keys::{Announcements, ApplyError, Disagreement, EdgeReport, Verdicts};
 use crate::fleet::quorum::{fleet_verdicts, FleetVerdict};
 use crate::fleet::sync::{DrainOp, FleetEvent, Outgoing};
 use crate::fleet::{from_unix_ms, now_ms, unix_ms};
@@ -48,22 +47,8 @@ pub(super) struct FleetState {
     pub(super) withdrawn_unreachable: bool,
     /// Where the operator's drains go to be stored fleet-wide.
     pub(super) drain_ops: Option<tokio::sync::mpsc::UnboundedSender<DrainOp>>,
-    /// The applied revision's document and the fleet's drains, as saved in
-    /// `state_file`.
-    saved: SavedState,
     /// `tables_digest` of the plan in force (computed when it changes).
     pub(super) tables_digest: String,
-}
-
-/// What a restart without etcd needs, kept on disk (`fleet.state_file`):
-/// the last applied revision and the fleet's drains.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-struct SavedState {
-    revision: Option<u64>,
-    applied_at_ms: u64,
-    document: String,
-    #[serde(default)]
-    drains: BTreeMap<IpAddr, DrainRecord>,
 }
 
 impl FleetState {
@@ -80,7 +65,6 @@ impl FleetState {
             disagreements: Vec::new(),
             withdrawn_unreachable: false,
             drain_ops: None,
-            saved: SavedState::default(),
             tables_digest: String::new(),
         }
     }
@@ -95,50 +79,32 @@ impl FleetState {
     }
 }
 
-/// The edge file with the revision and drains kept on disk, if there are
-/// any this edge accepts; otherwise the file alone (no VIPs until the fleet
-/// gives some) and no drains.
-pub(super) fn with_saved_state(config: Config, state: &mut FleetState) -> (Config, Drains) {
-    let path = state.settings.state_file.clone();
-    let saved = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            info!(path = %path.display(), "fleet: nothing saved; steering nothing until etcd gives a revision");
-            return (config, Drains::new());
-        }
-        Err(e) => {
-            warn!(path = %path.display(), "fleet: cannot read the saved state ({e}); steering nothing until etcd gives a revision");
-            return (config, Drains::new());
-        }
+/// The edge file with the revision kept in the state file, if there is one
+/// this edge accepts; otherwise the file alone (no VIPs until the fleet
+/// gives some). The saved drains are restored with any others.
+pub(super) fn with_saved_revision(config: Config, fleet: &mut FleetState, saved: &SavedState) -> Config {
+    let Some(revision) = saved.revision else {
+        info!("fleet: no revision saved; steering nothing until etcd gives one");
+        return config;
     };
-    let parsed = serde_json::from_slice::<SavedState>(&saved).map_err(anyhow::Error::from).and_then(|s| {
-        let config = match s.revision {
-            Some(revision) => document_config(&config, revision, &s.document)?,
-            None => config.clone(),
-        };
-        Ok((config, s))
-    });
-    match parsed {
-        Ok((with_document, saved)) => {
-            info!(revision = ?saved.revision, drains = saved.drains.len(), path = %path.display(), "fleet: steering with the saved revision and drains until etcd answers");
-            state.applied = saved.revision.map(|r| (r, from_unix_ms(saved.applied_at_ms)));
-            let drains = drains_of(&saved.drains);
-            state.saved = saved;
-            (with_document, drains)
+    match document_config(&config, revision, &saved.document) {
+        Ok(with_document) => {
+            info!(
+                revision,
+                drains = saved.drains.len(),
+                "fleet: steering with the saved revision and drains until etcd answers"
+            );
+            fleet.applied = Some((revision, from_unix_ms(saved.applied_at_ms)));
+            with_document
         }
         Err(e) => {
-            warn!(path = %path.display(), "fleet: the saved state is unusable ({e:#}); steering nothing until etcd gives a revision");
-            (config, Drains::new())
+            warn!(
+                revision,
+                "fleet: the saved revision is unusable ({e:#}); steering nothing until etcd gives a revision"
+            );
+            config
         }
     }
-}
-
-/// Drains as the planner takes them.
-fn drains_of(records: &BTreeMap<IpAddr, DrainRecord>) -> Drains {
-    records
-        .iter()
-        .map(|(backend, d)| (*backend, Drain { since: from_unix_ms(d.since_ms), until: d.until_ms.map(from_unix_ms) }))
-        .collect()
 }
 
 /// The edge file's config with fleet document `revision`.
@@ -146,17 +112,6 @@ fn document_config(config: &Config, revision: u64, document: &str) -> Result<Con
     let file = PathBuf::from(format!("fleet revision {revision}"));
     let (vips, pools) = config::parse_fleet_document(document, &file, &config.edge)?;
     Ok(config.with_document(vips, pools))
-}
-
-/// Writes `saved` to `path` whole (a crash leaves the old file or the new).
-fn save(path: &Path, saved: &SavedState) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, serde_json::to_vec(saved)?)
-        .with_context(|| format!("writing {}", temporary.display()))?;
-    std::fs::rename(&temporary, path).with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))
 }
 
 impl Agent {
@@ -204,12 +159,8 @@ impl Agent {
                 fleet.verdicts = fleet_verdicts(verdicts.values(), fleet.settings.quorum);
                 fleet.published = verdicts;
                 self.drains = drains_of(&drains);
-                if fleet.saved.drains != drains {
-                    fleet.saved.drains = drains;
-                    if let Err(e) = save(&fleet.settings.state_file, &fleet.saved) {
-                        warn!("fleet: drains not saved for a restart without etcd: {e:#}");
-                    }
-                }
+                // Saved for a restart without etcd, without those of
+                // backends the revision does not have.
                 self.forget_removed();
                 self.note_disagreements();
                 self.refresh()?;
@@ -241,15 +192,10 @@ impl Agent {
         let fleet = self.fleet.as_mut().expect("a fleet member");
         fleet.applied = Some((revision, now));
         info!(revision, ?changes, "fleet: applied revision {revision}");
-        fleet.saved = SavedState {
-            revision: Some(revision),
-            applied_at_ms: unix_ms(now),
-            document: document.to_string(),
-            drains: std::mem::take(&mut fleet.saved.drains),
-        };
-        if let Err(e) = save(&fleet.settings.state_file, &fleet.saved) {
-            warn!("fleet: revision {revision} applied but not saved for a restart without etcd: {e:#}");
-        }
+        // Saved for a restart without etcd.
+        let live = &mut self.state.live;
+        (live.revision, live.applied_at_ms, live.document) = (Some(revision), unix_ms(now), document.to_string());
+        self.persist();
         Ok(())
     }
 
@@ -396,11 +342,6 @@ impl Agent {
     pub fn fleet_settings(&self) -> Option<&Fleet> {
         self.fleet.as_ref().map(|f| &f.settings)
     }
-}
-
-/// A drain as stored in etcd.
-pub(super) fn drain_record(drain: &Drain) -> DrainRecord {
-    DrainRecord { since_ms: unix_ms(drain.since), until_ms: drain.until.map(unix_ms) }
 }
 
 /// A digest of every planned table: which backend (address and weight) is

@@ -32,6 +32,7 @@ mod fleet;
 mod reactions;
 mod requests;
 mod snapshot;
+mod state;
 
 pub struct Agent {
     /// The `steer` program steering, as this agent found or made it.
@@ -64,6 +65,8 @@ pub struct Agent {
     announcer: Option<Announcer>,
     /// The fleet (`[fleet]`): revisions, verdicts and drains from etcd.
     fleet: Option<fleet::FleetState>,
+    /// The operator's decisions (and the fleet revision) kept on disk.
+    state: state::StateFile,
 }
 
 /// The outcome of the last reload.
@@ -79,13 +82,15 @@ impl Agent {
     /// programs the maps, then attaches to the interfaces.
     pub fn start(config_path: &Path) -> Result<Agent> {
         let mut config = config::load(config_path)?;
-        // A fleet member starts with the revision it last applied, so that
-        // it steers as before even when etcd is away.
+        // The operator's decisions outlive the agent: drains come back from
+        // the state file. A fleet member also starts with the revision it
+        // last applied, so that it steers as before even when etcd is away.
+        let mut state = state::StateFile::open(&config.edge.state_file);
         let mut fleet = config.fleet.clone().map(|settings| fleet::FleetState::new(settings, SystemTime::now()));
-        let mut drains = Drains::new();
-        if let Some(state) = &mut fleet {
-            (config, drains) = fleet::with_saved_state(config, state);
+        if let Some(fleet) = &mut fleet {
+            config = fleet::with_saved_revision(config, fleet, &state.saved);
         }
+        let drains: Drains = state.restore_drains(&config, SystemTime::now());
         let pin_dir = config.edge.bpffs_pin.clone();
         bpffs::check(&pin_dir)?;
         for interface in &config.edge.interfaces {
@@ -184,6 +189,7 @@ impl Agent {
             tunnel_errors: TunnelErrors::new(),
             announcer: None,
             fleet,
+            state,
         };
         agent.note_plan_for_fleet();
         agent.configure_tunnel_errors();
@@ -218,6 +224,7 @@ impl Agent {
     /// `watchdog_pid_file`. Nothing happens without a daemon configured.
     pub fn start_announcing(&mut self, watchdog_pid_file: &Path) -> Result<()> {
         self.announcer = Announcer::start(&self.config.bgp, watchdog_pid_file)?;
+        self.restore_edge_drain();
         Ok(())
     }
 
@@ -291,6 +298,9 @@ impl Agent {
         let (new, old) = (&config.edge, &self.config.edge);
         if new.bpffs_pin != old.bpffs_pin {
             bail!("edge.bpffs_pin cannot change while the agent runs; restart it instead");
+        }
+        if new.state_file != old.state_file {
+            bail!("edge.state_file cannot change while the agent runs; restart it instead");
         }
         if new.admin_socket != old.admin_socket {
             bail!("edge.admin_socket cannot change while the agent runs; restart it instead");

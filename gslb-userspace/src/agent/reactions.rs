@@ -90,9 +90,10 @@ impl Agent {
         for backend in &backends {
             let drain = Drain { since: now, until: duration.map(|d| now + d) };
             self.drains.insert(*backend, drain);
-            self.share_drain(DrainOp::Drain(*backend, super::fleet::drain_record(&drain)));
+            self.share_drain(DrainOp::Drain(*backend, super::state::drain_record(&drain)));
             info!(backend = %backend, ?duration, "drained: no new flows");
         }
+        self.persist();
         self.refresh()?;
         Ok(backends)
     }
@@ -105,6 +106,7 @@ impl Agent {
             }
             self.share_drain(DrainOp::Undrain(*backend));
         }
+        self.persist();
         self.refresh()?;
         Ok(backends)
     }
@@ -139,10 +141,18 @@ impl Agent {
         }
     }
 
-    /// Drops drains and latency steps of backends no longer configured.
+    /// Drops drains and latency steps of backends no longer configured,
+    /// and saves the drains left.
     pub(super) fn forget_removed(&mut self) {
         let known: Vec<IpAddr> = self.config.pools.iter().flat_map(|p| p.backends.iter().map(|b| b.address)).collect();
-        self.drains.retain(|a, _| known.contains(a));
+        self.drains.retain(|a, _| {
+            let keep = known.contains(a);
+            if !keep {
+                info!(backend = %a, "drain dropped: the backend is no longer in the config");
+            }
+            keep
+        });
         self.latency_steps.retain(|a, _| known.contains(a));
+        self.persist();
     }
 }

@@ -172,6 +172,7 @@ impl Agent {
             failovers,
             bgp: agent.announcer.as_ref().map(|a| a.status()),
             fleet: agent.fleet_status(),
+            state_file: Some(agent.state.status()),
             last_reload: agent.last_reload.as_ref().map(|r| LastReload {
                 at_unix: unix_secs(r.at),
                 ok: r.ok,

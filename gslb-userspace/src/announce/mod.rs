@@ -141,6 +141,25 @@ impl Announcer {
         info!(?duration, "edge drain: routes less preferred now, withdrawn after drain_wait_ms");
     }
 
+    /// Takes back the edge drain of a previous agent: begun `elapsed` ago
+    /// (wall-clock time, the agent's absence included), ending by itself
+    /// after `remaining` if it has an end. A drain begun more than
+    /// `drain_wait_ms` ago is in its withdraw phase at once.
+    pub fn restore_edge_drain(&mut self, elapsed: Duration, remaining: Option<Duration>) {
+        let now = Instant::now();
+        let wait = self.decision.timers.drain_wait;
+        // The boot clock may not reach back that far (a reboot): what
+        // matters is only whether the drain is past drain_wait.
+        let since = now.checked_sub(elapsed).or_else(|| now.checked_sub(wait.min(elapsed))).unwrap_or(now);
+        self.decision.drain = Some(decision::EdgeDrain { since, until: remaining.map(|r| now + r) });
+        info!(?remaining, "edge drain restored from the state file: nothing is announced while it lasts");
+    }
+
+    /// Whether an edge drain is in force.
+    pub fn edge_drained(&self) -> bool {
+        self.decision.drain.is_some()
+    }
+
     /// Ends an edge drain (the next step hands it to the daemon).
     pub fn undrain_edge(&mut self) {
         self.decision.undrain_edge();

@@ -107,7 +107,8 @@ pub const DEFAULT_FLEET_GROUP: &str = "default";
 pub const DEFAULT_FLEET_LEASE_TTL: &str = "10s";
 /// Default `fleet.health_grace`.
 pub const DEFAULT_FLEET_HEALTH_GRACE: &str = "30s";
-/// Where `fleet.state_file` goes by default (named after the edge).
+/// Where `edge.state_file` (and `fleet.state_file`) go by default, named
+/// after the edge.
 pub const DEFAULT_FLEET_STATE_DIR: &str = "/var/lib/gslb";
 
 /// `[fleet]`: this edge's membership of a fleet that shares its config,
@@ -128,7 +129,8 @@ pub struct Fleet {
     /// etcd user; its password is the first line of `password_file`.
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
-    /// The last applied fleet revision, kept for a start without etcd.
+    /// The last applied fleet revision, kept for a start without etcd: the
+    /// edge's one state file (`edge.state_file` names the same file).
     pub state_file: PathBuf,
     /// This edge's verdicts and report expire this long after it stops.
     pub lease_ttl_secs: u32,
@@ -235,6 +237,10 @@ pub struct Edge {
     pub stickiness_window_secs: u32,
     /// UDP port hop-list (GUE) packets are sent to; not 0.
     pub gue_port: u16,
+    /// Where the agent keeps the operator's decisions (drains, the edge
+    /// drain) and, with `[fleet]`, the applied revision, for its next
+    /// start. Absolute; with `[fleet]`, the same as `fleet.state_file`.
+    pub state_file: PathBuf,
 }
 
 /// How the XDP program is attached.
@@ -511,6 +517,7 @@ impl Edge {
             metrics_listen: DEFAULT_METRICS_LISTEN.parse().expect("the default is a socket address"),
             stickiness_window_secs: 0,
             gue_port: DEFAULT_GUE_PORT,
+            state_file: PathBuf::from(format!("{DEFAULT_FLEET_STATE_DIR}/fleet.json")),
         }
     }
 }

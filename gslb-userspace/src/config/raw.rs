@@ -83,6 +83,7 @@ pub(super) struct RawEdge {
     /// A duration ("6h", "90m"; humantime), checked in `validate`.
     pub stickiness_window: Option<Spanned<String>>,
     pub gue_port: Option<Spanned<i64>>,
+    pub state_file: Option<Spanned<PathBuf>>,
 }
 
 /// One `[[vip]]`.

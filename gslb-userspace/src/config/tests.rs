@@ -27,6 +27,7 @@ fn full_example() {
             metrics_listen: "127.0.0.1:9477".parse().unwrap(),
             stickiness_window_secs: 6 * 3600,
             gue_port: 6080,
+            state_file: "/var/lib/gslb/edge-a.json".into(),
         }
     );
     assert_eq!(

@@ -218,13 +218,16 @@ impl Installed {
         }
 
         let planned_vips: Vec<(&VipMatch, &PlannedVip)> = plan.vips.iter().collect();
+        let mut progress = Progress::new(planned_vips.len(), self.vips.is_empty());
         let mut recent = Recent::default();
-        for chunk in planned_vips.chunks(BUILD_AHEAD) {
+        for (done, chunk) in planned_vips.chunks(BUILD_AHEAD).enumerate() {
             let mut built = self.build_changed(chunk, &mut recent);
             for &(matcher, planned) in chunk {
                 self.apply_vip(maps, matcher, planned, &mut built, &mut changes)?;
             }
+            progress.step((done * BUILD_AHEAD + chunk.len()).min(planned_vips.len()));
         }
+        progress.finish();
 
         // Stale entries first: the map holds only max_vips, and a config
         // that replaces most VIPs needs their room.
@@ -429,6 +432,50 @@ fn live_members(table: Option<&InstalledTable>) -> Option<&Vec<MaglevBackend>> {
 
 /// VIPs whose tables are built together, ahead of being applied.
 const BUILD_AHEAD: usize = 32;
+
+/// A cold start (nothing installed) with more VIPs than this says so
+/// before writing their tables.
+const PROGRESS_VIPS: usize = 100;
+/// How often a long apply says how far it is.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Progress lines of a long apply: a cold start with many VIPs, or an
+/// apply past `PROGRESS_EVERY` (reading back and comparing the tables of an
+/// adopted data plane, a large reload). At most one line a second, none for
+/// a quick apply.
+struct Progress {
+    total: usize,
+    started: std::time::Instant,
+    /// When the last line was logged, if any was.
+    last: Option<std::time::Instant>,
+}
+
+impl Progress {
+    fn new(total: usize, cold: bool) -> Progress {
+        let started = std::time::Instant::now();
+        let mut progress = Progress { total, started, last: None };
+        if cold && total > PROGRESS_VIPS {
+            tracing::info!("writing tables: 0/{total} VIPs");
+            progress.last = Some(started);
+        }
+        progress
+    }
+
+    fn step(&mut self, done: usize) {
+        let now = std::time::Instant::now();
+        if now.duration_since(self.last.unwrap_or(self.started)) >= PROGRESS_EVERY && done < self.total {
+            tracing::info!("writing tables: {done}/{} VIPs", self.total);
+            self.last = Some(now);
+        }
+    }
+
+    fn finish(&self) {
+        if self.last.is_some() {
+            let secs = self.started.elapsed().as_secs_f64();
+            tracing::info!(seconds = secs, "wrote tables: {} VIPs in {secs:.1} s", self.total);
+        }
+    }
+}
 
 /// Tables built during one apply, by what they were built from, so VIPs
 /// over the same pools (a service on several ports, or on IPv4 and IPv6)

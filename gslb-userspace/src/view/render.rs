@@ -67,6 +67,9 @@ impl Status {
                 r.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
             );
         }
+        if let Some(state) = &self.state_file {
+            let _ = writeln!(out, "{}", state.render());
+        }
         for vip in &self.vips {
             let mut flags = Vec::new();
             if vip.panic {
@@ -164,6 +167,18 @@ impl Status {
                     b.next_hop.as_ref().map_or("route lookup".to_string(), |h| format!("{} {}", h.interface, h.mac)),
                     last.or(b.reason.clone()).unwrap_or_default()
                 );
+                if b.drained {
+                    let now = unix_ms(SystemTime::now()) / 1000;
+                    let end = match b.drain_until_unix {
+                        None => "recorded flows run until they end (no --for)".to_string(),
+                        Some(until) if until > now => format!(
+                            "recorded flows cut in {}",
+                            humantime::format_duration(Duration::from_secs(until - now))
+                        ),
+                        Some(_) => "recorded flows cut (its --for is over)".to_string(),
+                    };
+                    let _ = writeln!(out, "    drained: no new flows; {end}; `gslb undrain` ends it");
+                }
                 if !b.tunnel_errors.is_empty() {
                     let kinds: Vec<String> = b.tunnel_errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
                     let _ = writeln!(out, "    tunnel errors (ICMP about tunnel packets): {}", kinds.join(", "));
@@ -289,6 +304,39 @@ fn loaded_ago(unix: u64) -> String {
     format!("{}s ago", secs.saturating_sub(unix))
 }
 
+impl super::status::StateFileStatus {
+    /// One line (two if writing fails): where the state file is and what
+    /// the start took back from it.
+    fn render(&self) -> String {
+        let path = self.path.display();
+        let mut line = match self.found.as_str() {
+            "missing" => format!("state file {path}: nothing restored (none at the start)"),
+            "bad" => format!(
+                "state file {path}: UNUSABLE at the start ({}); {}; started without it",
+                self.error.as_deref().unwrap_or("?"),
+                self.moved_to
+                    .as_ref()
+                    .map_or("it could not be moved aside".to_string(), |p| format!("moved aside to {}", p.display()))
+            ),
+            _ => {
+                let mut restored =
+                    vec![format!("{} drain{}", self.restored_drains, if self.restored_drains == 1 { "" } else { "s" })];
+                if self.restored_edge_drain {
+                    restored.push("the edge drain".into());
+                }
+                format!("state file {path}: decisions restored at the start: {}", restored.join(" and "))
+            }
+        };
+        if !self.dropped.is_empty() {
+            let _ = write!(line, "; left out: {}", self.dropped.join(", "));
+        }
+        if let Some(error) = &self.write_error {
+            let _ = write!(line, "\n  state file NOT WRITTEN (a restart would lose the latest decisions): {error}");
+        }
+        line
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::view::status::sample_status;
@@ -317,6 +365,41 @@ mod tests {
         let text = status.render();
         assert!(text.contains("program: steer 0.2.0+def  loaded "), "{text}");
         assert!(text.contains("s ago  (replaced 0.1.0+abc in place)"), "{text}");
+    }
+
+    #[test]
+    fn status_shows_the_state_file_and_drain_ends() {
+        use crate::view::status::StateFileStatus;
+        let mut status = sample_status();
+        status.state_file = Some(StateFileStatus {
+            path: "/var/lib/gslb/fra1.json".into(),
+            found: "read".into(),
+            restored_drains: 2,
+            restored_edge_drain: true,
+            dropped: vec!["drain of 192.0.2.9: no longer in the config".into()],
+            ..StateFileStatus::default()
+        });
+        let soon = crate::view::time::unix_ms(std::time::SystemTime::now()) / 1000 + 601;
+        status.pools[0].backends[0].drained = true;
+        status.pools[0].backends[0].drain_until_unix = Some(soon);
+        let text = status.render();
+        let want = "state file /var/lib/gslb/fra1.json: decisions restored at the start: 2 drains and the edge drain; \
+                    left out: drain of 192.0.2.9: no longer in the config";
+        assert!(text.contains(want), "{text}");
+        assert!(text.contains("drained: no new flows; recorded flows cut in 10m"), "{text}");
+        assert!(text.contains("drained: no new flows; recorded flows run until they end (no --for)"), "{text}");
+
+        status.state_file = Some(StateFileStatus {
+            path: "/s.json".into(),
+            found: "bad".into(),
+            error: Some("not a state file: EOF".into()),
+            moved_to: Some("/s.json.bad".into()),
+            write_error: Some("disk full".into()),
+            ..StateFileStatus::default()
+        });
+        let text = status.render();
+        let want = "state file /s.json: UNUSABLE at the start (not a state file: EOF); moved aside to /s.json.bad; started without it\n  state file NOT WRITTEN";
+        assert!(text.contains(want), "{text}");
     }
 
     #[test]

@@ -41,6 +41,30 @@ pub struct Status {
     /// The fleet; absent without `[fleet]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<super::fleet::FleetMemberStatus>,
+    /// The state file (`edge.state_file`); absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<StateFileStatus>,
+}
+
+/// The state file: what the agent's start found and restored, and whether
+/// writing it works.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StateFileStatus {
+    pub path: std::path::PathBuf,
+    /// At the start: "missing" (a first start), "read", or "bad" (unreadable
+    /// or not a state file: set aside and ignored).
+    pub found: String,
+    /// Why it was bad.
+    pub error: Option<String>,
+    /// Where the bad file was moved (`{path}.bad`).
+    pub moved_to: Option<std::path::PathBuf>,
+    /// Backend drains restored at the start.
+    pub restored_drains: usize,
+    pub restored_edge_drain: bool,
+    /// Saved decisions left out at the start, and why.
+    pub dropped: Vec<String>,
+    /// The last write's error, while writes fail.
+    pub write_error: Option<String>,
 }
 
 /// One configured interface: its state and `steer`'s attachment.

@@ -13,9 +13,9 @@ use super::values::{absolute_path, bounded, duration_secs, hint, limit, next_pri
 use super::Result;
 use crate::config::raw::RawEdge;
 use crate::config::{
-    Edge, Source, DEFAULT_ADMIN_SOCKET, DEFAULT_BPFFS_PIN, DEFAULT_GUE_PORT, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
-    DEFAULT_MAX_VIPS, DEFAULT_METRICS_LISTEN, DEFAULT_STICKINESS_WINDOW, DEFAULT_TABLE_SIZE,
-    MAX_STICKINESS_WINDOW_DAYS,
+    Edge, Source, DEFAULT_ADMIN_SOCKET, DEFAULT_BPFFS_PIN, DEFAULT_FLEET_STATE_DIR, DEFAULT_GUE_PORT,
+    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS, DEFAULT_METRICS_LISTEN, DEFAULT_STICKINESS_WINDOW,
+    DEFAULT_TABLE_SIZE, MAX_STICKINESS_WINDOW_DAYS,
 };
 
 pub(super) fn check_edge(src: &Source, raw: &RawEdge, span: Range<usize>) -> Result<Edge> {
@@ -104,6 +104,11 @@ pub(super) fn check_edge(src: &Source, raw: &RawEdge, span: Range<usize>) -> Res
         Some(port) => bounded(src, port, "edge.gue_port", 1, u16::MAX as i64)? as u16,
     };
 
+    // Named after the edge, so edges sharing a host keep apart. With
+    // [fleet], `validate` may put fleet.state_file's default in its place.
+    let default_state_file = format!("{DEFAULT_FLEET_STATE_DIR}/{name}.json");
+    let state_file = absolute_path(src, raw.state_file.as_ref(), &default_state_file, "edge.state_file")?;
+
     Ok(Edge {
         name: name.clone(),
         interfaces,
@@ -119,6 +124,7 @@ pub(super) fn check_edge(src: &Source, raw: &RawEdge, span: Range<usize>) -> Res
         metrics_listen,
         stickiness_window_secs,
         gue_port,
+        state_file,
     })
 }
 
@@ -163,6 +169,8 @@ pub(super) fn bad_interface_name(name: &str) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use crate::config::fixtures::*;
 
     #[test]
@@ -252,5 +260,55 @@ mod tests {
         refused(&edge("gue_port = 65536 # here"), "edge.gue_port must be at most 65535");
         refused(&edge("gue_port = -5 # here"), "edge.gue_port must be a positive integer");
         refused(&edge("gue_port = \"6080\" # here"), "expected an integer");
+    }
+
+    #[test]
+    fn state_file() {
+        let edge = |extra: &str| minimal_with(4, &format!("tunnel_source_v4 = \"192.0.2.10\"\n{extra}"));
+        assert_eq!(parse_str(MINIMAL).unwrap().edge.state_file, PathBuf::from("/var/lib/gslb/edge-a.json"));
+        let config = parse_str(&edge("state_file = \"/srv/gslb/a.json\"")).unwrap();
+        assert_eq!(config.edge.state_file, PathBuf::from("/srv/gslb/a.json"));
+        refused(&edge("state_file = \"a.json\" # here"), "edge.state_file must be an absolute path");
+
+        // With [fleet]: one file, under either name; fleet's default stays.
+        let fleet = |edge_key: &str, fleet_key: &str| {
+            let text = format!(
+                "{}{edge_key}\n[fleet]\nendpoints = [\"http://10.0.0.1:2379\"]\n{fleet_key}\n",
+                crate::config::fixtures::EDGE
+            );
+            parse_str(&text).map(|c| (c.edge.state_file, c.fleet.unwrap().state_file))
+        };
+        let both = |path: &str| (PathBuf::from(path), PathBuf::from(path));
+        assert_eq!(fleet("", "").unwrap(), both("/var/lib/gslb/fleet-edge-a.json"));
+        assert_eq!(fleet("state_file = \"/s/e.json\"", "").unwrap(), both("/s/e.json"));
+        assert_eq!(fleet("", "state_file = \"/s/f.json\"").unwrap(), both("/s/f.json"));
+        assert_eq!(fleet("state_file = \"/s/e.json\"", "state_file = \"/s/e.json\"").unwrap(), both("/s/e.json"));
+        let err = fleet("state_file = \"/s/e.json\"", "state_file = \"/s/f.json\"").unwrap_err();
+        assert!(err.message.contains("differ") && err.line == 8, "{err}");
+    }
+
+    #[test]
+    fn documented_keys() {
+        let doc = include_str!("../../../../docs/configuration.md");
+        let section = &doc[doc.find("## `[edge]`").unwrap()..doc.find("## `[[vip]]`").unwrap()];
+        for key in [
+            "name",
+            "interfaces",
+            "xdp_mode",
+            "tunnel_source_v4",
+            "tunnel_source_v6",
+            "admin_socket",
+            "bpffs_pin",
+            "metrics_listen",
+            "max_flows",
+            "max_backends",
+            "max_vips",
+            "table_size",
+            "stickiness_window",
+            "gue_port",
+            "state_file",
+        ] {
+            assert!(section.contains(&format!("| `{key}` |")), "docs/configuration.md does not describe edge.{key}");
+        }
     }
 }

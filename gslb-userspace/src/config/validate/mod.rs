@@ -60,7 +60,8 @@ pub(super) fn validate(src: &Source, raw: RawConfig) -> Result<Config> {
             src.error(0..0, "missing [edge] section: it must give at least name, interfaces and tunnel_source_v4")
         );
     };
-    let edge = check_edge(src, edge.get_ref(), edge.span())?;
+    let raw_edge = edge.get_ref();
+    let mut edge = check_edge(src, raw_edge, edge.span())?;
     let fleet = match &raw.fleet {
         None => None,
         Some(fleet) => {
@@ -77,7 +78,25 @@ pub(super) fn validate(src: &Source, raw: RawConfig) -> Result<Config> {
                     ),
                 ));
             }
-            Some(check_fleet(src, fleet.get_ref(), &edge)?)
+            let mut checked = check_fleet(src, fleet.get_ref(), &edge)?;
+            // One state file per edge: fleet.state_file is another name
+            // for edge.state_file (its default keeps the fleet's name).
+            match (&raw_edge.state_file, &fleet.get_ref().state_file) {
+                (Some(_), None) => checked.state_file = edge.state_file.clone(),
+                (None, _) => edge.state_file = checked.state_file.clone(),
+                (Some(_), Some(other)) if checked.state_file != edge.state_file => {
+                    return Err(src.error(
+                        other.span(),
+                        format!(
+                            "fleet.state_file {:?} and edge.state_file {:?} differ: they name the edge's one state \
+                             file; give one of them",
+                            checked.state_file, edge.state_file
+                        ),
+                    ));
+                }
+                (Some(_), Some(_)) => {}
+            }
+            Some(checked)
         }
     };
     let (vips, pools) = check_vips_and_pools(src, &raw, &edge)?;
