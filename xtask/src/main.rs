@@ -1,4 +1,5 @@
 //! `cargo xtask`: install what the project needs, build, run and test.
+mod package;
 mod prerequisites;
 
 use std::{
@@ -40,6 +41,10 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Install prerequisites and cargo-deb, build gslb in release mode, and
+    /// build the Debian package (target/debian/gslb_VERSION-1_ARCH.deb): the
+    /// binary, systemd units, an example config, man pages and completions.
+    Package,
     /// Install prerequisites, build in release mode, and run the benchmarks
     /// (needs root): a table on stdout, target/bench/report.json and plots.
     /// `-- ARGS` go to gslb-bench (`-- --only control-plane`).
@@ -58,6 +63,10 @@ fn main() -> Result<()> {
         Task::Test { full, args } => {
             prerequisites::ensure()?;
             test(full, &args)
+        }
+        Task::Package => {
+            prerequisites::ensure()?;
+            package::build().map(drop)
         }
         Task::Run { args } => {
             prerequisites::ensure()?;
