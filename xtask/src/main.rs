@@ -23,7 +23,8 @@ enum Task {
     Setup,
     /// Install prerequisites, build, and run every test (needs root). Tests
     /// run for the default members: the eBPF crates are built for BPF by
-    /// the build scripts of gslb-userspace and gslb-tests.
+    /// the build scripts of gslb-userspace and gslb-tests. The Debian
+    /// package is built first (as `package` does) for the package test.
     Test {
         /// Full-size fuzzing and floods (GSLB_FULL=1 for the tests): the
         /// sizes the hostile-input issue asks for, slower than the default.
@@ -62,7 +63,8 @@ fn main() -> Result<()> {
         Task::Setup => prerequisites::ensure(),
         Task::Test { full, args } => {
             prerequisites::ensure()?;
-            test(full, &args)
+            let deb = package::build()?;
+            test(full, &deb, &args)
         }
         Task::Package => {
             prerequisites::ensure()?;
@@ -113,9 +115,11 @@ fn cargo(args: &[&str], extra: &[String]) -> Result<()> {
 
 /// Runs `cargo test` for the default members, echoing its output, and ends
 /// with one line that adds up every test binary's result.
-fn test(full: bool, extra: &[String]) -> Result<()> {
+fn test(full: bool, deb: &std::path::Path, extra: &[String]) -> Result<()> {
     let mut cmd = cargo_command();
     cmd.arg("test");
+    // The package test (tests/tests/package.rs) installs this one.
+    cmd.env("GSLB_DEB", deb);
     if full {
         cmd.env("GSLB_FULL", "1");
     }
