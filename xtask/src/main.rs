@@ -76,11 +76,17 @@ fn main() -> Result<()> {
             // its lab and exit first, rather than returning the prompt early.
             // (A handler, unlike SIG_IGN, is not inherited across exec.)
             signal_hook::flag::register(signal_hook::consts::SIGINT, Default::default())?;
+            // Build first with cargo's progress showing (a fresh clone
+            // compiles for minutes), then run quietly.
             if args.is_empty() {
+                eprintln!("xtask: building the lab (first time: several minutes)");
+                cargo(&["build", "--package", "gslb-tests", "--bin", "gslb-lab"], &[])?;
                 return cargo(&["run", "--quiet", "--package", "gslb-tests", "--bin", "gslb-lab", "--", "demo"], &[]);
             }
             // `-- --config FILE` is shorthand for `gslb run --config FILE`.
             let args = if args[0].starts_with("--config") { [vec!["run".to_string()], args].concat() } else { args };
+            eprintln!("xtask: building gslb (first time: several minutes)");
+            cargo(&["build", "--package", "gslb-userspace", "--bin", "gslb"], &[])?;
             cargo(&["run", "--quiet", "--package", "gslb-userspace", "--bin", "gslb", "--"], &args)
         }
         Task::Bench { quick, args } => {
@@ -89,7 +95,9 @@ fn main() -> Result<()> {
             signal_hook::flag::register(signal_hook::consts::SIGINT, Default::default())?;
             // The failover and memory groups run agents from gslb-lab, found
             // next to gslb-bench: build it in the same (release) profile.
-            cargo(&["build", "--quiet", "--release", "--package", "gslb-tests", "--bin", "gslb-lab"], &[])?;
+            eprintln!("xtask: building the benchmarks in release mode (first time: several minutes)");
+            cargo(&["build", "--release", "--package", "gslb-tests", "--bin", "gslb-lab"], &[])?;
+            cargo(&["build", "--release", "--package", "gslb-bench", "--bin", "gslb-bench"], &[])?;
             let quick = if quick { vec!["--quick".to_string()] } else { Vec::new() };
             cargo(
                 &["run", "--quiet", "--release", "--package", "gslb-bench", "--bin", "gslb-bench", "--"],
