@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{self, DEFAULT_ADMIN_SOCKET};
 use crate::sys::decap::HopLists;
@@ -47,6 +47,7 @@ pub enum Command {
     /// program it from the config until stopped. Steering outlives the
     /// agent: a restarted agent adopts the pinned state.
     Run {
+        /// The config file (TOML; `gslb check` validates it).
         #[arg(long)]
         config: PathBuf,
         /// On exit, remove the pinned state: `steer` detaches and recorded
@@ -100,12 +101,14 @@ pub enum Command {
     /// Validate a config file (or a fleet document: VIPs and pools without
     /// [edge]) and exit.
     Check {
+        /// The file to validate.
         #[arg(long)]
         config: PathBuf,
     },
     /// Attach `decap` to a backend interface and keep running until
     /// interrupted.
     Decap {
+        /// The interface tunnel packets arrive on.
         #[arg(long)]
         iface: String,
         /// The backend's tunnel address (repeat for several).
@@ -137,6 +140,16 @@ pub enum Command {
         command: FleetCommand,
         #[command(flatten)]
         address: FleetAddress,
+    },
+    /// Print a completion script for this shell to stdout (for example
+    /// `gslb completions bash > /etc/bash_completion.d/gslb`).
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages, gslb(1) and one per subcommand (gslb-run(1),
+    /// ...), into a directory; the package build uses it.
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        out_dir: PathBuf,
     },
     /// Internal: started by `gslb run` with [bgp]; withdraws the agent's
     /// VIPs if the agent dies (see docs/operations.md).
@@ -283,6 +296,16 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Verify => client::verify(),
         Command::Fleet { command, address } => run_fleet(command, &address),
+        Command::Completions { shell } => {
+            // Rendered first: clap_complete panics on a failed write (a
+            // closed pipe), which is an error here instead.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "gslb", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+            Ok(())
+        }
+        Command::Man { out_dir } => clap_mangen::generate_to(Cli::command(), &out_dir)
+            .map_err(|e| anyhow::anyhow!("writing man pages to {}: {e}", out_dir.display())),
     }
 }
 
@@ -294,4 +317,29 @@ fn init_logging() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_and_man_pages_name_the_subcommands() {
+        let mut bash = Vec::new();
+        clap_complete::generate(clap_complete::Shell::Bash, &mut Cli::command(), "gslb", &mut bash);
+        let bash = String::from_utf8(bash).unwrap();
+        for sub in ["run", "reload", "status", "drain", "decap", "fleet", "completions"] {
+            assert!(bash.contains(sub), "bash completion lacks {sub}");
+        }
+        let mut page = Vec::new();
+        clap_mangen::Man::new(Cli::command()).render(&mut page).unwrap();
+        let page = String::from_utf8(page).unwrap();
+        assert!(page.starts_with(".ie") || page.contains(".TH gslb 1"), "{page}");
+        assert!(page.contains("gslb\\-run(1)") && !page.contains("bgp\\-watchdog"), "{page}");
+    }
 }

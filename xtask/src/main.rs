@@ -1,4 +1,5 @@
 //! `cargo xtask`: install what the project needs, build, run and test.
+mod package;
 mod prerequisites;
 
 use std::{
@@ -22,7 +23,8 @@ enum Task {
     Setup,
     /// Install prerequisites, build, and run every test (needs root). Tests
     /// run for the default members: the eBPF crates are built for BPF by
-    /// the build scripts of gslb-userspace and gslb-tests.
+    /// the build scripts of gslb-userspace and gslb-tests. The Debian
+    /// package is built first (as `package` does) for the package test.
     Test {
         /// Full-size fuzzing and floods (GSLB_FULL=1 for the tests): the
         /// sizes the hostile-input issue asks for, slower than the default.
@@ -40,6 +42,10 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Install prerequisites and cargo-deb, build gslb in release mode, and
+    /// build the Debian package (target/debian/gslb_VERSION-1_ARCH.deb): the
+    /// binary, systemd units, an example config, man pages and completions.
+    Package,
     /// Install prerequisites, build in release mode, and run the benchmarks
     /// (needs root): a table on stdout, target/bench/report.json and plots.
     /// `-- ARGS` go to gslb-bench (`-- --only control-plane`).
@@ -57,7 +63,12 @@ fn main() -> Result<()> {
         Task::Setup => prerequisites::ensure(),
         Task::Test { full, args } => {
             prerequisites::ensure()?;
-            test(full, &args)
+            let deb = package::build()?;
+            test(full, &deb, &args)
+        }
+        Task::Package => {
+            prerequisites::ensure()?;
+            package::build().map(drop)
         }
         Task::Run { args } => {
             prerequisites::ensure()?;
@@ -65,11 +76,17 @@ fn main() -> Result<()> {
             // its lab and exit first, rather than returning the prompt early.
             // (A handler, unlike SIG_IGN, is not inherited across exec.)
             signal_hook::flag::register(signal_hook::consts::SIGINT, Default::default())?;
+            // Build first with cargo's progress showing (a fresh clone
+            // compiles for minutes), then run quietly.
             if args.is_empty() {
+                eprintln!("xtask: building the lab (first time: several minutes)");
+                cargo(&["build", "--package", "gslb-tests", "--bin", "gslb-lab"], &[])?;
                 return cargo(&["run", "--quiet", "--package", "gslb-tests", "--bin", "gslb-lab", "--", "demo"], &[]);
             }
             // `-- --config FILE` is shorthand for `gslb run --config FILE`.
             let args = if args[0].starts_with("--config") { [vec!["run".to_string()], args].concat() } else { args };
+            eprintln!("xtask: building gslb (first time: several minutes)");
+            cargo(&["build", "--package", "gslb-userspace", "--bin", "gslb"], &[])?;
             cargo(&["run", "--quiet", "--package", "gslb-userspace", "--bin", "gslb", "--"], &args)
         }
         Task::Bench { quick, args } => {
@@ -78,7 +95,9 @@ fn main() -> Result<()> {
             signal_hook::flag::register(signal_hook::consts::SIGINT, Default::default())?;
             // The failover and memory groups run agents from gslb-lab, found
             // next to gslb-bench: build it in the same (release) profile.
-            cargo(&["build", "--quiet", "--release", "--package", "gslb-tests", "--bin", "gslb-lab"], &[])?;
+            eprintln!("xtask: building the benchmarks in release mode (first time: several minutes)");
+            cargo(&["build", "--release", "--package", "gslb-tests", "--bin", "gslb-lab"], &[])?;
+            cargo(&["build", "--release", "--package", "gslb-bench", "--bin", "gslb-bench"], &[])?;
             let quick = if quick { vec!["--quick".to_string()] } else { Vec::new() };
             cargo(
                 &["run", "--quiet", "--release", "--package", "gslb-bench", "--bin", "gslb-bench", "--"],
@@ -104,10 +123,12 @@ fn cargo(args: &[&str], extra: &[String]) -> Result<()> {
 
 /// Runs `cargo test` for the default members, echoing its output, and ends
 /// with one line that adds up every test binary's result.
-fn test(full: bool, extra: &[String]) -> Result<()> {
+fn test(full: bool, deb: &std::path::Path, extra: &[String]) -> Result<()> {
     build_variant()?;
     let mut cmd = cargo_command();
     cmd.arg("test");
+    // The package test (tests/tests/package.rs) installs this one.
+    cmd.env("GSLB_DEB", deb);
     if full {
         cmd.env("GSLB_FULL", "1");
     }

@@ -10,8 +10,9 @@ const BPF_LINKER_VERSION: &str = "0.13";
 /// Debian packages: LLVM for bpf-linker, `ip` and `ethtool` for the tests,
 /// `nft` for the benchmarks' kernel-path baseline, BIRD 2 and GoBGP (with
 /// its `gobgp` client) for the lab's BGP routing, etcd and `etcdctl` for
-/// the lab's three-member etcd cluster, and `protoc` for the build script
-/// of the `etcd-client` crate.
+/// the lab's three-member etcd cluster, `protoc` for the build script
+/// of the `etcd-client` crate, and for the package test `systemd-analyze`
+/// and `systemd-sysusers` (systemd) and `man` (man-db).
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "iproute2",
@@ -22,6 +23,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "etcd-server",
     "etcd-client",
     "protobuf-compiler",
+    "systemd",
+    "man-db",
 ];
 /// Services those packages would start with their stock configs; the lab
 /// starts its own daemons (BGP speakers, etcd members) in namespaces.
