@@ -176,6 +176,7 @@ pub fn run_decap(
     hop_lists: &HopLists,
     metrics_listen: Option<std::net::SocketAddr>,
 ) -> Result<()> {
+    crate::sys::capabilities::require_xdp("gslb decap")?;
     let metrics_listener = metrics_listen.map(serve::metrics::bind).transpose()?;
     let mut decap = Decap::configured(addresses, hop_lists)?;
     let _link = decap

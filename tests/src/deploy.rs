@@ -453,6 +453,24 @@ impl Deployment {
         self.spawn_agent(edge, cmd, &[])
     }
 
+    /// As `start_agent`, run as `user` (and its groups) with only the
+    /// capabilities `caps` (setpriv's syntax: `+bpf,+net_admin`).
+    pub fn start_agent_as(&self, edge: EdgeNode, user: &str, caps: &str) -> Result<()> {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.arg(format!("--reuid={user}"))
+            .arg(format!("--regid={user}"))
+            .arg("--init-groups")
+            .arg(format!("--inh-caps=-all,{caps}"))
+            .arg(format!("--ambient-caps=-all,{caps}"))
+            .arg(format!("--bounding-set=-all,{caps}"))
+            .arg("--")
+            .arg(&self.lab_binary)
+            .arg("gslb")
+            .env("RUST_LOG", "info")
+            .env_remove("RUST_BACKTRACE");
+        self.spawn_agent(edge, cmd, &[])
+    }
+
     fn spawn_agent(&self, edge: EdgeNode, mut cmd: std::process::Command, args: &[&str]) -> Result<()> {
         cmd.arg("run")
             .args(args)

@@ -23,7 +23,7 @@ use crate::sys::interfaces::Interfaces;
 use crate::sys::next_hops;
 use crate::sys::steer::Steer;
 use crate::sys::tunnel_errors::{self, TunnelErrors};
-use crate::sys::{attach, bpffs};
+use crate::sys::{attach, bpffs, capabilities};
 use crate::view::status::ProgramStatus;
 use crate::view::time::unix_secs;
 
@@ -91,6 +91,7 @@ impl Agent {
             config = fleet::with_saved_revision(config, fleet, &state.saved);
         }
         let drains: Drains = state.restore_drains(&config, SystemTime::now());
+        capabilities::require_xdp("gslb run")?;
         let pin_dir = config.edge.bpffs_pin.clone();
         bpffs::check(&pin_dir)?;
         for interface in &config.edge.interfaces {
@@ -207,7 +208,11 @@ impl Agent {
         monitors.update(&wanted);
         self.monitors = Some(monitors);
         if let Err(error) = tunnel_errors::spawn(self.tunnel_errors.clone()) {
-            warn!("tunnel errors (ICMP from backends about tunnel packets) will not be counted: {error:#}");
+            let hint = match capabilities::missing(&[capabilities::RAW_SOCKETS]).is_empty() {
+                true => "",
+                false => " (the agent lacks CAP_NET_RAW)",
+            };
+            warn!("tunnel errors (ICMP from backends about tunnel packets) will not be counted{hint}: {error:#}");
         }
     }
 

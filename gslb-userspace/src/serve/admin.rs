@@ -1,5 +1,6 @@
-//! The admin socket: a Unix socket only root may use, serving the requests
-//! of `view::admin` with a handler the daemon gives it.
+//! The admin socket: a Unix socket for the agent's user and group (and
+//! root), serving the requests of `view::admin` with a handler the daemon
+//! gives it.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -15,8 +16,10 @@ use crate::view::admin::{Request, Response};
 /// Answers one request (it may block: it runs on the blocking pool).
 pub type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
 
-/// Binds the admin socket: its directory is created 0700 if missing, the
-/// socket itself is 0600, and a stale socket from a dead agent is replaced.
+/// Binds the admin socket: its directory is created 0750 if missing, the
+/// socket itself is 0660, both with the agent's group: members of that
+/// group may use it, nobody else (but root). A stale socket from a dead
+/// agent is replaced.
 pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener> {
     const ADVICE: &str = "choose another edge.admin_socket, or create its directory on a writable filesystem";
     let shown = path.display();
@@ -33,7 +36,7 @@ pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener> {
                         dir.display()
                     )
                 })?;
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
             }
         }
     }
@@ -45,7 +48,7 @@ pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener> {
     }
     let listener = std::os::unix::net::UnixListener::bind(path)
         .map_err(|e| anyhow::anyhow!("edge.admin_socket {shown}: cannot create the socket ({e}); {ADVICE}"))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     listener.set_nonblocking(true)?;
     Ok(listener)
 }
@@ -78,13 +81,16 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, handler: Handler)
 }
 
 async fn serve_one(stream: UnixStream, handler: Handler) -> Result<()> {
-    // Only root talks to the agent; the socket mode says so too, this holds
-    // even if someone loosens it.
+    // Root, the agent's user and its group's members talk to the agent; the
+    // socket's mode says so too, this holds even if someone loosens it.
     let peer = stream.peer_cred()?;
     let (read, mut write) = stream.into_split();
-    let response = if peer.uid() != 0 {
+    let response = if !allowed(&peer) {
         Response {
-            error: Some(format!("uid {} may not use the admin socket (root only)", peer.uid())),
+            error: Some(format!(
+                "uid {} may not use the admin socket (root, the agent's user and its group only)",
+                peer.uid()
+            )),
             ..Default::default()
         }
     } else {
@@ -99,4 +105,21 @@ async fn serve_one(stream: UnixStream, handler: Handler) -> Result<()> {
     text.push('\n');
     write.write_all(text.as_bytes()).await?;
     Ok(())
+}
+
+/// Whether the peer is root, the agent's own user, or in the agent's group
+/// (as its primary group or one of its supplementary groups).
+fn allowed(peer: &tokio::net::unix::UCred) -> bool {
+    // SAFETY: geteuid and getegid cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if peer.uid() == 0 || peer.uid() == uid || peer.gid() == gid {
+        return true;
+    }
+    // Supplementary groups are not in the peer's credentials: read them.
+    let Some(pid) = peer.pid() else { return false };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Groups:"))
+        .is_some_and(|groups| groups.split_whitespace().any(|g| g.parse() == Ok(gid)))
 }

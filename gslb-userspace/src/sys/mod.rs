@@ -7,6 +7,7 @@
 
 pub mod attach;
 pub mod bpffs;
+pub mod capabilities;
 pub mod decap;
 pub mod history;
 pub mod interfaces;

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::reconcile::Changes;
@@ -64,8 +64,17 @@ impl Response {
 
 /// Sends one request to the agent at `path` and waits for its answer.
 pub fn request(path: &Path, request: &Request) -> Result<Response> {
-    let mut stream = std::os::unix::net::UnixStream::connect(path)
-        .with_context(|| format!("connecting to the agent at {} (is `gslb run` running?)", path.display()))?;
+    let mut stream = match std::os::unix::net::UnixStream::connect(path) {
+        Ok(stream) => stream,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "permission denied on the agent's admin socket {}: use it as root or as a member of the group that owns              it (`ls -l` shows it; docs/operations.md, \"Running without root\")",
+            path.display()
+        ),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("connecting to the agent at {} (is `gslb run` running?)", path.display()))
+        }
+    };
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut text = serde_json::to_string(request)?;
     text.push('\n');
