@@ -369,7 +369,24 @@ impl Deployment {
     /// handing them on to any other backend (whether edges send hop lists
     /// is their config's `second_chance`).
     pub fn start_decap(&self, backend: BackendNode) -> Result<()> {
-        let mut cmd = self.gslb();
+        self.spawn_decap(backend, self.gslb())
+    }
+
+    /// As `start_decap`, run as `user` with only the capabilities `caps`
+    /// (see `start_agent_as`).
+    pub fn start_decap_as(&self, backend: BackendNode, user: &str, caps: &str) -> Result<()> {
+        self.spawn_decap(backend, self.setpriv(user, caps))
+    }
+
+    /// The pid of `gslb decap` on a backend, while it runs.
+    pub fn decap_pid(&self, backend: BackendNode) -> Option<u32> {
+        self.decaps.lock().unwrap().get(&backend).copied()
+    }
+
+    fn spawn_decap(&self, backend: BackendNode, mut cmd: std::process::Command) -> Result<()> {
+        let log = format!("decap-{}", backend.name());
+        // The log is appended to by each decap the backend runs.
+        let attached_before = self.log(&log).matches("decap attached").count();
         cmd.args(["decap", "--iface", "eth0", "--address"])
             .arg(backend.v4().to_string())
             .arg("--address")
@@ -380,11 +397,11 @@ impl Deployment {
         for peer in BackendNode::ALL.into_iter().filter(|&b| b != backend) {
             cmd.arg("--peer").arg(peer.v4().to_string()).arg("--peer").arg(peer.v6().to_string());
         }
-        cmd.stdout(Stdio::null()).stderr(self.log_file(&format!("decap-{}", backend.name()))?);
+        cmd.stdout(Stdio::null()).stderr(self.log_file(&log)?);
         let pid = self.lab.spawn(backend, cmd)?;
         self.decaps.lock().unwrap().insert(backend, pid);
         // decap is attached once its log says so.
-        self.wait_for_log(&format!("decap-{}", backend.name()), "decap attached")
+        self.wait_for_log_count(&log, "decap attached", attached_before + 1)
     }
 
     /// SIGKILLs `gslb decap` on a backend: its XDP link goes with the
@@ -456,6 +473,11 @@ impl Deployment {
     /// As `start_agent`, run as `user` (and its groups) with only the
     /// capabilities `caps` (setpriv's syntax: `+bpf,+net_admin`).
     pub fn start_agent_as(&self, edge: EdgeNode, user: &str, caps: &str) -> Result<()> {
+        self.spawn_agent(edge, self.setpriv(user, caps), &[])
+    }
+
+    /// `gslb` as `user` (and its groups) with only the capabilities `caps`.
+    fn setpriv(&self, user: &str, caps: &str) -> std::process::Command {
         let mut cmd = std::process::Command::new("setpriv");
         cmd.arg(format!("--reuid={user}"))
             .arg(format!("--regid={user}"))
@@ -468,7 +490,7 @@ impl Deployment {
             .arg("gslb")
             .env("RUST_LOG", "info")
             .env_remove("RUST_BACKTRACE");
-        self.spawn_agent(edge, cmd, &[])
+        cmd
     }
 
     fn spawn_agent(&self, edge: EdgeNode, mut cmd: std::process::Command, args: &[&str]) -> Result<()> {

@@ -2,14 +2,15 @@
 //! CAP_NET_ADMIN and CAP_NET_RAW takes over the pinned state a root agent
 //! left, steers real traffic, restarts and adopts its own pins, and answers
 //! its group's members on the admin socket and nobody else. Without one of
-//! those capabilities it refuses to start, naming it.
+//! those capabilities it refuses to start, naming it. `decap` runs the same
+//! way, without CAP_NET_RAW.
 
 use std::process::Command;
 use std::time::Duration;
 
 use gslb_tests::checks::{assert_untouched, wait_for_progress, web_v4};
 use gslb_tests::deploy::{config_path, Deployment, Setup, Weights};
-use gslb_tests::lab::{ClientNode, EdgeNode};
+use gslb_tests::lab::{BackendNode, ClientNode, EdgeNode};
 use gslb_tests::traffic::{short_connections, LongLived};
 
 const LAB_BINARY: &str = env!("CARGO_BIN_EXE_gslb-lab");
@@ -24,6 +25,9 @@ const OUTSIDER: &str = "gslb-lab-outsider";
 const CAPS: &str = "+bpf,+perfmon,+net_admin,+net_raw";
 /// The same as bits of CapEff: NET_ADMIN 12, NET_RAW 13, PERFMON 38, BPF 39.
 const CAP_BITS: u64 = 1 << 12 | 1 << 13 | 1 << 38 | 1 << 39;
+/// decap's: the agent's but CAP_NET_RAW.
+const DECAP_CAPS: &str = "+bpf,+perfmon,+net_admin";
+const DECAP_CAP_BITS: u64 = CAP_BITS & !(1 << 13);
 
 fn run(program: &str, args: &[&str]) -> std::process::Output {
     Command::new(program).args(args).output().unwrap_or_else(|e| panic!("running {program}: {e}"))
@@ -136,6 +140,21 @@ fn the_agent_steers_as_an_unprivileged_user_and_serves_only_its_group() {
         assert!(stderr.contains("permission denied on the agent's admin socket"), "{stderr}");
     }
     assert!(d.status(EDGE).unwrap().pools.iter().all(|p| p.backends.iter().all(|b| !b.drained)));
+
+    // decap too, with its three capabilities.
+    let backend = BackendNode::EuWest1;
+    d.stop_decap(backend).unwrap();
+    d.start_decap_as(backend, AGENT, DECAP_CAPS).unwrap();
+    let (uid, caps) = uid_and_caps(d.decap_pid(backend).unwrap());
+    assert_ne!(uid, 0, "decap runs as root");
+    assert_eq!(caps, DECAP_CAP_BITS, "decap's effective capabilities are {caps:#x}");
+    let report = short_connections(&d.lab, ClientNode::Client2, web_v4(), 200, 16).unwrap();
+    assert_eq!(report.failures, 0, "new connections failed with decap unprivileged: {:?}", report.errors);
+    assert!(
+        report.per_backend.contains_key(backend.name()),
+        "no connection reached {backend}: {:?}",
+        report.per_backend
+    );
 
     let before = traffic.snapshot();
     wait_for_progress(&traffic, &before, 10, "with the unprivileged agent");
