@@ -720,10 +720,6 @@ impl Deployment {
         std::fs::read_to_string(self.log_path(name)).unwrap_or_default()
     }
 
-    fn wait_for_log(&self, name: &str, needle: &str) -> Result<()> {
-        self.wait_for_log_count(name, needle, 1)
-    }
-
     /// Waits until the log holds `needle` at least `count` times.
     fn wait_for_log_count(&self, name: &str, needle: &str, count: usize) -> Result<()> {
         let deadline = Instant::now() + AGENT_READY_TIMEOUT;
