@@ -170,6 +170,7 @@ impl Agent {
             reloads: agent.reloads,
             reloads_failed: agent.reloads_failed,
             failovers,
+            failovers_over_budget: agent.failovers.over_budget(),
             bgp: agent.announcer.as_ref().map(|a| a.status()),
             fleet: agent.fleet_status(),
             state_file: Some(agent.state.status()),

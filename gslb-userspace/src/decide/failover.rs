@@ -37,6 +37,9 @@ impl FailoverRecord {
 pub struct Failovers {
     pending: Vec<(IpAddr, SystemTime, SystemTime)>,
     done: VecDeque<FailoverRecord>,
+    /// Failovers since the agent started that took longer than their
+    /// worst case (all of them, not only the ones remembered).
+    over_budget: u64,
 }
 
 impl Failovers {
@@ -60,11 +63,17 @@ impl Failovers {
                 worst_case: worst_case(backend),
             })
             .collect();
+        self.over_budget += completed.iter().filter(|f| f.total_ms() > f.worst_case.as_millis() as u64).count() as u64;
         self.done.extend(completed.iter().copied());
         while self.done.len() > FAILOVER_HISTORY {
             self.done.pop_front();
         }
         completed
+    }
+
+    /// Failovers since the agent started slower than their worst case.
+    pub fn over_budget(&self) -> u64 {
+        self.over_budget
     }
 
     /// The last completed failovers, oldest first.
@@ -96,5 +105,20 @@ mod tests {
             failovers.complete(t0, |_| Duration::ZERO);
         }
         assert_eq!(failovers.done().count(), FAILOVER_HISTORY);
+        assert_eq!(failovers.over_budget(), 0, "none took longer than its worst case");
+    }
+
+    #[test]
+    fn counts_every_failover_slower_than_its_worst_case() {
+        let mut failovers = Failovers::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        for _ in 0..FAILOVER_HISTORY + 3 {
+            failovers.begin("10.0.0.1".parse().unwrap(), t0, t0);
+            failovers.complete(t0 + Duration::from_millis(2001), |_| Duration::from_secs(2));
+        }
+        failovers.begin("10.0.0.2".parse().unwrap(), t0, t0);
+        failovers.complete(t0 + Duration::from_secs(2), |_| Duration::from_secs(2));
+        // Beyond the history it remembers, and not one exactly on time.
+        assert_eq!(failovers.over_budget(), FAILOVER_HISTORY as u64 + 3);
     }
 }

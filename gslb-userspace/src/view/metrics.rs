@@ -341,6 +341,14 @@ pub fn render(status: &Status) -> String {
         }
     }
 
+    let over_budget = Counter::<u64>::default();
+    over_budget.inc_by(status.failovers_over_budget);
+    r.register(
+        "gslb_failovers_over_budget",
+        "Failovers since the agent started that took longer than their pool's worst-case failover time",
+        over_budget,
+    );
+
     // The program steering.
     let program = int_gauge_family(r, "gslb_program_info", "Always 1: the version of the steer program steering");
     set_int(&program, vec![("version", status.program.version.clone())], 1);
@@ -440,12 +448,17 @@ mod tests {
              "reattaches": 3, "last_event": {"at_unix_ms": 0, "kind": "vanished", "detail": ""}}
         ]))
         .expect("the fixture matches InterfaceStatus");
+        status.failovers_over_budget = 2;
         status.program.version = "0.1.0+abc".into();
         status.program.loaded_unix = 1_700_000_123;
         let text = render(&status);
         assert_lines(
             &text,
-            &[r#"gslb_program_info{version="0.1.0+abc"} 1"#, "gslb_program_loaded_timestamp_seconds 1700000123"],
+            &[
+                r#"gslb_program_info{version="0.1.0+abc"} 1"#,
+                "gslb_program_loaded_timestamp_seconds 1700000123",
+                "gslb_failovers_over_budget_total 2",
+            ],
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert_lines(

@@ -35,6 +35,10 @@ pub struct Status {
     pub last_reload: Option<LastReload>,
     /// Backends that went down: how long detection and the data plane took.
     pub failovers: Vec<FailoverStatus>,
+    /// Failovers since the agent started that took longer than their
+    /// pool's worst case.
+    #[serde(default)]
+    pub failovers_over_budget: u64,
     /// BGP announcements; absent without `[bgp]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp: Option<super::bgp::BgpStatus>,
