@@ -11,8 +11,9 @@ const BPF_LINKER_VERSION: &str = "0.13";
 /// `nft` for the benchmarks' kernel-path baseline, BIRD 2 and GoBGP (with
 /// its `gobgp` client) for the lab's BGP routing, etcd and `etcdctl` for
 /// the lab's three-member etcd cluster, `protoc` for the build script
-/// of the `etcd-client` crate, and for the package test `systemd-analyze`
-/// and `systemd-sysusers` (systemd) and `man` (man-db).
+/// of the `etcd-client` crate, for the package test `systemd-analyze`
+/// and `systemd-sysusers` (systemd) and `man` (man-db), and `promtool`
+/// (prometheus) to check the alert rules.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "iproute2",
@@ -25,11 +26,16 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "systemd",
     "man-db",
+    "prometheus",
 ];
 /// Services those packages would start with their stock configs; the lab
 /// starts its own daemons (BGP speakers, etcd members) in namespaces.
-const SERVICES: &[(&str, &str)] =
-    &[("bird2", "bird.service"), ("gobgpd", "gobgpd.service"), ("etcd-server", "etcd.service")];
+const SERVICES: &[(&str, &str)] = &[
+    ("bird2", "bird.service"),
+    ("gobgpd", "gobgpd.service"),
+    ("etcd-server", "etcd.service"),
+    ("prometheus", "prometheus.service"),
+];
 /// Refuses every service start while packages install (see invoke-rc.d(8)).
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
