@@ -138,6 +138,7 @@ fn the_agent_steers_as_an_unprivileged_user_and_serves_only_its_group() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "an outsider ran {args:?}");
         assert!(stderr.contains("permission denied on the agent's admin socket"), "{stderr}");
+        assert!(stderr.contains("or as a member of the group that owns it (`ls -l`"), "{stderr}");
     }
     assert!(d.status(EDGE).unwrap().pools.iter().all(|p| p.backends.iter().all(|b| !b.drained)));
 

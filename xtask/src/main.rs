@@ -7,7 +7,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -112,23 +112,34 @@ fn cargo_command() -> Command {
 }
 
 fn cargo(args: &[&str], extra: &[String]) -> Result<()> {
-    let mut cmd = cargo_command();
-    cmd.args(args).args(extra);
-    let status = cmd.status()?;
+    run(cargo_command().args(args).args(extra))
+}
+
+/// Runs `cmd` to its end; an error unless it succeeds.
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
 }
 
+/// The workspace's target directory (CARGO_TARGET_DIR, else target/).
+fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").join("target")
+    })
+}
+
 /// Runs `cargo test` for the default members, echoing its output, and ends
 /// with one line that adds up every test binary's result.
 fn test(full: bool, deb: &std::path::Path, extra: &[String]) -> Result<()> {
-    build_variant()?;
+    let variant = build_variant()?;
     let mut cmd = cargo_command();
     cmd.arg("test");
-    // The package test (tests/tests/package.rs) installs this one.
-    cmd.env("GSLB_DEB", deb);
+    // The package test (tests/tests/package.rs) installs this one; the
+    // upgrade test (tests/tests/upgrade.rs) runs this other gslb.
+    cmd.env("GSLB_DEB", deb).env("GSLB_VARIANT", variant);
     if full {
         cmd.env("GSLB_FULL", "1");
     }
@@ -153,33 +164,19 @@ fn test(full: bool, deb: &std::path::Path, extra: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Where the upgrade tests find a gslb whose XDP program differs from the
-/// default build's (gslb-userspace's `program-variant` feature).
-const VARIANT_BINARY: &str = "target/variant/gslb";
-
-/// Builds the variant gslb for the upgrade tests, in the test profile (only
-/// gslb-userspace and its XDP object build again), and keeps it aside:
-/// the default build's binary takes its place again with the tests.
-fn build_variant() -> Result<()> {
-    println!("building {VARIANT_BINARY}, a gslb with another XDP program, for the upgrade tests");
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut cmd = cargo_command();
-    cmd.current_dir(&root).args([
-        "build",
-        "--package",
-        "gslb-userspace",
-        "--bin",
-        "gslb",
-        "--features",
-        "program-variant",
-    ]);
-    if !cmd.status()?.success() {
-        bail!("{cmd:?} failed");
-    }
-    let variant = root.join(VARIANT_BINARY);
+/// Builds a gslb whose XDP program differs from the default build's
+/// (gslb-userspace's `program-variant` feature) for the upgrade tests, in
+/// the test profile (only gslb-userspace and its XDP object build again),
+/// and keeps it aside as <target>/variant/gslb: the default build's binary
+/// takes its place again with the tests. Returns its path.
+fn build_variant() -> Result<std::path::PathBuf> {
+    let target = target_dir();
+    let variant = target.join("variant/gslb");
+    println!("building {}, a gslb with another XDP program, for the upgrade tests", variant.display());
+    cargo(&["build", "--package", "gslb-userspace", "--bin", "gslb", "--features", "program-variant"], &[])?;
     std::fs::create_dir_all(variant.parent().expect("a directory"))?;
-    std::fs::copy(root.join("target/debug/gslb"), &variant)?;
-    Ok(())
+    std::fs::copy(target.join("debug/gslb"), &variant)?;
+    Ok(variant)
 }
 
 /// The number just before `word` in a libtest summary ("ok. 4 passed; ...").

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cargo, cargo_command};
+use crate::{cargo, cargo_command, run, target_dir};
 
 /// The cargo-deb series used (installed when missing; 3.8 builds on the
 /// project's rustc and knows `--no-build` and globbed assets).
@@ -58,13 +58,6 @@ fn cargo_deb() -> Result<()> {
     cargo(&["install", "cargo-deb", "--version", &format!("~{CARGO_DEB_VERSION}"), "--locked"], &[])
 }
 
-/// The workspace's target directory (CARGO_TARGET_DIR, else target/).
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").join("target")
-    })
-}
-
 /// Man pages (gzipped) and bash, zsh and fish completions, from `gslb`
 /// itself, where the package metadata takes them.
 fn generate(gslb: &Path, dir: &Path) -> Result<()> {
@@ -85,14 +78,6 @@ fn generate(gslb: &Path, dir: &Path) -> Result<()> {
             bail!("gslb completions {shell} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         fs::write(completions.join(file), out.stdout)?;
-    }
-    Ok(())
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
     }
     Ok(())
 }

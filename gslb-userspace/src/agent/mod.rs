@@ -82,6 +82,9 @@ impl Agent {
     /// programs the maps, then attaches to the interfaces.
     pub fn start(config_path: &Path) -> Result<Agent> {
         let mut config = config::load(config_path)?;
+        // Before anything with a side effect: without these, nothing below
+        // can be done.
+        capabilities::require_xdp("gslb run")?;
         // The operator's decisions outlive the agent: drains come back from
         // the state file. A fleet member also starts with the revision it
         // last applied, so that it steers as before even when etcd is away.
@@ -91,7 +94,6 @@ impl Agent {
             config = fleet::with_saved_revision(config, fleet, &state.saved);
         }
         let drains: Drains = state.restore_drains(&config, SystemTime::now());
-        capabilities::require_xdp("gslb run")?;
         let pin_dir = config.edge.bpffs_pin.clone();
         bpffs::check(&pin_dir)?;
         for interface in &config.edge.interfaces {

@@ -98,7 +98,7 @@ impl Steer {
         let limits = Limits { max_flows: flow_capacity(limits.max_flows), ..limits };
         let globals = Globals::of(limits);
         let ebpf = Self::loader(limits, &globals).load(OBJECT).context("loading the gslb eBPF object")?;
-        Self::verified(ebpf, limits)
+        Self::verified(ebpf, limits, false)
     }
 
     /// A loader for the object with the given map sizes and globals.
@@ -121,8 +121,10 @@ impl Steer {
         loader
     }
 
-    /// Runs the verifier over `steer` of a loaded object and takes its maps.
-    fn verified(mut ebpf: Ebpf, limits: Limits) -> Result<Steer> {
+    /// Runs the verifier over `steer` of a loaded object and takes its maps;
+    /// `pinned_maps`: the object was loaded over pinned maps, which may hold
+    /// backends already.
+    fn verified(mut ebpf: Ebpf, limits: Limits, pinned_maps: bool) -> Result<Steer> {
         let program: &mut Xdp = ebpf.program_mut("steer").context("no steer program")?.try_into()?;
         program.load().context("the verifier refused steer")?;
         let mut source = MapSource::Loaded(&mut ebpf);
@@ -138,7 +140,10 @@ impl Steer {
         let maglev = Tables::new(maglev, limits.table_size)?;
         let history = OwnerHistory::new(source.take(names::OWNER_HISTORY)?, limits.table_size, limits.max_vips)?;
         let (next_hops, edge_config, global_stats, vip_stats, backend_stats, meta) = (
-            NextHopMap::new(source.take(names::NEXT_HOPS)?, written_backends(&backends)),
+            NextHopMap::new(
+                source.take(names::NEXT_HOPS)?,
+                if pinned_maps { written_backends(&backends) } else { Default::default() },
+            ),
             source.take(names::EDGE_CONFIG)?,
             source.take(names::GLOBAL_STATS)?,
             source.take(names::VIP_STATS)?,
@@ -235,7 +240,7 @@ impl Steer {
             loader.map_pin_path(*name, path.as_path());
         }
         let ebpf = loader.load(OBJECT).context("loading this gslb's eBPF object over the pinned maps")?;
-        let steer = Self::verified(ebpf, limits)?;
+        let steer = Self::verified(ebpf, limits, true)?;
         for migration in &plan.migrate {
             let (old, new) = (maps_dir.join(migration.map), staging.path(migration.map));
             let open = |path: &Path| MapData::from_pin(path).with_context(|| format!("opening {}", path.display()));
@@ -265,14 +270,14 @@ impl Steer {
         let program = Xdp::from_pin(&path, aya_obj::programs::XdpAttachType::Interface)
             .with_context(|| format!("opening the pinned program {}", path.display()))?;
         let maps_dir = dir.join(MAPS_DIR);
-        let limits = pinned_limits(&maps_dir)?;
         let mut source = MapSource::Pinned(&maps_dir);
         let (vips, maglev, flows, backends) = (
             source.take(names::VIPS)?,
             source.take(names::MAGLEV)?,
             source.take(names::FLOWS)?,
-            source.take::<Array<MapData, Backend>>(names::BACKENDS)?,
+            source.take(names::BACKENDS)?,
         );
+        let limits = limits_of(&vips, &maglev, &flows, &backends)?;
         // A MAGLEV pinned by an agent from before it was memory-mappable
         // still works, one system call per slot as then (see `Tables`).
         let maglev = Tables::new(maglev, limits.table_size)?;
@@ -523,11 +528,22 @@ fn written_backends(backends: &Array<MapData, Backend>) -> std::collections::BTr
 /// The map sizes of the state pinned under `maps_dir`.
 fn pinned_limits(maps_dir: &Path) -> Result<Limits> {
     let mut source = MapSource::Pinned(maps_dir);
-    let vips: HashMap<MapData, VipKey, VipValue> = source.take(names::VIPS)?;
+    limits_of(
+        &source.take(names::VIPS)?,
+        &source.take(names::MAGLEV)?,
+        &source.take(names::FLOWS)?,
+        &source.take(names::BACKENDS)?,
+    )
+}
+
+/// The map sizes the maps that have them were made with.
+fn limits_of(
+    vips: &HashMap<MapData, VipKey, VipValue>,
+    maglev: &Array<MapData, u32>,
+    flows: &Array<MapData, FlowBucket>,
+    backends: &Array<MapData, Backend>,
+) -> Result<Limits> {
     let max_vips = vips.map().info()?.max_entries();
-    let maglev: Array<MapData, u32> = source.take(names::MAGLEV)?;
-    let flows: Array<MapData, FlowBucket> = source.take(names::FLOWS)?;
-    let backends: Array<MapData, Backend> = source.take(names::BACKENDS)?;
     let limits = Limits {
         max_vips,
         max_backends: backends.len(),

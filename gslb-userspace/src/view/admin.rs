@@ -67,7 +67,7 @@ pub fn request(path: &Path, request: &Request) -> Result<Response> {
     let mut stream = match std::os::unix::net::UnixStream::connect(path) {
         Ok(stream) => stream,
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
-            "permission denied on the agent's admin socket {}: use it as root or as a member of the group that owns              it (`ls -l` shows it; docs/operations.md, \"Running without root\")",
+            "permission denied on the agent's admin socket {}: use it as root or as a member of the group that owns it (`ls -l` shows it; docs/operations.md, \"Running without root\")",
             path.display()
         ),
         Err(e) => {
