@@ -15,6 +15,7 @@ use gslb_common::{
     GlobalStats, MetaKey, MetaValue, NextHop, SlotHistory, VipKey, VipStats, VipValue, DEFAULT_GUE_PORT,
     DEFAULT_TABLE_SIZE, META_ENTRIES, VIP_FILTER_WORDS,
 };
+use gslb_ebpf::encap::Hops;
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
@@ -60,6 +61,10 @@ pub static EDGE_CONFIG: Array<EdgeConfig> = Array::with_max_entries(1, 0);
 /// bytes for the whole call chain) is too small to hold it as well.
 #[map]
 pub static FIB_SCRATCH: PerCpuArray<FibParams> = PerCpuArray::with_max_entries(1, 0);
+/// Per-CPU scratch space for a mid-flow packet's hop list, for the same
+/// reason (the verifier of 6.1 counts the chain's frames more coarsely).
+#[map]
+pub static HOPS_SCRATCH: PerCpuArray<Hops> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static GLOBAL_STATS: PerCpuArray<GlobalStats> = PerCpuArray::with_max_entries(1, 0);
 #[map]

@@ -46,6 +46,14 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
+/// Whether the frame holds `len` bytes. Compared as lengths, never as a
+/// packet pointer plus `len`: the verifiers of 6.1 and 6.12 do not bound a
+/// byte-swapped value (the IP length fields), and refuse that sum.
+#[inline(always)]
+fn frame_holds(ctx: &XdpContext, len: usize) -> bool {
+    len <= ctx.data_end() - ctx.data()
+}
+
 /// The link layer: where the IP header starts and what it is.
 #[derive(Clone, Copy)]
 pub struct L2 {
@@ -172,7 +180,7 @@ fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Flow, Skip> {
         return Err(Skip::Malformed);
     }
     // The whole packet, options included, must be in the frame.
-    if ctx.data() + l2.len + ip_len > ctx.data_end() {
+    if !frame_holds(ctx, l2.len + ip_len) {
         return Err(Skip::Malformed);
     }
     let frags = u16::from_be_bytes(ip.frags);
@@ -211,7 +219,7 @@ fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Flow, Skip> {
     let ip = ptr_at::<Ipv6Hdr>(ctx, l2.len).ok_or(Skip::Malformed)?;
     let ip = unsafe { &*ip };
     let ip_len = Ipv6Hdr::LEN + ip.payload_len() as usize;
-    if ip.version() != 6 || ctx.data() + l2.len + ip_len > ctx.data_end() {
+    if ip.version() != 6 || !frame_holds(ctx, l2.len + ip_len) {
         return Err(Skip::Malformed);
     }
     let end = l2.len + ip_len;

@@ -1,7 +1,5 @@
 //! `steer`: parse, classify, select, route, encapsulate, forward.
 
-use core::mem::MaybeUninit;
-
 use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_boot_ns, maps::lpm_trie::Key as LpmKey, programs::XdpContext,
 };
@@ -20,8 +18,8 @@ use gslb_ebpf::{
 use crate::{
     counters::{drop, entry, global, pass},
     maps::{
-        BACKENDS, BACKEND_STATS, EDGE_CONFIG, FIB_SCRATCH, FLOWS, FLOW_BUCKETS, FRAGMENT_VIPS, MAGLEV, NEXT_HOPS,
-        OWNER_HISTORY, STEER_PREFIXES, STOP_AFTER, TABLE_SIZE, VIPS, VIP_FILTER, VIP_STATS,
+        BACKENDS, BACKEND_STATS, EDGE_CONFIG, FIB_SCRATCH, FLOWS, FLOW_BUCKETS, FRAGMENT_VIPS, HOPS_SCRATCH, MAGLEV,
+        NEXT_HOPS, OWNER_HISTORY, STEER_PREFIXES, STOP_AFTER, TABLE_SIZE, VIPS, VIP_FILTER, VIP_STATS,
     },
     pmtu,
 };
@@ -77,13 +75,19 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let Some(config) = EDGE_CONFIG.get(0) else {
         return drop(stats);
     };
-    let mut hops = MaybeUninit::<Hops>::uninit();
-    let gue = mid_flow
-        && backend.flags & BACKEND_SECOND_CHANCE != 0
-        && config.stickiness_window != 0
-        && previous_owners(&flow, &vip, backend_id, config, &mut hops);
-    // SAFETY: `previous_owners` wrote every field when it said yes.
-    let hops = if gue { Some(unsafe { hops.assume_init_ref() }) } else { None };
+    let mut hops = None;
+    if mid_flow && backend.flags & BACKEND_SECOND_CHANCE != 0 && config.stickiness_window != 0 {
+        // The hop list lives in per-CPU scratch space: on the stack it
+        // makes the deepest call chain too big for the verifier of 6.1.
+        let Some(scratch) = HOPS_SCRATCH.get_ptr_mut(0) else {
+            return drop(stats);
+        };
+        let scratch = unsafe { &mut *scratch };
+        if previous_owners(&flow, &vip, backend_id, config, scratch) {
+            hops = Some(&*scratch);
+        }
+    }
+    let gue = hops.is_some();
     let Some(mut tunnel) = encap::tunnel_to(&flow, backend, config, gue) else {
         return drop(stats);
     };
@@ -293,7 +297,7 @@ fn select(flow: &Flow, vip: &VipValue, stats: &mut VipStats, selected: &mut u32)
 /// window, alive, understand hop lists, reachable in the same tunnel family.
 /// False if there is none (the packet then goes without a hop list).
 #[inline(never)]
-fn previous_owners(flow: &Flow, vip: &VipValue, owner: u32, config: &EdgeConfig, hops: &mut MaybeUninit<Hops>) -> bool {
+fn previous_owners(flow: &Flow, vip: &VipValue, owner: u32, config: &EdgeConfig, hops: &mut Hops) -> bool {
     let hash = flow_hash(flow, vip);
     let table_size = unsafe { core::ptr::read_volatile(&TABLE_SIZE) };
     if table_size == 0 {
@@ -309,12 +313,9 @@ fn previous_owners(flow: &Flow, vip: &VipValue, owner: u32, config: &EdgeConfig,
     let v4 = addr_as_v4(&current.addr).is_some();
     let now = (unsafe { bpf_ktime_get_boot_ns() } / 1_000_000_000) as u32;
     let candidates = history.candidates(owner, now, config.stickiness_window);
-    let out = hops.write(Hops {
-        count: 0,
-        source_port: gue_source_port(hash),
-        dest_port: config.gue_port,
-        addrs: [[0; 16]; MAX_HOPS],
-    });
+    *hops =
+        Hops { count: 0, source_port: gue_source_port(hash), dest_port: config.gue_port, addrs: [[0; 16]; MAX_HOPS] };
+    let out = hops;
     for id in candidates {
         let Some(backend) = BACKENDS.get(id) else { continue };
         let usable = backend.flags & (BACKEND_SECOND_CHANCE | BACKEND_DEAD) == BACKEND_SECOND_CHANCE;
