@@ -89,6 +89,7 @@ pub fn check(path: &Path) -> Result<()> {
 /// `gslb verify`: loads both programs through the kernel verifier.
 pub fn verify() -> Result<()> {
     crate::sys::capabilities::require_xdp("gslb verify")?;
+    crate::sys::kernel::require_supported_here()?;
     Steer::load(Limits::default())?;
     Decap::load()?;
     println!("steer and decap passed the verifier");

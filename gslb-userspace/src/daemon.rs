@@ -177,6 +177,7 @@ pub fn run_decap(
     metrics_listen: Option<std::net::SocketAddr>,
 ) -> Result<()> {
     crate::sys::capabilities::require_xdp("gslb decap")?;
+    crate::sys::kernel::require_supported_here()?;
     let metrics_listener = metrics_listen.map(serve::metrics::bind).transpose()?;
     let mut decap = Decap::configured(addresses, hop_lists)?;
     let _link = decap

@@ -85,6 +85,7 @@ impl Agent {
         // Before anything with a side effect: without these, nothing below
         // can be done.
         capabilities::require_xdp("gslb run")?;
+        crate::sys::kernel::require_supported_here()?;
         // The operator's decisions outlive the agent: drains come back from
         // the state file. A fleet member also starts with the revision it
         // last applied, so that it steers as before even when etcd is away.

@@ -61,7 +61,7 @@ impl Decap {
             .load(OBJECT)
             .context("loading the gslb eBPF object")?;
         let program: &mut Xdp = ebpf.program_mut("decap").context("no decap program")?.try_into()?;
-        program.load().context("the verifier refused decap")?;
+        program.load().map_err(|e| super::kernel::refused("decap", e))?;
         Ok(Decap {
             addrs: take(&mut ebpf, names::DECAP_ADDRS)?,
             edges: take(&mut ebpf, names::DECAP_EDGES)?,

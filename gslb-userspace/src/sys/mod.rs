@@ -1,7 +1,8 @@
 //! Everything that touches the kernel: the BPF object and its maps
 //! (`steer`, `decap`, `maps`, `tables` for the Maglev tables and `history`
 //! for their slots' previous owners), XDP
-//! attachment (`attach`), the interfaces (`interfaces`), next hops per
+//! attachment (`attach`), the kernel's version and verifier refusals
+//! (`kernel`), the interfaces (`interfaces`), next hops per
 //! backend (`next_hops`), bpffs (`bpffs`),
 //! and raw ICMP sockets (`tunnel_errors`).
 
@@ -11,6 +12,7 @@ pub mod capabilities;
 pub mod decap;
 pub mod history;
 pub mod interfaces;
+pub mod kernel;
 pub mod maps;
 pub mod next_hops;
 pub mod steer;

@@ -126,7 +126,7 @@ impl Steer {
     /// backends already.
     fn verified(mut ebpf: Ebpf, limits: Limits, pinned_maps: bool) -> Result<Steer> {
         let program: &mut Xdp = ebpf.program_mut("steer").context("no steer program")?.try_into()?;
-        program.load().context("the verifier refused steer")?;
+        program.load().map_err(|e| super::kernel::refused("steer", e))?;
         let mut source = MapSource::Loaded(&mut ebpf);
         let vip_filter = source.take(names::VIP_FILTER)?;
         let (vips, fragment_vips, client_prefixes, backends, maglev, flows) = (
@@ -237,7 +237,7 @@ impl Steer {
             .map(|name| (name, if migrated(name) { staging.path(name) } else { maps_dir.join(name) }))
             .collect();
         for (name, path) in &paths {
-            loader.map_pin_path(*name, path.as_path());
+            loader.map_pin_path(name, path.as_path());
         }
         let ebpf = loader.load(OBJECT).context("loading this gslb's eBPF object over the pinned maps")?;
         let steer = Self::verified(ebpf, limits, true)?;
