@@ -21,14 +21,25 @@ use crate::traffic::{short_connections, udp_flows, ConnReport, LongLived};
 /// How often the VIP route moves between the edges.
 const ROUTE_PERIOD: Duration = Duration::from_secs(10);
 const REFRESH: Duration = Duration::from_secs(1);
+/// The health monitor in a VM, where the CPU may be emulated: a second to
+/// answer.
+const VM_MONITOR: &str =
+    "{ protocol = \"http\", port = 8080, path = \"/health\", interval_ms = 1000, timeout_ms = 1000, consecutive_up = 2, consecutive_down = 3 }";
 
 /// Runs the demo until Ctrl-C (or `--seconds N`), then removes the lab.
 pub fn run(args: &[String]) -> Result<()> {
-    let limit = match args {
-        [] => None,
-        [flag, n] if flag == "--seconds" => Some(Duration::from_secs(n.parse().context("--seconds N")?)),
-        _ => bail!("usage: gslb-lab demo [--seconds N]"),
-    };
+    let (mut limit, mut in_vm) = (None, false);
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.as_slice().first()) {
+            ("--seconds", Some(n)) => {
+                limit = Some(Duration::from_secs(n.parse().context("--seconds N")?));
+                args.next();
+            }
+            ("--in-vm", _) => in_vm = true,
+            _ => bail!("usage: gslb-lab demo [--seconds N] [--in-vm]"),
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing the Ctrl-C handler")?;
@@ -36,7 +47,11 @@ pub fn run(args: &[String]) -> Result<()> {
 
     eprintln!("building the lab: 2 clients, a router, edge-a and edge-b, 6 backends in 3 regions ...");
     let binary = std::env::current_exe().context("locating gslb-lab")?;
-    let d = Deployment::start(&binary, &Setup { monitor: true, second_chance: true, ..Setup::default() })?;
+    // In a VM (`cargo xtask run --vm`), under CPU emulation, a health check's round
+    // trip can outlast the lab's 150 ms timeout: backends would flap.
+    let monitor_spec = in_vm.then_some(VM_MONITOR);
+    let d =
+        Deployment::start(&binary, &Setup { monitor: true, monitor_spec, second_chance: true, ..Setup::default() })?;
     eprintln!("lab {} is up; starting traffic", d.lab.id());
     let v4 = LongLived::start(&d.lab, ClientNode::Client1, SocketAddr::new(VIP_V4.into(), TCP_PORT), 24, ms(50))?;
     let v6 = LongLived::start(&d.lab, ClientNode::Client2, SocketAddr::new(VIP_V6.into(), TCP_PORT), 12, ms(50))?;

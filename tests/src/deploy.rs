@@ -66,6 +66,8 @@ pub struct Setup {
     pub weights: Weights,
     /// Health-check every backend with `LAB_MONITOR`.
     pub monitor: bool,
+    /// With `monitor`: this monitor instead of `LAB_MONITOR`.
+    pub monitor_spec: Option<&'static str>,
     /// Every pool's `max_latency_ms`.
     pub max_latency_ms: Option<u32>,
     /// The `web` VIP's pools, if not every region.
@@ -260,7 +262,7 @@ pub fn fleet_document(setup: &Setup) -> String {
                 backends.join(", ")
             );
             if setup.monitor {
-                let _ = writeln!(toml, "monitor = {LAB_MONITOR}");
+                let _ = writeln!(toml, "monitor = {}", setup.monitor_spec.unwrap_or(LAB_MONITOR));
             }
             if let Some(max) = setup.max_latency_ms {
                 let _ = writeln!(toml, "max_latency_ms = {max}");

@@ -1,6 +1,8 @@
 //! `cargo xtask`: install what the project needs, build, run and test.
+mod matrix;
 mod package;
 mod prerequisites;
+mod vm;
 
 use std::{
     io::{BufRead, BufReader},
@@ -30,6 +32,14 @@ enum Task {
         /// sizes the hostile-input issue asks for, slower than the default.
         #[arg(long)]
         full: bool,
+        /// Instead of every test: the kernel matrix. In each kernel (Debian's
+        /// cloud kernels under QEMU, fetched into target/vm, and `host`),
+        /// `gslb verify`, the data-plane tests and a small namespace lab,
+        /// with a summary line per kernel. A comma-separated list chooses
+        /// the kernels.
+        #[arg(long, value_name = "KERNELS", num_args = 0..=1, require_equals = true,
+              default_missing_value = matrix::DEFAULT_KERNELS, value_delimiter = ',')]
+        kernels: Option<Vec<String>>,
         /// Passed to `cargo test` after `--` (a test name filter, ...).
         #[arg(last = true)]
         args: Vec<String>,
@@ -39,6 +49,12 @@ enum Task {
     /// every second) until Ctrl-C. With `-- --config FILE`: the agent on
     /// this host's real interfaces. With `-- ARGS`: `gslb ARGS`.
     Run {
+        /// The lab in a QEMU VM (see `vm`) instead of on this host.
+        #[arg(long)]
+        vm: bool,
+        /// The VM's kernel with `--vm`: a Debian cloud series (6.1, 6.12).
+        #[arg(long, default_value = "6.12", requires = "vm")]
+        kernel: String,
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -46,6 +62,25 @@ enum Task {
     /// build the Debian package (target/debian/gslb_VERSION-1_ARCH.deb): the
     /// binary, systemd units, an example config, man pages and completions.
     Package,
+    /// Run COMMAND in a QEMU VM booted with a Debian cloud kernel (`6.1`,
+    /// `6.12`, fetched from Debian and kept in target/vm; never installed
+    /// on this host) or on this host (`host`). The guest sees this host's
+    /// files read-only (writes stay in the guest), runs COMMAND in the
+    /// current directory with this environment, and `vm` exits with its
+    /// status. Build first: `vm` runs what is there.
+    Vm {
+        /// A Debian cloud kernel series (6.1, 6.12) or `host`.
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
+        /// The guest's memory, in MiB.
+        #[arg(long, default_value_t = 3072)]
+        memory: u64,
+        /// The guest's CPUs.
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Install prerequisites, build in release mode, and run the benchmarks
     /// (needs root): a table on stdout, target/bench/report.json and plots.
     /// `-- ARGS` go to gslb-bench (`-- --only control-plane`).
@@ -61,7 +96,11 @@ enum Task {
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => prerequisites::ensure(),
-        Task::Test { full, args } => {
+        Task::Test { kernels: Some(kernels), .. } => {
+            prerequisites::ensure()?;
+            matrix::run(&kernels)
+        }
+        Task::Test { full, args, kernels: None } => {
             prerequisites::ensure()?;
             let deb = package::build()?;
             test(full, &deb, &args)
@@ -70,7 +109,19 @@ fn main() -> Result<()> {
             prerequisites::ensure()?;
             package::build().map(drop)
         }
-        Task::Run { args } => {
+        Task::Run { vm: true, kernel, args } => {
+            prerequisites::ensure()?;
+            if !args.is_empty() {
+                bail!("`run --vm` runs the lab only; for another command use `cargo xtask vm -- COMMAND`");
+            }
+            eprintln!("xtask: building the lab (first time: several minutes)");
+            cargo(&["build", "--package", "gslb-tests", "--bin", "gslb-lab"], &[])?;
+            let lab = target_dir().join("debug/gslb-lab").to_string_lossy().into_owned();
+            let target = vm::Target::prepare(&kernel, 3072, 2)?;
+            eprintln!("xtask: booting Linux {} under QEMU for the lab; Ctrl-C stops it", target.release());
+            std::process::exit(target.run(&[lab, "demo".into(), "--in-vm".into()], vm::Output::Terminal)?)
+        }
+        Task::Run { vm: false, args, .. } => {
             prerequisites::ensure()?;
             // Ctrl-C reaches the whole process group: let the child clean up
             // its lab and exit first, rather than returning the prompt early.
@@ -88,6 +139,12 @@ fn main() -> Result<()> {
             eprintln!("xtask: building gslb (first time: several minutes)");
             cargo(&["build", "--package", "gslb-userspace", "--bin", "gslb"], &[])?;
             cargo(&["run", "--quiet", "--package", "gslb-userspace", "--bin", "gslb", "--"], &args)
+        }
+        Task::Vm { kernel, memory, cpus, command } => {
+            prerequisites::ensure()?;
+            let target = vm::Target::prepare(&kernel, memory, cpus)?;
+            let code = target.run(&command, vm::Output::Terminal)?;
+            std::process::exit(code)
         }
         Task::Bench { quick, args } => {
             prerequisites::ensure()?;
