@@ -53,6 +53,7 @@ mod tests {
             names::DECAP_PEERS,
             names::GSLB_META,
             "FIB_SCRATCH",
+            "HOPS_SCRATCH",
             ".rodata",
         ];
         assert_eq!(maps, set(product));
