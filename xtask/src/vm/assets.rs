@@ -45,6 +45,10 @@ const TOOL_PACKAGES: &[&str] = &[
 /// A kernel that builds one in needs no file for it.
 const INITRAMFS_MODULES: &[&str] = &["virtio_pci", "virtio_console", "virtiofs", "overlay"];
 
+/// The two init stages (see each file).
+const STAGE1: &str = include_str!("stage1.sh");
+const STAGE2: &str = include_str!("stage2.sh");
+
 fn vm_dir() -> PathBuf {
     target_dir().join("vm")
 }
@@ -169,8 +173,14 @@ impl Kernel {
             if !status.success() {
                 bail!("depmod for {} failed: {status}", kernel.release);
             }
-            build_initramfs(&kernel, tools)?;
             fs::write(&ready, "")?;
+        }
+        // Built again whenever what goes into it changes.
+        let recipe = format!("{STAGE1}{STAGE2}{INITRAMFS_MODULES:?}");
+        let recipe_file = root.join("initramfs.recipe");
+        if fs::read_to_string(&recipe_file).ok().as_deref() != Some(recipe.as_str()) || !kernel.initramfs.exists() {
+            build_initramfs(&kernel, tools)?;
+            fs::write(&recipe_file, recipe)?;
         }
         Ok(kernel)
     }
@@ -255,8 +265,8 @@ fn build_initramfs(kernel: &Kernel, tools: &Tools) -> Result<()> {
     fs::create_dir_all(staging.join("bin"))?;
     fs::create_dir_all(staging.join("modules"))?;
     fs::copy(tools.busybox(), staging.join("bin/busybox"))?;
-    write_executable(&staging.join("init"), include_str!("stage1.sh"))?;
-    write_executable(&staging.join("stage2"), include_str!("stage2.sh"))?;
+    write_executable(&staging.join("init"), STAGE1)?;
+    write_executable(&staging.join("stage2"), STAGE2)?;
     let order = module_load_order(&kernel.modules)?;
     for path in &order {
         decompress_module(&kernel.modules.join(path), &staging.join("modules").join(module_file(path)))?;

@@ -41,8 +41,9 @@ mount -t devtmpfs devtmpfs $r/dev
 mkdir -p $r/dev/pts $r/dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts $r/dev/pts
 mount -t tmpfs -o mode=1777 shm $r/dev/shm
+# A fresh /run; /tmp stays the host's (through the overlay, so writes stay
+# here), as a checkout or a build may be under it.
 mount -t tmpfs -o mode=0755 run $r/run
-mount -t tmpfs -o mode=1777 tmp $r/tmp
 mount -t bpf bpf $r/sys/fs/bpf
 mount -t cgroup2 cgroup2 $r/sys/fs/cgroup
 # The guest kernel's modules, and a modprobe for the kernel to call
