@@ -73,10 +73,10 @@ enum Task {
         #[arg(long, default_value = "6.12")]
         kernel: String,
         /// The guest's memory, in MiB.
-        #[arg(long, default_value_t = 3072)]
+        #[arg(long, default_value_t = vm::MEMORY_MIB)]
         memory: u64,
         /// The guest's CPUs.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = vm::CPUS)]
         cpus: u32,
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -117,7 +117,7 @@ fn main() -> Result<()> {
             eprintln!("xtask: building the lab (first time: several minutes)");
             cargo(&["build", "--package", "gslb-tests", "--bin", "gslb-lab"], &[])?;
             let lab = target_dir().join("debug/gslb-lab").to_string_lossy().into_owned();
-            let target = vm::Target::prepare(&kernel, 3072, 2)?;
+            let target = vm::Target::prepare(&kernel, vm::MEMORY_MIB, vm::CPUS)?;
             eprintln!("xtask: booting Linux {} under QEMU for the lab; Ctrl-C stops it", target.release());
             std::process::exit(target.run(&[lab, "demo".into(), "--in-vm".into()], vm::Output::Terminal)?)
         }

@@ -37,10 +37,6 @@ const TESTS: &[&str] = &[
     "kernel_smoke",
 ];
 
-/// The guest's size: the lab and the fuzzers fit in 3 GiB.
-const VM_MEMORY_MIB: u64 = 3072;
-const VM_CPUS: u32 = 2;
-
 struct KernelResult {
     kernel: String,
     release: String,
@@ -61,7 +57,7 @@ pub fn run(kernels: &[String]) -> Result<()> {
     for kernel in kernels {
         println!("== kernel {kernel}");
         let start = Instant::now();
-        let target = vm::Target::prepare(kernel, VM_MEMORY_MIB, VM_CPUS)?;
+        let target = vm::Target::prepare(kernel, vm::MEMORY_MIB, vm::CPUS)?;
         let mut result = KernelResult {
             kernel: kernel.clone(),
             release: target.release(),

@@ -32,6 +32,10 @@ use crate::target_dir;
 const BOOT_DEADLINE_TCG: Duration = Duration::from_secs(120);
 const BOOT_DEADLINE_KVM: Duration = Duration::from_secs(20);
 
+/// The guest's size, unless asked otherwise: the lab and the fuzzers fit.
+pub const MEMORY_MIB: u64 = 3072;
+pub const CPUS: u32 = 2;
+
 /// Where the command's output goes.
 pub enum Output<'a> {
     /// This process's terminal (or stdout): the guest's console is the
@@ -89,18 +93,21 @@ impl Target {
     }
 }
 
+/// Sends each line of `stream` from a thread of its own, which ends with
+/// the stream (with no stream, `tx` is dropped at once).
+fn read_lines(stream: Option<impl std::io::Read + Send + 'static>, tx: std::sync::mpsc::Sender<String>) {
+    if let Some(stream) = stream {
+        std::thread::spawn(move || BufReader::new(stream).lines().map_while(Result::ok).try_for_each(|l| tx.send(l)));
+    }
+}
+
 /// Both output streams of a child as lines (stderr's read by a thread),
 /// each without the \r a terminal puts before \n.
 fn forward_lines(stdout: Option<ChildStdout>, stderr: Option<ChildStderr>, each: &mut dyn FnMut(&str)) {
     let (tx, rx) = std::sync::mpsc::channel();
     let err_tx = tx.clone();
-    let out = stdout.map(|s| {
-        std::thread::spawn(move || BufReader::new(s).lines().map_while(Result::ok).try_for_each(|l| tx.send(l)))
-    });
-    let err = stderr.map(|s| {
-        std::thread::spawn(move || BufReader::new(s).lines().map_while(Result::ok).try_for_each(|l| err_tx.send(l)))
-    });
-    drop((out, err));
+    read_lines(stdout, tx);
+    read_lines(stderr, err_tx);
     for line in rx {
         each(line.trim_end_matches('\r'));
     }
